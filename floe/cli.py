@@ -1,0 +1,85 @@
+"""The ``floe`` command line: one subcommand per stage, options from the config dataclasses."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import add_arguments, from_namespace
+from .data import DataConfig, DataError
+from .hydralora import HydraLoraConfig
+from .train import TrainConfig
+from .warmup import ModelConfig
+
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute even if a finished run with the same config exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--out", default=None,
+                        help="folder holding the runs (default: $FLOE_CACHE or the project's cache/)")
+
+
+def _warmup_args(p: argparse.ArgumentParser) -> None:
+    add_arguments(p, ModelConfig)
+    add_arguments(p, DataConfig)
+    add_arguments(p, HydraLoraConfig)
+    add_arguments(p, TrainConfig)
+    _common(p)
+
+
+def _cmd_warmup(args) -> dict:
+    from .warmup import SUMMARY, run_warmup
+    run = run_warmup(from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
+                     from_namespace(HydraLoraConfig, args), from_namespace(TrainConfig, args),
+                     force=args.force, show_progress=not args.quiet)
+    return {"run": run.id, "path": str(run.path), **run.read_json(SUMMARY)}
+
+
+COMMANDS = {
+    "warmup": (_warmup_args, _cmd_warmup,
+               "fine-tune a full-layer HydraLoRA model on a sample of the data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="floe", description="FLoE: which layers to adapt, and at what rank. Results go "
+        "to cache/ (or $FLOE_CACHE), one folder per run keyed by its config.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_args, _, help_text) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "out", None):
+        os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
+    try:
+        result = COMMANDS[args.command][1](args)
+    except (ValueError, FileNotFoundError, DataError, RuntimeError) as e:
+        # Errors the user can fix get one clear line, not a traceback.
+        if os.environ.get("FLOE_DEBUG"):
+            raise
+        print(f"floe {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"floe {args.command}: cancelled; run it again to resume", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for key, value in result.items():
+            if not isinstance(value, (list, dict)):
+                print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Least-squares tuning of the mask values (METHOD 7, paper Eq. 16-22, Appendix E).
+
+Layer by layer, in order, attention then FFN, the retained units' values m of one
+component are fitted so that the masked model's residual stream reproduces the unmasked
+adapted model's:
+
+    min_m || x' + l(x'; m) - (x + l(x; 1)) ||^2   over the real (non-padding) tokens,
+
+with x the component's input under the unmasked adapted model, x' under the masked model
+(earlier components at their tuned values), and l(x; m) = c(x) + sum_u m_u W_u a_u(x), where
+a_u is unit u's slice of the input of the pretrained o_proj / down_proj, W_u the matching
+columns of its weight, and c(x) what is not masked (adapter branch, biases). Masks act on
+the pretrained projection only (``masks.mask_hooks``), so l is affine in m and the problem is
+exactly linear. Masked units stay at 0; with u = m - 1 on the retained set R,
+
+    A u ~ b,   A = [W_u a_u(x')]_{u in R} (one row per token and output feature),
+               b = (x + l(x; 1)) - (x' + l(x'; binary m)),
+
+so u = 0 is the binary mask and ||b||^2 its error. Normal equations, accumulated batch by
+batch without materialising A:
+
+    A^T A = blocksum_{d x d}((W_R^T W_R) * C),  C = sum_t a_R(t) a_R(t)^T,
+    A^T b = blocksum_d(sum_t a_R(t) * (W_R^T b(t))),
+
+(d = head_dim for heads, 1 for neurons, where A^T A = (W2^T W2) * (H H^T) as in the paper),
+solved with ridge damping toward m = 1: (A^T A + lambda I) u = A^T b,
+lambda = damping * mean(diag(A^T A)). A solution with any m outside [-bound, bound], or
+(numerically) no better than the binary mask, is rejected: the component keeps its binary
+mask, so per layer error_tuned <= error_binary always.
+
+Post-norm architectures (Gemma 3: RMSNorm on each sub-layer output before the residual
+add) make l non-linear in m; there the fit is done on the pre-norm sub-layer output,
+min ||o(x'; m) - o(x; 1)||^2 with o the o_proj / down_proj output, without the residual
+term (see ``_residual_is_additive``).
+
+Data flow and memory. One forward pass per batch records every decoder layer's call
+arguments (rotary embeddings, attention masks: shared tensors, so cheap) and the layer-0
+input. Two residual streams are then kept for all calibration batches, clean (x) and
+masked (x'), in the model dtype, and each decoder layer is run on its own: per layer and
+batch, one clean run (targets, and x for the next layer), one masked run cut after o_proj
+(attention statistics), one masked run with the tuned heads (FFN statistics) and one with
+both tuned (x' for the next layer): about 4.3 forward passes in all with the recording
+one, no backward. Re-running forward passes from the embeddings instead would cost O(L)
+passes per layer; caching every layer's inputs would cost L streams of memory.
+Besides the model: 2 streams of tokens x hidden (model dtype), 2 targets of real tokens x
+hidden (fp32), and per component C (fp32, (R*d)^2: 485 MB for 11008 neurons) plus fp64
+transients of that size while forming A^T A for the solve.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import arch
+from .masks import (Progress, batch_to, eval_mode, model_device, pretrained_linear,
+                    report_progress, scale_units, stat_dtype)
+
+
+@dataclass
+class TuneResult:
+    """Tuned mask values and the per-layer reconstruction errors (column 0: attention,
+    column 1: FFN; sums of squares over the calibration tokens and hidden features)."""
+
+    head_values: torch.Tensor    # [L, H] float32; 0 on masked heads
+    neuron_values: torch.Tensor  # [L, N] float32; 0 on masked neurons
+    error_binary: torch.Tensor   # [L, 2] float64, with the binary masks (u = 0)
+    error_tuned: torch.Tensor    # [L, 2] float64, with the values returned (<= binary)
+    fallback: torch.Tensor       # [L, 2] bool: the solution was rejected, binary kept
+
+
+# ------------------------------------------------------------------- linear algebra
+
+
+def unit_gram(weight: torch.Tensor, covariance: torch.Tensor, unit_size: int) -> torch.Tensor:
+    """A^T A [U, U] for A's columns W_u a_u: blocksum_{d x d}((W^T W) * C).
+
+    weight [out, U*d] (the units' columns), covariance C = sum_t a(t) a(t)^T [U*d, U*d].
+    """
+    units = weight.shape[1] // unit_size
+    prod = (weight.T @ weight).to(covariance.dtype) * covariance
+    return prod.view(units, unit_size, units, unit_size).sum((1, 3))
+
+
+def unit_rhs(weight: torch.Tensor, acts: torch.Tensor, target: torch.Tensor,
+             unit_size: int) -> torch.Tensor:
+    """A^T b [U] = sum_t blocksum_d(a(t) * (W^T b(t))), acts [T, U*d], target b [T, out]."""
+    return ((target @ weight) * acts).sum(0).view(-1, unit_size).sum(1)
+
+
+def ffn_normal_equations(W2: torch.Tensor, H: torch.Tensor,
+                         target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A^T A, A^T b) for l = sum_j u_j W2[:, j] H[:, j]: A^T A = (W2^T W2) * (H^T H).
+
+    W2 [hidden, N], H [T, N] (the neuron activations, one row per token), target [T, hidden].
+    """
+    return unit_gram(W2, H.T @ H, 1), unit_rhs(W2, H, target, 1)
+
+
+def attention_normal_equations(Wo: torch.Tensor, acts: torch.Tensor, target: torch.Tensor,
+                               head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A^T A, A^T b) for l = sum_h u_h Wo[:, h-slice] a_h, acts [T, H*d], target [T, hidden]."""
+    return unit_gram(Wo, acts.T @ acts, head_dim), unit_rhs(Wo, acts, target, head_dim)
+
+
+def solve_ridge(gram: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
+    """u = (G + lambda I)^-1 r, lambda = damping * mean(diag(G)), in float64.
+
+    Damping pulls u toward 0 (m toward 1) and makes a rank-deficient G (fewer tokens than
+    units, dead units) solvable. damping = 0 gives the least-squares solution of smallest
+    norm.
+    """
+    gram, rhs = gram.double(), rhs.double()
+    if gram.numel() == 0:
+        return rhs.clone()
+    if damping > 0:
+        lam = damping * gram.diagonal().mean().clamp(min=torch.finfo(torch.float64).tiny)
+        damped = gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+        gram = damped  # not numerically positive definite: use the pseudo-inverse
+    return torch.linalg.pinv(gram, hermitian=True) @ rhs
+
+
+def quadratic_error(error_binary: torch.Tensor | float, gram: torch.Tensor, rhs: torch.Tensor,
+                    u: torch.Tensor) -> torch.Tensor:
+    """||A u - b||^2 = ||b||^2 - 2 u.A^T b + u^T A^T A u, from the normal equations."""
+    gram, rhs, u = gram.double(), rhs.double(), u.double()
+    return error_binary - 2 * (u @ rhs) + u @ gram @ u
+
+
+# ---------------------------------------------------------- accumulating one component
+
+
+@dataclass
+class ComponentFit:
+    """The outcome for one component (a layer's heads or its neurons)."""
+
+    values: torch.Tensor   # [U] float64: tuned m on retained units, 0 on masked ones
+    error_binary: float    # ||b||^2: the error of the binary mask (u = 0)
+    error_tuned: float     # ||A u - b||^2 of the values returned (<= error_binary)
+    fallback: bool         # the solution was rejected and the binary mask kept
+
+
+class NormalEquations:
+    """Running C = sum_t a_R a_R^T, A^T b and ||b||^2 of one component, retained units only."""
+
+    def __init__(self, weight: torch.Tensor, keep: torch.Tensor, unit_size: int):
+        self.unit_size = unit_size
+        self.keep = keep.to(weight.device, torch.bool)
+        units = self.keep.nonzero().flatten()
+        self.columns = (units[:, None] * unit_size
+                        + torch.arange(unit_size, device=weight.device)).flatten()
+        dtype = stat_dtype(weight.dtype)
+        self.weight = weight.detach()[:, self.columns].to(dtype)  # W_R [out, R*d]
+        n = len(self.columns)
+        self.covariance = torch.zeros(n, n, device=weight.device, dtype=dtype)
+        self.rhs = torch.zeros(len(units), device=weight.device, dtype=dtype)
+        self.error_binary = torch.zeros((), device=weight.device, dtype=torch.float64)
+
+    def add(self, acts: torch.Tensor, target: torch.Tensor) -> None:
+        """acts [T, U*d]: the projection's inputs before masking; target: b [T, out]."""
+        a = acts[:, self.columns].to(self.covariance.dtype)
+        target = target.to(self.covariance.dtype)
+        self.covariance.addmm_(a.T, a)
+        self.rhs += unit_rhs(self.weight, a, target, self.unit_size)
+        self.error_binary += target.double().square().sum()
+
+    def solve(self, damping: float, bound: float) -> ComponentFit:
+        """Ridge solution; rejected (binary mask kept) if any m is outside [-bound, bound]
+        or it does not lower the error."""
+        binary = self.keep.to(torch.float64)
+        e0 = self.error_binary
+        if len(self.columns) == 0:
+            return ComponentFit(binary, float(e0), float(e0), False)
+        gram = unit_gram(self.weight, self.covariance.double(), self.unit_size)
+        # Values are returned (and used downstream) in fp32: score what is returned.
+        m = (1 + solve_ridge(gram, self.rhs, damping)).float().double()
+        e1 = quadratic_error(e0, gram, self.rhs, m - 1)
+        accept = torch.isfinite(e1) & (e1 <= e0) & (m.abs() <= bound).all()
+        if not bool(accept):  # one host sync per component
+            return ComponentFit(binary, float(e0), float(e0), True)
+        values = torch.zeros_like(binary)
+        values[self.keep] = m
+        return ComponentFit(values, float(e0), float(e1), False)
+
+
+# --------------------------------------------------------------- running single layers
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+@dataclass
+class _Calibration:
+    """One batch's recorded decoder-layer calls."""
+
+    x0: torch.Tensor | None          # input of layer 0 [B, T, hidden]
+    calls: list[tuple[tuple, dict]]  # per layer: (positional args after x, keyword args)
+    tokens: torch.Tensor             # [B, T] bool: real tokens
+
+
+def _record_layer_calls(model: nn.Module, batches: list[Mapping[str, torch.Tensor]]
+                        ) -> list[_Calibration]:
+    """Run the model once per batch, keeping what each decoder layer is called with."""
+    layers = arch.decoder_layers(model)
+    device = model_device(model)
+    recorded = []
+    for batch in batches:
+        batch = batch_to(batch, device)
+        r = _Calibration(None, [], batch["attention_mask"].bool())
+
+        def recorder(k: int):
+            def hook(module, args, kwargs):
+                if k == 0:
+                    r.x0 = args[0] if args else kwargs["hidden_states"]
+                r.calls.append((tuple(args[1:]),
+                                {n: v for n, v in kwargs.items() if n != "hidden_states"}))
+                if k == len(layers) - 1:
+                    raise _Stop  # all calls known: skip the last layer and the LM head
+            return hook
+
+        handles = [layer.register_forward_pre_hook(recorder(k), with_kwargs=True)
+                   for k, layer in enumerate(layers)]
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  use_cache=False, logits_to_keep=1)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        recorded.append(r)
+    return recorded
+
+
+@contextlib.contextmanager
+def _layer_hooks(model: nn.Module, layer: int, head_values: torch.Tensor | None = None,
+                 neuron_values: torch.Tensor | None = None, stop_after_attention: bool = False
+                 ) -> Iterator[dict[str, torch.Tensor]]:
+    """While running decoder layer ``layer``: apply its mask values, and record the inputs
+    of the pretrained o_proj / down_proj (before masking) and the outputs of o_proj /
+    down_proj (adapter included) into the yielded dict."""
+    shape = arch.shape_of(model.config)
+    seen: dict[str, torch.Tensor] = {}
+
+    def tap(name: str, values: torch.Tensor | None, unit_size: int):
+        def hook(module, args):
+            seen[name] = args[0]
+            if values is not None:
+                return (scale_units(args[0], values, unit_size),) + tuple(args[1:])
+        return hook
+
+    def keep_output(name: str, stop: bool):
+        def hook(module, args, output):
+            seen[name] = output
+            if stop:
+                raise _Stop
+        return hook
+
+    handles = [
+        pretrained_linear(model, layer, "o").register_forward_pre_hook(
+            tap("o_in", head_values, shape.head_dim)),
+        pretrained_linear(model, layer, "down").register_forward_pre_hook(
+            tap("down_in", neuron_values, 1)),
+        arch.projection(model, layer, "o").register_forward_hook(
+            keep_output("o_out", stop_after_attention)),
+        arch.projection(model, layer, "down").register_forward_hook(
+            keep_output("down_out", False)),
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_layer(model: nn.Module, layer: int, x: torch.Tensor,
+               call: tuple[tuple, dict]) -> torch.Tensor | None:
+    """Decoder layer ``layer`` on x with its recorded arguments (None if cut short)."""
+    args, kwargs = call
+    try:
+        out = arch.decoder_layers(model)[layer](x, *args, **kwargs)
+    except _Stop:
+        return None
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _residual_is_additive(config) -> bool:
+    """Whether each sub-layer's projection output is added to the residual stream as is.
+
+    False for Gemma 2/3 (RMSNorm after o_proj and down_proj). This belongs in ``arch``
+    (an ``ArchSpec.post_norms`` flag); kept here until it moves there.
+    """
+    return getattr(config, "model_type", "") not in ("gemma2", "gemma3", "gemma3_text")
+
+
+def _stat(x: torch.Tensor) -> torch.Tensor:
+    return x.to(stat_dtype(x.dtype))
+
+
+def _real(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The real-token rows of x [B, T, F] as [n, F], in the statistics dtype."""
+    return _stat(x[tokens])
+
+
+# ------------------------------------------------------------------ one layer's steps
+
+
+def _clean_targets(model, k, recorded, clean, additive):
+    """Run layer k of the unmasked model: the attention and FFN targets (real tokens), and
+    ``clean`` advanced to the next layer's input."""
+    attn_targets, ffn_targets = [], []
+    with _layer_hooks(model, k) as seen:
+        for b, r in enumerate(recorded):
+            out = _run_layer(model, k, clean[b], r.calls[k])
+            if additive:  # x + l_attn(x; 1) and h + l_ffn(h; 1)
+                attn, ffn = _stat(clean[b]) + seen["o_out"], out
+            else:         # the pre-norm sub-layer outputs
+                attn, ffn = seen["o_out"], seen["down_out"]
+            attn_targets.append(_real(attn, r.tokens))
+            ffn_targets.append(_real(ffn, r.tokens))
+            clean[b] = out
+    return attn_targets, ffn_targets
+
+
+def _fit_heads(model, k, recorded, masked, targets, keep, additive, damping, bound):
+    """Layer k's head values. a(x') does not depend on this layer's head masks, so the
+    masked runs stop at o_proj."""
+    shape = arch.shape_of(model.config)
+    equations = NormalEquations(pretrained_linear(model, k, "o").weight, keep, shape.head_dim)
+    with _layer_hooks(model, k, head_values=keep.float(), stop_after_attention=True) as seen:
+        for b, r in enumerate(recorded):
+            _run_layer(model, k, masked[b], r.calls[k])
+            binary = _stat(masked[b]) + seen["o_out"] if additive else seen["o_out"]
+            equations.add(_real(seen["o_in"], r.tokens), targets[b] - _real(binary, r.tokens))
+    return equations.solve(damping, bound)
+
+
+def _fit_neurons(model, k, recorded, masked, targets, heads, keep, additive, damping, bound):
+    """Layer k's neuron values, the FFN input h' coming from the tuned heads."""
+    equations = NormalEquations(pretrained_linear(model, k, "down").weight, keep, 1)
+    with _layer_hooks(model, k, head_values=heads, neuron_values=keep.float()) as seen:
+        for b, r in enumerate(recorded):
+            out = _run_layer(model, k, masked[b], r.calls[k])
+            binary = out if additive else seen["down_out"]
+            equations.add(_real(seen["down_in"], r.tokens), targets[b] - _real(binary, r.tokens))
+    return equations.solve(damping, bound)
+
+
+# ------------------------------------------------------------------------ the driver
+
+
+def _check_keep(name: str, keep: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    if tuple(keep.shape) != (rows, cols):
+        raise ValueError(f"{name} must have shape ({rows}, {cols}), got {tuple(keep.shape)}")
+    return keep.bool()
+
+
+def tune_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
+               keep_heads: torch.Tensor, keep_neurons: torch.Tensor, damping: float = 1e-2,
+               bound: float = 10.0, progress: Progress | None = None) -> TuneResult:
+    """Tune the retained units' mask values of every layer (see the module docstring).
+
+    keep_heads [L, H] / keep_neurons [L, N]: True for retained units. ``batches``: the
+    calibration batches (iterated several times; padding tokens are left out of the fit).
+    ``damping``: ridge strength relative to the mean diagonal of A^T A. ``bound``: largest
+    accepted |m|. ``progress(done_layers, n_layers)`` after each layer.
+    """
+    shape = arch.shape_of(model.config)
+    keep_heads = _check_keep("keep_heads", keep_heads, shape.n_layers, shape.n_heads)
+    keep_neurons = _check_keep("keep_neurons", keep_neurons, shape.n_layers, shape.intermediate)
+    if damping < 0 or bound <= 0:
+        raise ValueError(f"need damping >= 0 and bound > 0, got {damping} and {bound}")
+    batches = list(batches)
+    additive = _residual_is_additive(model.config)
+    L = shape.n_layers
+    fits: list[tuple[ComponentFit, ComponentFit]] = []
+
+    with eval_mode(model), torch.no_grad():
+        recorded = _record_layer_calls(model, batches)
+        clean = [r.x0 for r in recorded]   # x: the unmasked adapted model
+        masked = [r.x0 for r in recorded]  # x': earlier layers at their tuned values
+        for r in recorded:
+            r.x0 = None  # the streams own it now
+        for k in range(L):
+            attn_targets, ffn_targets = _clean_targets(model, k, recorded, clean, additive)
+            heads = _fit_heads(model, k, recorded, masked, attn_targets, keep_heads[k],
+                               additive, damping, bound)
+            del attn_targets
+            neurons = _fit_neurons(model, k, recorded, masked, ffn_targets, heads.values,
+                                   keep_neurons[k], additive, damping, bound)
+            del ffn_targets
+            with _layer_hooks(model, k, heads.values, neurons.values):
+                masked = [_run_layer(model, k, masked[b], r.calls[k])
+                          for b, r in enumerate(recorded)]
+            fits.append((heads, neurons))
+            report_progress(progress, k + 1, L)
+
+    return TuneResult(
+        head_values=torch.stack([h.values.cpu() for h, _ in fits]).float(),
+        neuron_values=torch.stack([n.values.cpu() for _, n in fits]).float(),
+        error_binary=torch.tensor([[h.error_binary, n.error_binary] for h, n in fits],
+                                  dtype=torch.float64),
+        error_tuned=torch.tensor([[h.error_tuned, n.error_tuned] for h, n in fits],
+                                 dtype=torch.float64),
+        fallback=torch.tensor([[h.fallback, n.fallback] for h, n in fits]),
+    )
