@@ -1,6 +1,121 @@
-"""FLoE app entry point (the Runs page lands with the app issue)."""
+"""Runs (home): the runs in cache/, the background jobs, and new analyses."""
 import streamlit as st
 
-st.set_page_config(page_title="FLoE layer importance", layout="wide")
-st.title("FLoE: which layers to adapt, and at what rank")
-st.info("The analysis pages are being built. Meanwhile use the CLI: `.venv/bin/floe --help`.")
+from floe import jobs, ui, views
+from floe.data import DataError
+from floe.runs import list_runs
+
+ui.page("Runs", "Every analysis, training and rank search is a run in cache/runs. Long work "
+        "runs in the background as `floe` commands: close the tab, come back later.")
+
+st.subheader("Analyse in one click")
+ui.quick_analyse_button("quick")
+
+ui.job_panel()
+
+# --------------------------------------------------------------------------- the runs
+st.subheader("Runs")
+runs = list_runs()
+if not runs:
+    st.info("No runs yet. Click **Analyse SmolLM2-135M** above: a few minutes later the Heatmaps "
+            "page shows which of its 30 layers to adapt.", icon=":material/info:")
+else:
+    st.dataframe(views.runs_table(runs), hide_index=True, width="stretch",
+                 column_config={"ratio": st.column_config.NumberColumn(format="percent"),
+                                "error": st.column_config.TextColumn(width="medium")})
+    by_id = {r.id: r for r in runs}
+    picked = [by_id[i] for i in st.multiselect(
+        "Select runs to resume or delete", list(by_id), format_func=lambda i: f"{i} · {by_id[i].status}")]
+    resume_col, delete_col, confirm_col = st.columns([1, 1, 3])
+    stopped = [r for r in picked if r.status in ("stale", "cancelled", "failed")]
+    if resume_col.button("Resume", disabled=not stopped, icon=":material/replay:",
+                         help="queue the job that made a stopped run again; it continues from "
+                              "its last checkpoint"):
+        for run in stopped:
+            job = jobs.job_for_run(run.id)
+            if job and job["status"] in (jobs.CANCELLED, jobs.FAILED):
+                jobs.resume(job["id"])
+            elif not job:
+                st.warning(f"{run.id} was started outside the app: run the same `floe` command "
+                           "again to resume it.")
+        st.rerun()
+    sure = confirm_col.checkbox("yes, delete the selected runs and their files", disabled=not picked)
+    if delete_col.button("Delete", disabled=not (picked and sure), icon=":material/delete:"):
+        ui.delete_runs(picked)
+        st.rerun()
+
+# --------------------------------------------------------------------------- new analysis
+st.subheader("New analysis")
+
+
+def model_picker() -> str | None:
+    sources = ["embedded", "local folder"] + (["hub id"] if views.hub_available() else [])
+    source = st.radio("Model", sources, horizontal=True,
+                      help=None if views.hub_available() else "hub ids need a network (HF_HUB_OFFLINE is set)")
+    if source == "embedded":
+        models = views.embedded_models()
+        return st.selectbox("Embedded model", list(models), format_func=lambda n: f"{n}: {models[n]}")
+    text = st.text_input("Model folder" if source == "local folder" else "Hub id",
+                         placeholder="/path/to/model (a folder with config.json)" if source == "local folder"
+                         else "HuggingFaceTB/SmolLM2-360M-Instruct")
+    if not text:
+        return None
+    try:
+        if source == "local folder":
+            st.caption(f"model: {ui.md(views.check_model_folder(text))}")
+            return text
+        return views.check_hub_id(text)
+    except ValueError as e:
+        ui.show_error(e)
+        return None
+
+
+def data_picker() -> str | None:
+    source = st.radio("Data", ["embedded set", "upload a file", "local file"], horizontal=True)
+    if source == "embedded set":
+        sets = views.embedded_sets()
+        name = st.selectbox("Embedded set", list(sets))
+        st.caption(sets[name])
+        return name
+    if source == "upload a file":
+        upload = st.file_uploader(f"Instruction data (at most {views.MAX_UPLOAD_MB} MB)",
+                                  type=["json", "jsonl", "csv", "parquet"], max_upload_size=views.MAX_UPLOAD_MB)
+        if upload is None:
+            st.caption("Alpaca/Dolly fields (instruction, input or context, output or response) "
+                       "or chat `messages` ending with the assistant's turn.")
+            return None
+        try:
+            path = str(views.save_upload(upload.name, upload.getvalue()))
+        except ValueError as e:
+            ui.show_error(e)
+            return None
+    else:
+        path = st.text_input("Data file", placeholder="/path/to/data.jsonl")
+        if not path:
+            return None
+    try:
+        n, preview = views.check_data_file(path)
+    except (DataError, ValueError) as e:
+        ui.show_error(e)
+        return None
+    st.caption(f"{n} usable examples; the first few:")
+    st.dataframe(preview, hide_index=True)
+    return path
+
+
+left, right = st.columns(2)
+with left:
+    model = model_picker()
+with right:
+    data = data_picker()
+stability = st.checkbox("Also the stability study: one analysis per data ratio (100 / 70 / 30 %)",
+                        help="floe analyze --ratios 1.0,0.7,0.3; the Stability page compares the rankings")
+quick = st.toggle("Quick settings (a few minutes on 2 CPU cores)", value=jobs.gpu_count() == 0,
+                  help=", ".join(f"{k} {v}" for k, v in ui.QUICK.items()))
+with st.expander("All options of `floe analyze`"):
+    values = ui.option_widgets("analyze", ui.QUICK if quick else {}, skip=("ratios",))
+if stability:
+    values["ratios"] = "1.0,0.7,0.3"
+ui.launcher(["analyze", "--model", model or "MODEL?", "--data", data or "DATA?"], "analyze", values,
+            f"analyse {views.short_name(model)} · {views.short_name(data)}", "Start analysis",
+            ready=bool(model and data))

@@ -24,6 +24,9 @@ class ArchSpec:
     gate: str = "mlp.gate_proj"
     up: str = "mlp.up_proj"
     down: str = "mlp.down_proj"
+    # Gemma normalises each sub-layer's output before the residual add, which makes the
+    # residual stream non-linear in the masks (mask tuning fits the pre-norm output there).
+    post_norms: bool = False
 
 
 # Llama, Mistral, Qwen2 and Gemma 3 (text) share the Llama naming.
@@ -31,7 +34,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": ArchSpec(),
     "mistral": ArchSpec(),
     "qwen2": ArchSpec(),
-    "gemma3_text": ArchSpec(),
+    "gemma3_text": ArchSpec(post_norms=True),
 }
 
 
@@ -112,3 +115,7 @@ def module_name(config, layer: int, role: str) -> str:
 def role_suffix(config, role: str) -> str:
     """The module-name suffix of a role (``mlp.down_proj``), used for target lists."""
     return getattr(spec_for(config), role)
+
+
+def has_post_norms(config) -> bool:
+    return spec_for(config).post_norms

@@ -40,10 +40,65 @@ def _cmd_warmup(args) -> dict:
     return {"run": run.id, "path": str(run.path), **run.read_json(SUMMARY)}
 
 
+def _score_args(p: argparse.ArgumentParser) -> None:
+    from .score import ScoreConfig
+    p.add_argument("--warmup-run", required=True, help="id of a finished warm-up run in the cache")
+    p.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when present)")
+    add_arguments(p, ScoreConfig)
+    _common(p)
+
+
+def _cmd_score(args) -> dict:
+    from .runs import open_run
+    from .score import ScoreConfig, run_score, summary
+    warm = open_run(args.warmup_run)
+    if warm.kind != "warmup":
+        raise ValueError(f"run {args.warmup_run} is a {warm.kind} run, not a warm-up run")
+    return summary(run_score(warm, from_namespace(ScoreConfig, args), args.device,
+                             force=args.force, show_progress=not args.quiet))
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ratios takes numbers like 1.0,0.7,0.3, got {text!r}")
+
+
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    from .score import ScoreConfig
+    _warmup_args(p)
+    add_arguments(p, ScoreConfig)
+    p.add_argument("--ratios", type=_ratios, default=None,
+                   help="data-ratio stability study: one warm-up and scoring per ratio, e.g. 1.0,0.7,0.3")
+
+
+def _cmd_analyze(args) -> dict:
+    from .runs import open_run
+    from .score import ScoreConfig, run_analysis, run_study, summary
+    configs = (from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
+               from_namespace(HydraLoraConfig, args), from_namespace(TrainConfig, args),
+               from_namespace(ScoreConfig, args))
+    if args.ratios is None:
+        return summary(run_analysis(*configs, force=args.force, show_progress=not args.quiet))
+    study = run_study(*configs, ratios=args.ratios, force=args.force, show_progress=not args.quiet)
+    stability = study.read_json("stability.json")
+    per_ratio = {r: summary(open_run(i)) for r, i in stability["score_runs"].items()}
+    return {"run": study.id, "path": str(study.path), **stability, "per_ratio": per_ratio,
+            "layer_scores": {r: s["layer_scores"] for r, s in per_ratio.items()}}
+
+
 COMMANDS = {
     "warmup": (_warmup_args, _cmd_warmup,
                "fine-tune a full-layer HydraLoRA model on a sample of the data"),
+    "score": (_score_args, _cmd_score, "FLoE-score the layers of a finished warm-up"),
+    "analyze": (_analyze_args, _cmd_analyze,
+                "warm-up + scoring in one go (with --ratios: the data-ratio stability study)"),
 }
+
+from .cli_experiments import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402 (needs _common above)
+
+COMMANDS.update(_EXPERIMENT_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ Masks are returned as RETAINED masks: True means m = 1.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -39,17 +40,30 @@ def within_budget(cost: float, budget: float) -> bool:
     return cost <= budget_limit(budget)
 
 
-def check_beta(beta: float) -> None:
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and 0.0 < beta <= 1.0):
+def as_real(name: str, value: object) -> float:
+    """A plain float from a real number or a one-element tensor (e.g. a mean)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def check_beta(beta: object) -> float:
+    value = as_real("beta", beta)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
         raise ValueError(
             f"beta must be a number in (0, 1] (the share of the model's total cost to "
             f"retain), got {beta!r}"
         )
+    return value
 
 
-def check_unit_cost(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+def check_unit_cost(name: str, cost: object) -> float:
+    value = as_real(name, cost)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a finite number > 0, got {cost!r}")
+    return value
 
 
 def check_scores(name: str, scores: Tensor) -> None:
@@ -75,9 +89,9 @@ def budget_of(
     t_neuron: float,
 ) -> float:
     """C = beta * (n_heads_total * t_head + n_neurons_total * t_neuron)."""
-    check_beta(beta)
-    check_unit_cost("t_head", t_head)
-    check_unit_cost("t_neuron", t_neuron)
+    beta = check_beta(beta)
+    t_head = check_unit_cost("t_head", t_head)
+    t_neuron = check_unit_cost("t_neuron", t_neuron)
     if n_heads_total < 0 or n_neurons_total < 0:
         raise ValueError("unit counts must be >= 0")
     return beta * (n_heads_total * t_head + n_neurons_total * t_neuron)
@@ -153,9 +167,9 @@ def greedy_masks(
     Returns:
         (keep_heads [L, H], keep_neurons [L, N]) boolean, True = retained (m = 1).
     """
-    check_beta(beta)
-    check_unit_cost("t_head", t_head)
-    check_unit_cost("t_neuron", t_neuron)
+    beta = check_beta(beta)
+    t_head = check_unit_cost("t_head", t_head)
+    t_neuron = check_unit_cost("t_neuron", t_neuron)
     check_scores("tau_heads", tau_heads)
     check_scores("tau_neurons", tau_neurons)
     if tau_heads.shape[0] != tau_neurons.shape[0]:

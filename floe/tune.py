@@ -31,7 +31,7 @@ mask, so per layer error_tuned <= error_binary always.
 Post-norm architectures (Gemma 3: RMSNorm on each sub-layer output before the residual
 add) make l non-linear in m; there the fit is done on the pre-norm sub-layer output,
 min ||o(x'; m) - o(x; 1)||^2 with o the o_proj / down_proj output, without the residual
-term (see ``_residual_is_additive``).
+term (``arch.has_post_norms``).
 
 Data flow and memory. One forward pass per batch records every decoder layer's call
 arguments (rotary embeddings, attention masks: shared tensors, so cheap) and the layer-0
@@ -291,15 +291,6 @@ def _run_layer(model: nn.Module, layer: int, x: torch.Tensor,
     return out[0] if isinstance(out, tuple) else out
 
 
-def _residual_is_additive(config) -> bool:
-    """Whether each sub-layer's projection output is added to the residual stream as is.
-
-    False for Gemma 2/3 (RMSNorm after o_proj and down_proj). This belongs in ``arch``
-    (an ``ArchSpec.post_norms`` flag); kept here until it moves there.
-    """
-    return getattr(config, "model_type", "") not in ("gemma2", "gemma3", "gemma3_text")
-
-
 def _stat(x: torch.Tensor) -> torch.Tensor:
     return x.to(stat_dtype(x.dtype))
 
@@ -378,7 +369,7 @@ def tune_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
     if damping < 0 or bound <= 0:
         raise ValueError(f"need damping >= 0 and bound > 0, got {damping} and {bound}")
     batches = list(batches)
-    additive = _residual_is_additive(model.config)
+    additive = not arch.has_post_norms(model.config)
     L = shape.n_layers
     fits: list[tuple[ComponentFit, ComponentFit]] = []
 

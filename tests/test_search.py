@@ -194,6 +194,19 @@ def test_bad_costs(t_head, t_neuron):
         greedy_masks(torch.ones(2, 2), torch.ones(2, 3), t_head, t_neuron, 0.5)
 
 
+def test_accepts_one_element_tensors_for_scalars():
+    tau_h, tau_n, t_head, t_neuron = random_instance(2, L=3, H=4, N=10)
+    plain = greedy_masks(tau_h, tau_n, t_head, t_neuron, 0.5)
+    tensors = greedy_masks(
+        tau_h, tau_n, torch.tensor(t_head, dtype=torch.float64), torch.tensor([t_neuron]), torch.tensor(0.5)
+    )
+    assert torch.equal(plain[0], tensors[0]) and torch.equal(plain[1], tensors[1])
+    with pytest.raises(ValueError, match="beta"):
+        greedy_masks(tau_h, tau_n, t_head, t_neuron, True)
+    with pytest.raises(ValueError, match="t_head"):
+        greedy_masks(tau_h, tau_n, "1.0", t_neuron, 0.5)
+
+
 def test_layer_mismatch():
     with pytest.raises(ValueError, match="layers"):
         greedy_masks(torch.ones(2, 2), torch.ones(3, 3), 1.0, 1.0, 0.5)

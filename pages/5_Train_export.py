@@ -1,0 +1,82 @@
+"""Train & export: choose k and a policy, see the cost, train sparsely, download the result."""
+import streamlit as st
+
+from floe import jobs, ui, views
+
+ui.page("Train & export", "Pick how many layers to adapt and by which ranking; train the sparse "
+        "adapter in the background; download the layer list, the config and the adapter.")
+
+runs, problems = views.usable_score_runs()
+if not runs:
+    ui.empty("No finished analysis yet: the layer choice comes from an analysis's ranking.")
+    ui.quick_analyse_button("quick-train")
+    ui.job_panel(("analyze",), recent=1)
+    st.stop()
+
+run = ui.pick_run(runs, "Score run", "score")
+payload = views.layers(run)
+n_layers = payload["n_layers"]
+c1, c2 = st.columns([1, 2])
+policy = c1.radio("Policy", list(views.POLICIES), format_func=views.POLICIES.get,
+                  help="FLoE ranks layers by its score; the others are the paper's baselines")
+k = c2.slider("k: number of layers to adapt", 1, n_layers, min(8, n_layers), disabled=policy == "all")
+chosen = views.chosen_layers(run, policy, k)
+st.plotly_chart(views.heatmap_figure([run], marked=[chosen]), key="choice")
+st.markdown(f"**Adapted layers ({len(chosen)}):** {', '.join(map(str, chosen))}")
+
+trainable = views.trainable_parameters(run, chosen)
+full = views.trainable_parameters(run, list(range(n_layers)))
+memory = views.memory_estimate(run, chosen, trainable, cuda=jobs.gpu_count() > 0)
+m1, m2, m3 = st.columns(3)
+m1.metric("trainable parameters", f"{trainable:,}", f"{trainable / full:.0%} of all layers", delta_color="off")
+m2.metric("expected training memory", f"≈ {memory['total']:.2f} GiB" if memory else "–",
+          help=views.memory_estimate.__doc__ if memory else "the model folder is not on this machine")
+m3.metric("lowest adapted layer", min(chosen), help="backward stops there: a higher choice trains faster")
+if memory:
+    st.caption(" · ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items() if name != "total"))
+
+st.subheader("Sparse training")
+with st.expander("All options of `floe train`"):
+    values = ui.option_widgets("train", views.training_preset(run),
+                               skip=("score_run", "policy", "k", "layers", "config"))
+ui.launcher(["train", "--score-run", run.id, "--policy", policy, "--k", str(k)], "train", values,
+            f"train · {policy} top-{len(chosen)} · {views.run_label(run)}", "Start sparse training")
+ui.job_panel(("train", "eval"), recent=1)
+
+trained = views.train_runs_for(run, policy, k)
+if trained:
+    train_run = ui.pick_run(trained, "Training run", "train")
+
+    @st.fragment(run_every=ui.POLL_S if train_run.status == "running" else None)
+    def live_loss():
+        st.plotly_chart(views.loss_curve(train_run), key="loss")
+    live_loss()
+    if train_run.status == "done":
+        st.dataframe(views.train_summary(train_run), hide_index=True)
+        evals = views.eval_runs_for(train_run)
+        if evals:
+            st.dataframe(views.eval_table(evals), hide_index=True)
+        with st.expander("Evaluate this adapter (`floe eval`)", expanded=not evals):
+            eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL), skip=("train_run", "adapter"))
+            ui.launcher(["eval", "--train-run", train_run.id], "eval", eval_values,
+                        f"evaluate {train_run.id}", "Start evaluation")
+else:
+    st.info("No training run for this choice yet: start one above. Its loss curve appears here live.")
+
+st.subheader("Downloads")
+st.download_button("Layer list (JSON)", views.selection_file(run, policy, k), file_name="layers.json",
+                   mime="application/json", icon=":material/download:", key="dl:layers")
+done = [r for r in trained if r.status == "done"]
+if done:
+    try:
+        files = views.export_downloads(views.export_folder(done[0]))
+    except (OSError, ValueError, views.CorruptRunError) as e:
+        ui.show_error(e)
+        files = {}
+    cols = st.columns(len(files) or 1)
+    for col, (name, data) in zip(cols, files.items()):
+        col.download_button(name, data, file_name=name, icon=":material/download:", key=f"dl:{name}")
+    st.caption(f"From `floe export --train-run {done[0].id}`: config.yaml trains it again "
+               "(`floe train --config config.yaml`), the peft config adapts the same layers with plain LoRA.")
+else:
+    st.caption("The YAML config, the peft config and the adapter come with a finished training run.")

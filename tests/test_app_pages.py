@@ -1,0 +1,287 @@
+"""Every page through streamlit's AppTest: empty cache, fixture runs, each widget's main path."""
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import app_fixtures as fx
+from floe import jobs, ui, views
+from floe.runs import list_runs, run_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["pages/1_Heatmaps.py", "pages/2_Stability.py", "pages/3_Refinement.py",
+         "pages/4_Rank_search.py", "pages/5_Train_export.py"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOE_CACHE", str(tmp_path))
+    monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
+    # Jobs are queued but not started: launching is tested in test_jobs and the browser test.
+    monkeypatch.setattr(jobs, "_launch", lambda job, devices, root=None: job)
+    return tmp_path
+
+
+@pytest.fixture
+def model(cache):
+    return str(fx.make_model_folder(cache / "tiny-model"))
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _decode(value):
+    """Plotly sends numpy arrays as base64 typed arrays; turn them back into lists."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = [int(n) for n in str(value.get("shape", len(array))).split(",")]
+        return array.reshape(shape).tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figure(at: AppTest, index: int = 0) -> dict:
+    return _decode(json.loads(at.get("plotly_chart")[index].proto.spec))
+
+
+def text_of(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "info", "error", "caption", "success", "warning")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def only_job() -> dict:
+    (job,) = jobs.list_jobs()
+    return job
+
+
+# --------------------------------------------------------------------------- empty cache
+@pytest.mark.parametrize("page", [None] + PAGES)
+def test_every_page_renders_an_empty_state_that_says_what_to_do(cache, page):
+    at = open_page(page)
+    assert at.info, "an empty page explains what to do next"
+    assert not at.get("plotly_chart")
+
+
+def test_one_click_analysis_queues_the_embedded_default(cache):
+    at = open_page()
+    assert "No runs yet" in text_of(at)
+    at.button(key="quick").click().run()
+    job = only_job()
+    assert job["args"] == ui.quick_args() and job["args"][:5] == ["analyze", "--model", "smollm2-135m",
+                                                                "--data", "general"]
+    assert job["status"] == jobs.QUEUED
+    assert "queued" in text_of(open_page())  # the job card survives a reload
+
+
+def test_empty_heatmaps_page_starts_an_analysis_too(cache):
+    at = open_page(PAGES[0])
+    at.button(key="quick-heatmaps").click().run()
+    assert only_job()["args"][0] == "analyze"
+
+
+# --------------------------------------------------------------------------- runs page
+def test_runs_table_lists_runs_and_deletes_the_selected_one(cache, model):
+    score = fx.make_score_run(cache, model)
+    at = open_page()
+    table = at.dataframe[0].value
+    assert set(table["kind"]) == {"warmup", "score"} and set(table["status"]) == {"done"}
+    assert table.loc[table["kind"] == "score", "model"].item() == "tiny-model"
+    at.multiselect[0].select(score.id).run()
+    delete = next(b for b in at.button if b.label == "Delete")
+    assert delete.disabled  # not before the confirmation
+    at.checkbox[0].check().run()
+    next(b for b in at.button if b.label == "Delete").click().run()
+    assert not score.path.exists() and [r.kind for r in list_runs()] == ["warmup"]
+
+
+def test_a_stopped_run_is_resumed_through_its_job(cache):
+    run = run_for("warmup", {"model": {"model": "x"}, "data": {"data": "general", "ratio": 1.0}})
+    run.update_state(status="cancelled", error="cancelled")
+    job = jobs.submit(jobs.floe_command(["warmup"]), "warm-up", ["warmup"])
+    jobs.cancel(job["id"])
+    jobs._update(job["id"], None, runs=[run.id])
+    at = open_page()
+    at.multiselect[0].select(run.id).run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert jobs.get(job["id"])["status"] == jobs.QUEUED
+
+
+def test_analysis_form_takes_a_local_model_and_data_file(cache, model, tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(3)))
+    at = open_page()
+    at.radio[0].set_value("local folder").run()
+    at.text_input[0].input(str(tmp_path / "nowhere")).run()
+    assert "does not exist" in text_of(at)
+    at.text_input[0].input(model).run()
+    assert "llama, 4 layers" in text_of(at)
+    at.radio[1].set_value("local file").run()
+    at.text_input[1].input(str(data)).run()
+    assert "3 usable examples" in text_of(at)
+    command = at.code[-1].value
+    assert command.startswith("floe analyze --model") and f"--data {data}" in command
+    assert "--max-samples 32" in command  # the quick settings on a CPU machine
+    next(b for b in at.button if b.label == "Start analysis").click().run()
+    args = only_job()["args"]
+    assert args[args.index("--model") + 1] == model and args[args.index("--data") + 1] == str(data)
+
+
+def test_analysis_form_rejects_bad_files_and_options(cache, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\n{not json\n')
+    at = open_page()
+    at.radio[1].set_value("local file").run()
+    at.text_input[0].input(str(bad)).run()
+    assert "bad JSON on line 2" in text_of(at)
+    assert next(b for b in at.button if b.label == "Start analysis").disabled
+    at.radio[1].set_value("embedded set").run()
+    max_samples = next(t for t in at.text_input if t.label == "--max-samples")
+    max_samples.input("many").run()
+    assert "'many' is not valid" in text_of(at)
+    assert next(b for b in at.button if b.label == "Start analysis").disabled
+
+
+def test_stability_checkbox_adds_the_ratios(cache):
+    at = open_page()
+    next(c for c in at.checkbox if c.label.startswith("Also the stability")).check().run()
+    assert "--ratios 1.0,0.7,0.3" in at.code[-1].value
+
+
+# --------------------------------------------------------------------------- analysis pages
+def test_heatmap_rows_runs_columns_layers_dots_on_top_k(cache, model):
+    deep = fx.make_score_run(cache, model, n_layers=6, seed=1)
+    shallow = fx.make_score_run(cache, model, n_layers=4, seed=2)
+    at = open_page(PAGES[0])
+    fig = figure(at)
+    heat, dots = fig["data"][0], fig["data"][1]
+    assert len(heat["z"]) == 2 and len(heat["z"][0]) == 6  # a column per layer of the deepest
+    assert len(dots["x"]) == 2 * 4  # top-min(5, 4) of each run
+    at.slider[0].set_value(2).run()
+    dots = figure(at)["data"][1]
+    expected = {(views.run_label(r), float(k)) for r in (deep, shallow) for k in views.layers(r)["ranking"][:2]}
+    assert set(zip(dots["y"], dots["x"])) == expected
+    at.radio[0].set_value("relative depth").run()
+    heat = figure(at)["data"][0]
+    assert not any(math.isnan(v) for v in heat["z"][1])  # the 4-layer run fills every depth bin
+    assert len(at.get("plotly_chart")) == 3  # heatmap, head masks, neuron masks
+
+
+def test_heatmap_drill_down_shows_the_layer_masks(cache, model):
+    run = fx.make_score_run(cache, model)
+    at = open_page(PAGES[0])
+    at.select_slider[0].set_value(2).run()
+    heads = figure(at, 1)["data"][0]
+    assert heads["y"] == ["greedy", "refined", "tuned"] and len(heads["z"][0]) == 4
+    assert f"rank **{views.layers(run)['ranking'].index(2) + 1}**" in text_of(at)
+    stats = at.dataframe[0].value
+    assert list(stats["units"]) == ["heads", "neurons"] and stats["count"].tolist() == [4, 48]
+
+
+def test_a_corrupt_run_is_reported_not_raised(cache, model):
+    run = fx.make_score_run(cache, model)
+    run.file("layers.json").write_text("{}")
+    at = open_page(PAGES[0])
+    assert "does not match its checksum" in text_of(at)
+    assert "No finished analysis yet" in text_of(at)
+
+
+def test_stability_page_shows_both_variants_of_a_study(cache, model):
+    fx.make_study_run(cache, model, n_layers=6, n_neurons=20)
+    at = open_page(PAGES[1])
+    fig = figure(at)
+    assert [a["text"] for a in fig["layout"]["annotations"]] == ["with refinement", "without refinement"]
+    names = {t["name"] for t in fig["data"]}
+    assert {"100% data", "70% data", "30% data", "min-max"} <= names
+    summary = at.dataframe[0].value
+    assert list(summary["variant"]) == ["with refinement", "without refinement"]
+    # The score runs of the study also form a ratio group: two sources.
+    assert len(at.selectbox[0].options) == 2
+
+
+def test_refinement_page_names_the_k_to_evaluate_and_starts_compare(cache, model):
+    run = fx.make_score_run(cache, model)
+    payload = views.layers(run)
+    ks = views.differing_ks(payload["ranking"], payload["ranking_without_refinement"])
+    assert ks == [2]  # the fixture swaps ranks 2 and 3
+    at = open_page(PAGES[2])
+    assert next(m for m in at.metric if m.label == "k to evaluate").value == "1"
+    assert "k = 2" in text_of(at)
+    next(b for b in at.button if b.label == "Start the comparison").click().run()
+    args = only_job()["args"]
+    assert args[:3] == ["compare", "--score-run", run.id]
+    assert args[args.index("--ks") + 1] == "2" and "--no-include-all" in args
+    assert args[args.index("--policies") + 1] == "floe,floe-no-refine"
+
+
+def test_refinement_page_shows_compare_results(cache, model):
+    run = fx.make_score_run(cache, model)
+    fx.make_compare_run(cache, run)
+    at = open_page(PAGES[2])
+    table = at.dataframe[-1].value
+    assert list(table.columns) == ["floe", "floe-no-refine"] and list(table.index) == [3, 2]
+    assert table.loc[2, "floe"] == "0.4500 ± 0.0100"
+
+
+def test_rank_search_page_shows_the_study_and_starts_a_search(cache, model):
+    run = fx.make_score_run(cache, model)
+    fx.make_search_run(cache, run)
+    at = open_page(PAGES[3])
+    assert next(m for m in at.metric if m.label == "best r").value == "6"
+    history, slice_ = figure(at, 0), figure(at, 1)
+    assert len(history["data"][0]["x"]) == 4 and history["data"][2]["name"] == "pruned"
+    assert sorted(slice_["data"][0]["x"]) == [2, 4, 6, 8]
+    at.slider[0].set_value(3).run()
+    next(b for b in at.button if b.label == "Start / resume the search").click().run()
+    args = only_job()["args"]
+    assert args[:7] == ["search-rank", "--score-run", run.id, "--policy", "floe", "--k", "3"]
+    assert args[args.index("--n-trials") + 1] == "5"
+
+
+def test_train_page_k_slider_policy_training_and_downloads(cache, model):
+    run = fx.make_score_run(cache, model)
+    train = fx.make_train_run(cache, run, "floe", 2)
+    fx.make_eval_run(cache, train)
+    at = open_page(PAGES[4])
+    at.slider[0].set_value(2).run()
+    chosen = views.chosen_layers(run, "floe", 2)
+    assert f"**Adapted layers (2):** {', '.join(map(str, chosen))}" in text_of(at)
+    dots = figure(at)["data"][1]
+    assert sorted(dots["x"]) == chosen
+    params = next(m for m in at.metric if m.label == "trainable parameters").value
+    assert int(params.replace(",", "")) == views.trainable_parameters(run, chosen) > 0
+    assert next(m for m in at.metric if m.label == "expected training memory").value.startswith("≈")
+    loss = figure(at, 1)["data"][0]
+    assert loss["y"][0] == 3.0 and len(loss["x"]) == 6
+    evals = at.dataframe[-1].value
+    assert evals["arc-easy/acc"].item() == 0.4
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[0] == "Layer list (JSON)" and "config.yaml" in labels and "adapter.zip" in labels
+    next(b for b in at.button if b.label == "Start sparse training").click().run()
+    assert only_job()["args"] == ["train", "--score-run", run.id, "--policy", "floe", "--k", "2"]
+
+
+def test_train_page_policy_all_adapts_every_layer(cache, model):
+    fx.make_score_run(cache, model)
+    at = open_page(PAGES[4])
+    at.radio[0].set_value("all").run()
+    assert at.slider[0].disabled
+    assert "**Adapted layers (4):** 0, 1, 2, 3" in text_of(at)
+    assert "No training run for this choice yet" in text_of(at)

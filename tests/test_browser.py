@@ -1,0 +1,185 @@
+"""The app in a real browser: `streamlit run` on a free localhost port, driven by Debian's
+Chromium through Playwright. Analyse a tiny model, see its heatmap, choose k, train, and
+download the export. Screenshots of every page go to test-output/screenshots/."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+JOB_TIMEOUT_MS = 15 * 60 * 1000  # a 2-core machine shared with other work can be slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    """The app on a free port, with its own cache (converted models shared)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    cache = tmp_path_factory.mktemp("app-cache")
+    (cache / "models").symlink_to(Path(os.environ["FLOE_CACHE"]) / "models", target_is_directory=True)
+    port = free_port()
+    env = {**os.environ, "FLOE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    log = open(cache / "streamlit.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(cache / 'streamlit.log').read_text()}")
+            time.sleep(0.5)
+    yield {"url": url, "cache": cache, "model": str(tiny_model_dir)}
+    from floe import jobs
+    for job in jobs.active_jobs(cache):
+        jobs.cancel(job["id"], cache, grace=5)
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        tab = context.new_page()
+        tab.set_default_timeout(120_000)
+        yield tab
+        browser.close()
+
+
+def open_page(page, server, path: str = "") -> None:
+    page.goto(f"{server['url']}/{path}")
+    page.wait_for_selector("h1")
+    settle(page)
+
+
+def settle(page) -> None:
+    """Wait until the script run triggered by the last action has finished."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+
+
+def shot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to it."""
+    settle(page)
+    height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": max(1000, min(int(height), 6000))})
+    page.wait_for_timeout(500)  # plotly redraws at the new size
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def wait_for_card(page, status: str, label: str, timeout: float = 120_000) -> None:
+    """Wait until a job card reads `<status> · <label...>` (the app polls its jobs)."""
+    page.wait_for_function(
+        "([status, label]) => [...document.querySelectorAll('[data-testid=stMarkdownContainer]')]"
+        ".some(e => e.innerText.includes(status + ' · ' + label))", arg=[status, label], timeout=timeout)
+
+
+def k_slider(page):
+    return page.locator("[data-testid='stSlider']", has_text="k: number of layers to adapt").get_by_role("slider")
+
+
+def set_k(page, k: int) -> None:
+    """Keyboard on the slider, as a user would: Home is k = 1, each arrow one more."""
+    k_slider(page).focus()
+    page.keyboard.press("Home")
+    settle(page)
+    for _ in range(k - 1):
+        page.keyboard.press("ArrowRight")
+        settle(page)
+
+
+def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
+    open_page(page, server)
+    assert page.get_by_text("No runs yet").is_visible()
+    shot(page, "0-runs-empty")
+
+    # A tiny model from a local folder, the embedded general set, the quick settings.
+    page.get_by_text("local folder", exact=True).click()
+    page.get_by_label("Model folder").fill(server["model"])
+    page.get_by_label("Model folder").press("Enter")
+    page.get_by_text("llama, 4 layers").wait_for()
+    page.get_by_role("button", name="Start analysis").click()
+    wait_for_card(page, "running", "analyse")
+    page.locator("[data-testid='stProgress']").first.wait_for()
+    shot(page, "1-runs-job-running")
+    wait_for_card(page, "done", "analyse", JOB_TIMEOUT_MS)
+    settle(page)
+    shot(page, "2-runs-done")
+
+    open_page(page, server, "Heatmaps")
+    page.locator(".js-plotly-plot").first.wait_for()
+    assert page.locator(".js-plotly-plot").count() == 3  # heatmap, head and neuron masks
+    shot(page, "3-heatmaps")
+
+    from floe import views
+    from floe.runs import list_runs
+    (score,) = [r for r in list_runs(server["cache"]) if r.kind == "score"]
+    ranking = views.layers(score)["ranking"]
+
+    open_page(page, server, "Train_export")
+    set_k(page, 2)
+    chosen = sorted(ranking[:2])
+    page.get_by_text(f"Adapted layers (2): {', '.join(map(str, chosen))}").wait_for()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Layer list (JSON)").click()
+    layer_list = json.loads(Path(download.value.path()).read_text())
+    assert layer_list["layers"] == chosen and layer_list["score_run"] == score.id
+    shot(page, "4-train-choice")
+
+    page.get_by_role("button", name="Start sparse training").click()
+    wait_for_card(page, "running", "train")
+    wait_for_card(page, "done", "train", JOB_TIMEOUT_MS)
+    open_page(page, server, "Train_export")  # the k slider starts at its default again
+    set_k(page, 2)
+    page.get_by_role("button", name="config.yaml").wait_for()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="config.yaml").click()
+    config = yaml.safe_load(Path(download.value.path()).read_text())
+    assert config["layers"] == chosen and config["model"]["model"] == server["model"]
+    with page.expect_download() as download:
+        page.get_by_role("button", name="peft_adapter_config.json").click()
+    peft = json.loads(Path(download.value.path()).read_text())
+    adapted = {k for k in range(4) if re.fullmatch(peft["target_modules"], f"model.layers.{k}.mlp.up_proj")}
+    assert adapted == set(chosen)
+    shot(page, "5-train-export")
+
+    for name, path in (("6-stability", "Stability"), ("7-refinement", "Refinement"),
+                       ("8-rank-search", "Rank_search")):
+        open_page(page, server, path)
+        assert not page.locator("[data-testid='stException']").count()
+        shot(page, name)
