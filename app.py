@@ -16,7 +16,10 @@ ui.job_panel()
 # --------------------------------------------------------------------------- the runs
 st.subheader("Runs")
 runs = list_runs()
-if not runs:
+if not runs and jobs.active_jobs():
+    st.info("No runs yet: the job above is loading its model and data (the first time, the "
+            "embedded model is converted once, under a minute).", icon=":material/hourglass_top:")
+elif not runs:
     st.info("No runs yet. Click **Analyse SmolLM2-135M** above: a few minutes later the Heatmaps "
             "page shows which of its 30 layers to adapt.", icon=":material/info:")
 else:
@@ -31,14 +34,16 @@ else:
     if resume_col.button("Resume", disabled=not stopped, icon=":material/replay:",
                          help="queue the job that made a stopped run again; it continues from "
                               "its last checkpoint"):
-        for run in stopped:
-            job = jobs.job_for_run(run.id)
-            if job and job["status"] in (jobs.CANCELLED, jobs.FAILED):
-                jobs.resume(job["id"])
-            elif not job:
-                st.warning(f"{run.id} was started outside the app: run the same `floe` command "
-                           "again to resume it.")
-        st.rerun()
+        found = {run.id: jobs.job_for_run(run.id) for run in stopped}
+        stopped_jobs = {j["id"] for j in found.values() if j and j["status"] in (jobs.CANCELLED, jobs.FAILED)}
+        for job_id in stopped_jobs:  # one job may have made several of the runs
+            jobs.resume(job_id)
+        outside = [run_id for run_id, job in found.items() if job is None]
+        if outside:
+            st.warning(f"{', '.join(outside)}: started outside the app; run the same `floe` command "
+                       "again to resume.")
+        else:
+            st.rerun()
     sure = confirm_col.checkbox("yes, delete the selected runs and their files", disabled=not picked)
     if delete_col.button("Delete", disabled=not (picked and sure), icon=":material/delete:"):
         ui.delete_runs(picked)
@@ -116,6 +121,14 @@ with st.expander("All options of `floe analyze`"):
     values = ui.option_widgets("analyze", ui.QUICK if quick else {}, skip=("ratios",))
 if stability:
     values["ratios"] = "1.0,0.7,0.3"
+if data and data not in views.embedded_sets():
+    try:
+        need = int(values["max_samples"]) + int(values["val_samples"])
+        if views.check_data_file(data)[0] < need:
+            st.warning(f"The file has fewer examples than the {need} this analysis draws "
+                       "(--max-samples + --val-samples): lower them under All options.")
+    except ValueError:
+        pass  # an invalid number is reported with the command below
 ui.launcher(["analyze", "--model", model or "MODEL?", "--data", data or "DATA?"], "analyze", values,
             f"analyse {views.short_name(model)} · {views.short_name(data)}", "Start analysis",
             ready=bool(model and data))

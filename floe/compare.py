@@ -140,12 +140,21 @@ def aggregate(results: list[dict], confidence: float) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], metric: str, policies: list[str], scale: float = 1.0) -> str:
+def _fmt(metric: str) -> tuple[float, str]:
+    """Accuracies in percent (as the paper's tables), losses with 4 decimals."""
+    if "acc" in metric:
+        return 100.0, "{:.2f}"
+    return 1.0, "{:.1f}" if metric == "perplexity" else "{:.4f}"
+
+
+def format_table(rows: list[dict], metric: str, policies: list[str]) -> str:
     """A Table-2-like text table of one metric: rows k (descending), columns policies."""
+    scale, fmt = _fmt(metric)
     cells = {(r["k"], r["policy"]): r for r in rows if r["metric"] == metric}
     ks = sorted({k for k, _ in cells}, reverse=True)
     cols = [p for p in ["all"] + list(policies) if any((k, p) in cells for k in ks)]
-    out = [f"{metric} (mean ± 95% CI half-width over seeds)",
+    n = max((c["n"] for c in cells.values()), default=0)
+    out = [f"{metric}{' (%)' if scale == 100 else ''}: mean ± 95% CI half-width over {n} seeds",
            "| layers | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for k in ks:
         line = []
@@ -154,9 +163,9 @@ def format_table(rows: list[dict], metric: str, policies: list[str], scale: floa
             if c is None:
                 line.append("")
             elif c["half_width"] is None:
-                line.append(f"{c['mean'] * scale:.2f}")
+                line.append(fmt.format(c["mean"] * scale))
             else:
-                line.append(f"{c['mean'] * scale:.2f} ± {c['half_width'] * scale:.2f}")
+                line.append(f"{fmt.format(c['mean'] * scale)} ± {fmt.format(c['half_width'] * scale)}")
         out.append(f"| {k} | " + " | ".join(line) + " |")
     return "\n".join(out)
 
@@ -169,6 +178,33 @@ def to_csv(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (r["metric"], -r["k"], r["policy"])):
         writer.writerow({**{f: r[f] for f in fields}, "values": ";".join(f"{v:.6g}" for v in r["values"])})
     return buf.getvalue()
+
+
+def _cell(score_run, k, policy, seed, n_layers, config, model_cfg, data, adapter, training,
+          evaluation, show_progress) -> dict:
+    """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
+    sparse = cell_selection(score_run, k, policy, seed, n_layers, config)
+    trained = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
+                                  sparse, show_progress=show_progress)
+    evaluated = run_evaluation(None, evaluation, train_run=trained.id, device=model_cfg.device,
+                               show_progress=show_progress)
+    summary = summary_of(trained)
+    return {"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
+            "train_run": trained.id, "eval_run": evaluated.id,
+            "trainable_parameters": summary["trainable_parameters"],
+            "train_seconds": summary["seconds"],
+            "metrics": headline(evaluated.read_json(EVAL_SUMMARY))}
+
+
+def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: int,
+                   config: CompareConfig, results: list[dict], base: dict, partial: bool) -> None:
+    rows = aggregate(results, config.confidence)
+    metrics = sorted({r["metric"] for r in rows}, key=lambda m: (not m.endswith("/acc"), m))
+    run.write_json(SUMMARY, {
+        "score_run": score_run, "model": model_cfg.model, "n_layers": n_layers, "partial": partial,
+        "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
+        "base": base, "tables": {m: format_table(rows, m, config.policies) for m in metrics}})
+    atomic_write_bytes(run.file(TABLE), to_csv(rows).encode())
 
 
 def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
@@ -191,32 +227,18 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
     with run.hold():
         total = len(cells) * len(config.seeds)
         run.log(event="start", stage="compare", total_steps=total, resumed_from=0)
-        results = []
-        for k, policy in cells:
-            for seed in config.seeds:
-                sparse = cell_selection(scored.id, k, policy, seed, n_layers, config)
-                trained = run_sparse_training(model_cfg, data, adapter,
-                                              dataclasses.replace(training, seed=seed), sparse,
-                                              show_progress=show_progress)
-                evaluated = run_evaluation(None, evaluation, train_run=trained.id,
-                                           device=model_cfg.device, show_progress=show_progress)
-                summary = summary_of(trained)
-                results.append({"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
-                                "train_run": trained.id, "eval_run": evaluated.id,
-                                "trainable_parameters": summary["trainable_parameters"],
-                                "train_seconds": summary["seconds"],
-                                "metrics": headline(evaluated.read_json(EVAL_SUMMARY))})
-                run.log(event="progress", stage="compare", done=len(results), total=total,
-                        k=k, policy=policy, seed=seed)
-        rows = aggregate(results, config.confidence)
         base = run_evaluation(model_cfg.model, evaluation, data=data, device=model_cfg.device,
                               show_progress=show_progress)
-        metrics = sorted({r["metric"] for r in rows}, key=lambda m: (not m.endswith("/acc"), m))
-        run.write_json(SUMMARY, {
-            "score_run": scored.id, "model": model_cfg.model, "n_layers": n_layers,
-            "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
-            "base": {"eval_run": base.id, "metrics": headline(base.read_json(EVAL_SUMMARY))},
-            "tables": {m: format_table(rows, m, config.policies) for m in metrics}})
-        atomic_write_bytes(run.file(TABLE), to_csv(rows).encode())
+        base = {"eval_run": base.id, "metrics": headline(base.read_json(EVAL_SUMMARY))}
+        results = []
+        for seed in config.seeds:  # seed-major: an early look already covers every cell
+            for k, policy in cells:
+                results.append(_cell(scored.id, k, policy, seed, n_layers, config, model_cfg, data,
+                                     adapter, training, evaluation, show_progress))
+                run.log(event="progress", stage="compare", done=len(results), total=total,
+                        k=k, policy=policy, seed=seed)
+                # The table so far, for the app and for a look while the grid runs.
+                _write_summary(run, scored.id, model_cfg, n_layers, config, results, base,
+                               partial=len(results) < total)
         run.finish([SUMMARY, TABLE])
     return run

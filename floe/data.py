@@ -31,8 +31,8 @@ class DataConfig:
                        ".json/.jsonl/.csv/.parquet file of instruction pairs or chat messages")
     ratio: float = option(1.0, "fraction of the training pool to use, in (0, 1]; nested: "
                           "the 0.3 sample is part of the 0.7 sample for the same seed")
-    max_samples: int = option(128, "size of the training pool drawn from the data (before ratio)")
-    val_samples: int = option(32, "held-out validation examples (never in the training pool)")
+    max_samples: int = option(64, "size of the training pool drawn from the data (before ratio)")
+    val_samples: int = option(16, "held-out validation examples (never in the training pool)")
     max_length: int = option(128, "maximum tokens per example (prompt + response)")
     seed: int = option(42, "seed for sampling, splitting and training")
 

@@ -71,6 +71,7 @@ from floe.hydralora import load_adapter
 
 model, tokenizer = load_model("{model}")
 load_adapter(model, "adapter")          # this folder's adapter/
+model.eval()                            # adapters are added in training mode (dropout)
 ```
 
 ## Train it again
@@ -89,16 +90,20 @@ model = get_peft_model(model, config)
 """
 
 
+class ExportExistsError(FileExistsError, ValueError):
+    """The export folder exists. Also a ValueError, so the CLI reports it in one line."""
+
+
 def prepare_target(target: Path, force: bool) -> None:
     """Refuse to overwrite anything without force, and anything but an export even with it."""
     if not target.exists():
         return
     if not force:
-        raise FileExistsError(f"export target {target} already exists; use --force to replace it")
+        raise ExportExistsError(f"export target {target} already exists; use --force to replace it")
     if target.is_dir() and ((target / MARKER).is_file() or not any(target.iterdir())):
         shutil.rmtree(target)
         return
-    raise FileExistsError(f"export target {target} exists and is not a floe export; "
+    raise ExportExistsError(f"export target {target} exists and is not a floe export; "
                           "refusing to replace it even with --force")
 
 

@@ -148,7 +148,9 @@ def submit(command: list[str], label: str, args: list[str] | None = None, gpus: 
 
 
 def floe_job_command(args: list[str]) -> tuple[list[str], str]:
-    """(argv, gpus) for ``floe <args>``: training on several GPUs goes through accelerate."""
+    """(argv, gpus) for ``floe <args>`` as a job: a machine-readable summary on stdout, no
+    progress bars (the run's progress.jsonl is the progress); several GPUs: accelerate."""
+    args = [*args] + [flag for flag in ("--json", "--quiet") if flag not in args]
     n = sum(s.startswith("cuda:") for s in device_slots())
     if args and args[0] in MULTI_GPU_COMMANDS and n > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
@@ -178,6 +180,18 @@ def _alive(pid: int | None) -> bool:
     with contextlib.suppress(OSError):  # a zombie is dead for our purposes
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def _supervising(job: dict) -> bool:
+    """Whether the job's supervisor still runs; its command line names the job, so a pid
+    reused after a reboot is not mistaken for it (where /proc exists)."""
+    pid = job.get("pid")
+    if not _alive(pid):
+        return False
+    try:
+        return job["id"].encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def _free_slots(jobs: list[dict]) -> list[str]:
@@ -217,7 +231,7 @@ def tick(root: Path | None = None) -> list[dict]:
         for job in jobs:
             if job["status"] == RUNNING:
                 _note_runs(job, root)
-            if job["status"] == RUNNING and not _alive(job.get("pid")):
+            if job["status"] == RUNNING and not _supervising(job):
                 cancelled = job.get("cancel_requested")
                 job.update(status=CANCELLED if cancelled else FAILED, finished=time.time(),
                            error=job.get("error") or ("cancelled" if cancelled else

@@ -15,7 +15,6 @@ import re
 import time
 from dataclasses import dataclass
 
-from . import __version__
 from .config import option, to_dict
 from .data import DataConfig
 from .hydralora import HydraLoraConfig

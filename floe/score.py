@@ -43,7 +43,7 @@ class ScoreConfig:
 
     beta: float = option(0.5, "budget: share of the model's total Taylor cost the retained "
                          "units may keep, in (0, 1]")
-    score_samples: int = option(64, "examples of the warm-up sample used for scoring "
+    score_samples: int = option(32, "examples of the warm-up sample used for scoring "
                                 "(Taylor, Fisher, tuning); capped at the sample size")
     score_batch_size: int = option(8, "sequences per scoring batch")
     damping: float = option(1e-2, "ridge damping of the mask tuning, relative to the mean "

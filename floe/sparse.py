@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import resource
 import threading
@@ -21,10 +22,10 @@ import torch
 
 from . import __version__, arch
 from .config import option, to_dict
-from .data import DataConfig, load_split, tokenize
+from .data import DataConfig, Split, load_examples, split_and_sample, tokenize
 from .hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from .models import load_model, model_fingerprint, resolve_device
-from .runs import DONE, Run, RunLockedError, open_run, read_json, run_for
+from .runs import DONE, Run, RunLockedError, read_json, run_for
 from .score import POLICIES, load_layers, open_score_run, ranking_for
 from .train import TrainConfig, train, validation_loss
 from .warmup import ModelConfig
@@ -163,6 +164,19 @@ class ReportingRun(Run):
             self.on_record(record, self.validate)
 
 
+@functools.lru_cache(maxsize=4)
+def _examples(data: str, stamp: int | None) -> tuple[dict, ...]:
+    return tuple(load_examples(data))
+
+
+def load_split_cached(config: DataConfig) -> Split:
+    """``load_split`` with the examples kept in memory: a search or a comparison trains
+    many times on the same data, and building an embedded set takes seconds."""
+    path = Path(config.data).expanduser()
+    stamp = path.stat().st_mtime_ns if path.is_file() else None  # an edited file is reread
+    return split_and_sample(list(_examples(config.data, stamp)), config)
+
+
 def _validator(model, val: list[dict], pad_id: int) -> Callable[[], float | None]:
     def validate() -> float | None:
         if not val:
@@ -284,7 +298,7 @@ def _train_in_run(run: Run, model_cfg: ModelConfig, data: DataConfig, adapter: H
         shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
     model, tok = load_model(model_cfg.model, _process_device(model_cfg),
                             trust_remote_code=model_cfg.trust_remote_code)
-    split = load_split(data)
+    split = load_split_cached(data)
     rows = tokenize(tok, split.train, data.max_length)
     val = tokenize(tok, split.val, data.max_length) if split.val else []
     if len(rows) < training.batch_size:

@@ -16,10 +16,18 @@ PAGES = [("app.py", "Runs", ":material/list:"),
          ("pages/3_Refinement.py", "Refinement", ":material/swap_vert:"),
          ("pages/4_Rank_search.py", "Rank search", ":material/tune:"),
          ("pages/5_Train_export.py", "Train & export", ":material/download:")]
-POLL_S = 2.0
+POLL_S = 3.0  # seconds between job-panel polls (each costs a short script run)
+# Where a finished job's result is seen: command -> (page, link text).
+RESULT_PAGES = {"analyze": ("pages/1_Heatmaps.py", "See the heatmap"),
+                "train": ("pages/5_Train_export.py", "See the training"),
+                "eval": ("pages/5_Train_export.py", "See the evaluation"),
+                "search-rank": ("pages/4_Rank_search.py", "See the search"),
+                "compare": ("pages/3_Refinement.py", "See the comparison")}
 # Fast analysis settings for the one-click button: minutes on 2 CPU cores (the CLI's own
 # defaults are sized for a better estimate).
-QUICK = {"max_samples": "32", "val_samples": "8", "max_length": "64", "score_samples": "16"}
+QUICK = {"max_samples": "32", "val_samples": "8", "max_length": "64", "score_samples": "8"}
+QUICK_TIME = ("About 3 minutes on 2 free CPU cores, the first time included (it converts the embedded "
+              "model once); longer while other programs keep the cores busy.")
 # And for evaluations on a CPU: one small benchmark instead of six.
 QUICK_EVAL = {"tasks": "arc-easy", "limit": "50"}
 DEFAULT_MODEL, DEFAULT_DATA = "smollm2-135m", "general"
@@ -64,7 +72,8 @@ def quick_analyse_button(key: str, extra: list[str] | None = None, label: str | 
                  icon=":material/play_arrow:"):
         start_job(args, "analyse smollm2-135m · general (quick)" + (" · stability" if extra else ""))
         st.rerun()
-    st.caption(f"Runs `{jobs.display_command(args)}` in the background.")
+    hint = "" if extra else f" {QUICK_TIME}"
+    st.caption(f"Runs `{jobs.display_command(args)}` in the background.{hint}")
 
 
 def empty(message: str) -> None:
@@ -112,9 +121,9 @@ def _job_cards(commands: tuple[str, ...] | None, recent: int) -> None:
     active = [j for j in listed if j["status"] in jobs.ACTIVE]
     shown = active + [j for j in listed if j["status"] not in jobs.ACTIVE][:recent]
     # A job that just ended changes what the rest of the page shows: rerun all of it.
-    was = st.session_state.get("active_jobs", set())
-    now = {j["id"] for j in active}
-    st.session_state["active_jobs"] = now
+    seen = f"active_jobs:{commands}"
+    was, now = st.session_state.get(seen, set()), {j["id"] for j in active}
+    st.session_state[seen] = now
     if was - now:
         st.rerun(scope="app")
     for job in shown:
@@ -138,7 +147,10 @@ def _job_card(view: dict) -> None:
             if view["status"] == jobs.FAILED:
                 show_error(view["error"] or "the job failed")
             if view["status"] == jobs.DONE and view["run"]:
-                st.caption(f"result: run `{view['run']}`")
+                target = RESULT_PAGES.get(view["command_name"])
+                if target:
+                    st.page_link(target[0], label=f"{target[1]} (run {view['run']})",
+                                 icon=":material/arrow_forward:")
         with buttons:
             _job_buttons(view)
 
@@ -157,7 +169,8 @@ def _job_buttons(view: dict) -> None:
                  "from its last checkpoint"):
         jobs.resume(job_id)
         st.rerun(scope="app")
-    if st.button("Dismiss", key=f"dismiss:{job_id}", icon=":material/close:", help="forget this job (its runs stay)"):
+    if st.button("Dismiss", key=f"dismiss:{job_id}", icon=":material/close:",
+                 help="forget this job (its runs stay)"):
         jobs.delete(job_id)
         st.rerun(scope="app")
 
@@ -175,8 +188,8 @@ def option_widgets(command: str, preset: dict, skip: tuple[str, ...] = ()) -> di
             key = f"{command}:{hash(tuple(sorted(preset.items())))}:{opt['dest']}"
             with cols[i % 4]:
                 if opt["kind"] == "bool":
-                    values[opt["dest"]] = st.checkbox(opt["flag"], value=bool(preset.get(opt["dest"], opt["default"])),
-                                                      help=opt["help"], key=key)
+                    default = bool(preset.get(opt["dest"], opt["default"]))
+                    values[opt["dest"]] = st.checkbox(opt["flag"], value=default, help=opt["help"], key=key)
                 elif opt["kind"] == "choice":
                     default = preset.get(opt["dest"], opt["default"])
                     values[opt["dest"]] = st.selectbox(opt["flag"], opt["choices"], help=opt["help"], key=key,
@@ -197,8 +210,9 @@ def launcher(fixed: list[str], command: str, values: dict, label: str, button: s
         args = None
     if args:
         st.caption("Equivalent command:")
-        st.code(jobs.display_command(args), language="bash")
-    if st.button(button, disabled=not (args and ready), icon=":material/play_arrow:", key=key or f"start:{command}"):
+        st.code(jobs.display_command(args), language="bash", wrap_lines=True)
+    if st.button(button, disabled=not (args and ready), icon=":material/play_arrow:",
+                 key=key or f"start:{command}"):
         start_job(args, label)
         st.rerun()
 

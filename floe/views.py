@@ -28,20 +28,18 @@ from .runs import DONE, CorruptRunError, Run, list_runs, open_run
 POLICIES = {"floe": "FLoE (with refinement)", "floe-no-refine": "FLoE without refinement",
             "random": "random (seeded)", "weight-norm": "pretrained weight norm",
             "adapter-norm": "warm-up adapter norm", "all": "all layers"}
-# Heatmap values: label -> (key in layers.json or its components, hover name).
-VALUES = {
-    "FLoE score s_k": ("layer_scores", "score"),
-    "score without refinement": ("layer_scores_without_refinement", "score w/o refinement"),
-    "retained head capacity": ("components.head_share", "head share"),
-    "retained neuron capacity": ("components.neuron_share", "neuron share"),
-    "binary-mask share": ("components.binary_share", "binary share"),
-}
-HOVER = [("score", "layer_scores"), ("head share", "components.head_share"),
-         ("neuron share", "components.neuron_share"), ("Fisher heads", "components.fisher_heads"),
-         ("Fisher neurons", "components.fisher_neurons"),
-         ("Taylor heads", "components.taylor_heads"),
-         ("Taylor neurons", "components.taylor_neurons")]
+# Heatmap values: label -> key in layers.json (dotted: inside its components).
+VALUES = {"FLoE score s_k": "layer_scores",
+          "score without refinement": "layer_scores_without_refinement",
+          "retained head capacity": "components.head_share",
+          "retained neuron capacity": "components.neuron_share",
+          "retained share of the binary masks": "components.binary_share"}
+# What hovering a cell shows besides its value: the components of the score.
+HOVER = {"head share": "components.head_share", "neuron share": "components.neuron_share",
+         "Fisher heads": "components.fisher_heads", "Fisher neurons": "components.fisher_neurons",
+         "Taylor heads": "components.taylor_heads", "Taylor neurons": "components.taylor_neurons"}
 SCALE = "YlGnBu"
+SORTED_NOTE = " (sorted by Fisher, largest first)"
 
 
 # --------------------------------------------------------------------------- run files
@@ -90,7 +88,7 @@ def _get(payload: dict, dotted: str):
     return payload
 
 
-def usable_score_runs(root: Path | None = None) -> tuple[list[Run], dict[str, str]]:
+def usable_score_runs(root: Path | None = None) -> tuple[list[Run], dict[str, CorruptRunError]]:
     """Finished score runs whose files are intact, and the problem of each one that is not."""
     good, bad = [], {}
     for run in finished("score", root):
@@ -129,22 +127,28 @@ def describe(run: Run) -> dict:
     base = cfg.get("warmup", cfg)  # score runs nest their warm-up's config
     data = base.get("data") or {}
     ratios = cfg.get("ratios")
-    selection = cfg.get("selection") or {}
-    detail = {
-        "study": lambda: "ratios " + " / ".join(f"{r:g}" for r in ratios or []),
-        "train": lambda: f"{selection.get('policy')} top-{selection.get('k')}, "
-                         f"r {cfg.get('adapter', {}).get('r')}",
-        "ranksearch": lambda: f"{selection.get('policy')} top-{selection.get('k')}, r in "
-                              f"[{cfg['search']['r_min']}, {cfg['search']['r_max']}]",
-        "eval": lambda: ", ".join(cfg.get("eval", {}).get("tasks", [])),
-    }.get(run.kind, lambda: "")
-    try:
-        detail_text = detail()
-    except (KeyError, TypeError):
-        detail_text = ""
     return {"model": short_name(base.get("model")), "data": short_name(data.get("data")),
             "ratio": None if ratios else data.get("ratio"),
-            "budget": (cfg.get("score") or {}).get("beta"), "detail": detail_text}
+            "budget": (cfg.get("score") or {}).get("beta"), "detail": _detail(run.kind, cfg)}
+
+
+def _detail(kind: str, cfg: dict) -> str:
+    """What sets a run apart from others of its kind (ratios, layer choice, rank range)."""
+    sel = cfg.get("selection") or {}
+    try:
+        if kind == "study":
+            return "ratios " + " / ".join(f"{r:g}" for r in cfg["ratios"])
+        if kind == "train":
+            return f"{sel['policy']} top-{sel['k']}, r {cfg['adapter']['r']}"
+        if kind == "ranksearch":
+            return f"{sel['policy']} top-{sel['k']}, r in [{cfg['search']['r_min']}, {cfg['search']['r_max']}]"
+        if kind == "eval":
+            return ", ".join(cfg["eval"]["tasks"])
+        if kind == "compare":
+            return "k " + ", ".join(map(str, cfg["compare"]["ks"]))
+    except (KeyError, TypeError):
+        pass
+    return ""
 
 
 def _when(state: dict) -> str:
@@ -176,7 +180,8 @@ def run_label(run: Run) -> str:
     d = describe(run)
     ratio = f" · {d['ratio']:.0%}" if d["ratio"] is not None else ""
     beta = f" · β {d['budget']:g}" if d["budget"] is not None else ""
-    return f"{d['model']} · {d['data']}{ratio}{beta} · {run.id.split('-', 1)[1][:6]}"
+    detail = f" · {d['detail']}" if d["detail"] else ""
+    return f"{d['model']} · {d['data']}{ratio}{beta}{detail} · {run.id.split('-', 1)[1][:6]}"
 
 
 # --------------------------------------------------------------------------- progress
@@ -228,7 +233,8 @@ def job_view(job: dict, root: Path | None = None) -> dict:
     view = {"id": job["id"], "label": job["label"], "status": job["status"],
             "command": jobs.display_command(job["args"]) if job.get("args") else " ".join(job["command"]),
             "fraction": None, "text": "", "eta": "", "lines": [], "error": job.get("error"),
-            "run": (job.get("result") or {}).get("run"), "devices": ", ".join(job.get("devices", []))}
+            "run": (job.get("result") or {}).get("run"), "devices": ", ".join(job.get("devices", [])),
+            "command_name": (job.get("args") or [""])[0]}
     if job["status"] == jobs.QUEUED:
         view["text"] = "waiting for the device"
     elif job["status"] == jobs.RUNNING:
@@ -250,10 +256,6 @@ def _row_values(payload: dict, key: str) -> np.ndarray:
     return np.asarray(_get(payload, key), dtype=float)
 
 
-def _columns(n_layers: list[int], align: str) -> int:
-    return max(n_layers) if n_layers else 0
-
-
 def _cell_layer(n_layers: int, width: int, column: int, align: str) -> int | None:
     """The layer of a run drawn in ``column``: by index, or at the same relative depth."""
     if align == "index":
@@ -261,26 +263,25 @@ def _cell_layer(n_layers: int, width: int, column: int, align: str) -> int | Non
     return min(n_layers - 1, int((column + 0.5) / width * n_layers))
 
 
-def _layer_column(n_layers: int, width: int, layer: int, align: str) -> float:
-    if align == "index":
-        return layer
-    return (layer + 0.5) / n_layers * width - 0.5
+def _x(position: float, n: int, align: str) -> float:
+    """Where a layer (or column) ``position`` of ``n`` sits on the x axis."""
+    return position if align == "index" else (position + 0.5) / n
 
 
 def heatmap_data(runs: list[Run], value: str = "FLoE score s_k", align: str = "index",
                  normalise: bool = False) -> dict:
     """The matrix behind the saliency heatmap: rows = runs, columns = layers (or relative
     depth bins of the deepest run), hover data per cell, and each run's ranking."""
-    key, _ = VALUES[value]
+    key = VALUES[value]
     payloads = [layers(r) for r in runs]
-    width = _columns([p["n_layers"] for p in payloads], align)
+    width = max((p["n_layers"] for p in payloads), default=0)
     z = np.full((len(runs), width), np.nan)
     custom = np.full((len(runs), width, len(HOVER) + 2), np.nan)
     for i, p in enumerate(payloads):
         row = _row_values(p, key)
         if normalise and np.ptp(row) > 0:
             row = (row - row.min()) / np.ptp(row)
-        hover = np.stack([_row_values(p, k) for _, k in HOVER], axis=1)
+        hover = np.stack([_row_values(p, k) for k in HOVER.values()], axis=1)
         ranks = np.empty(p["n_layers"])
         ranks[p["ranking"]] = np.arange(1, p["n_layers"] + 1)
         for c in range(width):
@@ -301,12 +302,10 @@ def heatmap_figure(runs: list[Run], value: str = "FLoE score s_k", align: str = 
     ``marked`` replaces the top-k dots by explicit layer lists (one per run).
     """
     d = heatmap_data(runs, value, align, normalise)
-    x = list(range(d["width"])) if align == "index" else \
-        [(c + 0.5) / max(d["width"], 1) for c in range(d["width"])]
+    x = [_x(c, d["width"], align) for c in range(d["width"])]
     hover = "<b>%{y}</b><br>layer %{customdata[0]:.0f} (rank %{customdata[1]:.0f})<br>" + \
         f"{value}: " + "%{z:.3f}<br>" + "<br>".join(
-            f"{name}: %{{customdata[{i + 2}]:.4g}}" for i, (name, _) in enumerate(HOVER[1:], 1)) + \
-        "<extra></extra>"
+            f"{name}: %{{customdata[{i}]:.4g}}" for i, name in enumerate(HOVER, 2)) + "<extra></extra>"
     fig = go.Figure(go.Heatmap(z=d["z"], x=x, y=d["rows"], customdata=d["custom"],
                                colorscale=SCALE, hovertemplate=hover, xgap=1, ygap=1,
                                colorbar={"title": {"text": "normalised" if normalise else value,
@@ -315,8 +314,7 @@ def heatmap_figure(runs: list[Run], value: str = "FLoE score s_k", align: str = 
     xs, ys, texts = [], [], []
     for row, (chosen, n) in enumerate(zip(dots, d["n_layers"])):
         for layer in chosen:
-            col = _layer_column(n, d["width"], layer, align)
-            xs.append(col if align == "index" else (col + 0.5) / d["width"])
+            xs.append(_x(layer, n, align))
             ys.append(d["rows"][row])
             texts.append(f"layer {layer}")
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", text=texts, name="chosen" if marked
@@ -327,7 +325,9 @@ def heatmap_figure(runs: list[Run], value: str = "FLoE score s_k", align: str = 
         xaxis_title="layer" if align == "index" else "relative depth (0 = first layer, 1 = last)",
         yaxis={"autorange": "reversed"}, showlegend=False, plot_bgcolor="white")
     if align == "index":
-        fig.update_xaxes(dtick=1 if d["width"] <= 32 else 4)
+        fig.update_xaxes(dtick=1 if d["width"] <= 32 else 4, range=[-0.5, d["width"] - 0.5])
+    else:
+        fig.update_xaxes(range=[0, 1])
     return fig
 
 
@@ -340,37 +340,37 @@ def _units(run: Run, names: list[str], layer: int) -> dict[str, np.ndarray]:
 
 
 def mask_figures(run: Run, layer: int, sort: bool = True) -> tuple[go.Figure, go.Figure, pd.DataFrame]:
-    """Head and neuron masks of one layer: greedy, refined and tuned values per unit.
-
-    Units are sorted by their Fisher value (largest first) so that what the masks keep
-    lines up: the left of each strip is what the adapted model needs most.
-    """
-    out = []
-    stats = []
+    """Head and neuron masks of one layer (greedy, refined, tuned values per unit) and their
+    counts. Units are sorted by Fisher value, largest first, so that what the masks keep
+    lines up: the left of each strip is what the adapted model needs most."""
+    kinds = ("greedy", "refined", "tuned", "tau", "cost")
+    figures, stats = [], []
     for unit in ("heads", "neurons"):
-        names = [f"greedy_{unit}", f"refined_{unit}", f"tuned_{unit}", f"tau_{unit}", f"cost_{unit}"]
-        t = _units(run, names, layer)
-        order = np.argsort(-t[f"tau_{unit}"], kind="stable") if sort else np.arange(len(t[f"tau_{unit}"]))
-        rows = ["greedy", "refined", "tuned"]
-        z = np.stack([t[f"{r}_{unit}"][order] for r in rows])
-        custom = np.stack([np.broadcast_to(order, z.shape), np.broadcast_to(t[f"tau_{unit}"][order], z.shape),
-                           np.broadcast_to(t[f"cost_{unit}"][order], z.shape)], axis=-1)
-        fig = go.Figure(go.Heatmap(
-            z=z, y=rows, customdata=custom, colorscale=SCALE, zmin=0, zmax=1, xgap=1 if unit == "heads" else 0,
-            hovertemplate=f"{unit[:-1]} " + "%{customdata[0]:.0f}<br>%{y} mask: %{z:.3f}<br>"
-            "Fisher: %{customdata[1]:.4g}<br>Taylor cost: %{customdata[2]:.4g}<extra></extra>",
-            colorbar={"title": {"text": "mask", "side": "right"}}))
-        fig.update_layout(height=200, margin={"l": 10, "r": 10, "t": 30, "b": 40},
-                          title=f"{unit} of layer {layer}" + (" (sorted by Fisher, largest first)" if sort else ""),
-                          xaxis_title=f"{unit[:-1]} (rank by Fisher)" if sort else unit[:-1])
-        out.append(fig)
-        stats.append({"units": unit, "count": len(order),
-                      "kept (greedy)": int(t[f"greedy_{unit}"].sum()),
-                      "kept (refined)": int(t[f"refined_{unit}"].sum()),
-                      "mean tuned value": float(np.clip(t[f"tuned_{unit}"], 0, 1).mean()),
-                      "Fisher sum": float(t[f"tau_{unit}"].sum()),
-                      "Taylor cost sum": float(t[f"cost_{unit}"].sum())})
-    return out[0], out[1], pd.DataFrame(stats)
+        read = _units(run, [f"{k}_{unit}" for k in kinds], layer)
+        t = {k: read[f"{k}_{unit}"] for k in kinds}
+        figures.append(_mask_figure(t, unit, layer, sort))
+        stats.append({"units": unit, "count": len(t["tau"]), "kept (greedy)": int(t["greedy"].sum()),
+                      "kept (refined)": int(t["refined"].sum()),
+                      "mean tuned value": float(np.clip(t["tuned"], 0, 1).mean()),
+                      "Fisher sum": float(t["tau"].sum()), "Taylor cost sum": float(t["cost"].sum())})
+    return figures[0], figures[1], pd.DataFrame(stats)
+
+
+def _mask_figure(t: dict[str, np.ndarray], unit: str, layer: int, sort: bool) -> go.Figure:
+    order = np.argsort(-t["tau"], kind="stable") if sort else np.arange(len(t["tau"]))
+    rows = ["greedy", "refined", "tuned"]
+    z = np.stack([t[r][order] for r in rows])
+    custom = np.stack([np.broadcast_to(v, z.shape) for v in (order, t["tau"][order], t["cost"][order])], axis=-1)
+    name = unit[:-1]
+    fig = go.Figure(go.Heatmap(
+        z=z, y=rows, customdata=custom, colorscale=SCALE, zmin=0, zmax=1, xgap=1 if unit == "heads" else 0,
+        hovertemplate=f"{name} " + "%{customdata[0]:.0f}<br>%{y} mask: %{z:.3f}<br>"
+        "Fisher: %{customdata[1]:.4g}<br>Taylor cost: %{customdata[2]:.4g}<extra></extra>",
+        colorbar={"title": {"text": "mask", "side": "right"}}))
+    fig.update_layout(height=200, margin={"l": 10, "r": 10, "t": 30, "b": 40},
+                      title=f"{unit} of layer {layer}{SORTED_NOTE if sort else ''}",
+                      xaxis_title=f"{name} (rank by Fisher)" if sort else name)
+    return fig
 
 
 # --------------------------------------------------------------------------- stability
@@ -429,11 +429,17 @@ class _skip_corrupt:
         return kind is not None and issubclass(kind, (CorruptRunError, FileNotFoundError, KeyError))
 
 
+def _ranks_frame(payload: dict, key: str) -> pd.DataFrame:
+    """Layers x ratios (largest ratio first) of one variant's ranks."""
+    ranks = pd.DataFrame(payload[key])
+    return ranks[sorted(ranks.columns, key=float, reverse=True)]
+
+
 def stability_table(payload: dict) -> pd.DataFrame:
     """Per layer: its rank at each ratio and the min-max spread, with and without refinement."""
     frames = []
     for variant, key in (("with refinement", "ranks"), ("without refinement", "ranks_without_refinement")):
-        ranks = pd.DataFrame({f"{float(r):.0%}": v for r, v in payload[key].items()})
+        ranks = _ranks_frame(payload, key).rename(columns=lambda r: f"{float(r):.0%}")
         ranks.index.name = "layer"
         ranks["min"], ranks["max"] = ranks.min(axis=1), ranks.max(axis=1)
         ranks["spread"] = ranks["max"] - ranks["min"]
@@ -445,7 +451,7 @@ def stability_summary(payload: dict) -> pd.DataFrame:
     """Mean spread and the smallest rank correlation between two ratios, per variant."""
     rows = []
     for variant, key in (("with refinement", "ranks"), ("without refinement", "ranks_without_refinement")):
-        ranks = pd.DataFrame(payload[key])
+        ranks = _ranks_frame(payload, key)
         corr = ranks.corr(method="spearman").to_numpy()
         off = corr[~np.eye(len(corr), dtype=bool)]
         rows.append({"variant": variant, "mean rank spread": float((ranks.max(1) - ranks.min(1)).mean()),
@@ -461,7 +467,7 @@ def stability_figure(payload: dict) -> go.Figure:
                         subplot_titles=("with refinement", "without refinement"))
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     for col, key in ((1, "ranks"), (2, "ranks_without_refinement")):
-        ranks = pd.DataFrame(payload[key])
+        ranks = _ranks_frame(payload, key)
         x = list(ranks.index)
         fig.add_trace(go.Scatter(x=x + x[::-1], y=list(ranks.max(1)) + list(ranks.min(1))[::-1],
                                  fill="toself", fillcolor="rgba(120,120,120,0.18)", line={"width": 0},
@@ -472,7 +478,8 @@ def stability_figure(payload: dict) -> go.Figure:
                                      showlegend=col == 1, line={"color": colours[i % len(colours)]},
                                      hovertemplate="layer %{x}: rank %{y}<extra>" + f"{float(ratio):.0%}</extra>"),
                           row=1, col=col)
-        fig.update_xaxes(title_text="layer", row=1, col=col, dtick=2 if len(x) > 16 else 1)
+        fig.update_xaxes(title_text="layer", row=1, col=col, dtick=2 if len(x) > 16 else 1,
+                         range=[-0.5, len(x) - 0.5])
     fig.update_yaxes(title_text="rank (1 = most important)", row=1, col=1)
     fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 40},
                       legend={"orientation": "h", "y": -0.2}, plot_bgcolor="white")
@@ -506,19 +513,19 @@ def refinement_figure(payload: dict) -> go.Figure:
     rank with it; layers that move are coloured (the paper's Fig. 6)."""
     moves = refinement_moves(payload)
     fig = go.Figure()
-    for _, m in moves.iterrows():
-        moved = m["moved up by"] != 0
-        colour = ("#2ca02c" if m["moved up by"] > 0 else "#d62728") if moved else "#c7c7c7"
+    for layer, before, after, up in zip(moves["layer"], moves["rank without refinement"],
+                                        moves["rank with refinement"], moves["moved up by"]):
+        colour = "#2ca02c" if up > 0 else "#d62728" if up < 0 else "#c7c7c7"
         fig.add_trace(go.Scatter(
-            x=["without refinement", "with refinement"],
-            y=[m["rank without refinement"], m["rank with refinement"]],
-            mode="lines+markers+text", text=[f"L{m['layer']}", f"L{m['layer']}"],
-            textposition=["middle left", "middle right"], line={"color": colour, "width": 3 if moved else 1},
+            x=["without refinement", "with refinement"], y=[before, after],
+            mode="lines+markers+text", text=[f"L{layer}", f"L{layer}"],
+            textposition=["middle left", "middle right"], line={"color": colour, "width": 3 if up else 1},
             marker={"size": 7, "color": colour}, showlegend=False,
-            hovertemplate=f"layer {m['layer']}: rank %{{y}}<extra>%{{x}}</extra>"))
+            hovertemplate=f"layer {layer}: rank %{{y}}<extra>%{{x}}</extra>"))
     fig.update_layout(height=max(360, 18 * payload["n_layers"] + 80),
                       margin={"l": 60, "r": 60, "t": 30, "b": 30}, plot_bgcolor="white",
-                      yaxis={"autorange": "reversed", "title": "rank (1 = most important)", "dtick": 1})
+                      yaxis={"range": [payload["n_layers"] + 0.5, 0.5], "title": "rank (1 = most important)",
+                             "dtick": 1 if payload["n_layers"] <= 40 else 4})
     return fig
 
 
@@ -605,7 +612,7 @@ def search_figures(trials: pd.DataFrame, best_r: int | None) -> tuple[go.Figure,
                           xaxis_title="trial", yaxis_title="validation loss", title="optimisation history",
                           legend={"orientation": "h", "y": -0.25})
     sl = go.Figure(go.Scatter(x=done["r"], y=done["value"], mode="markers", customdata=done["number"],
-                              marker={"size": 10, "color": done["number"], "colorscale": "Blues",
+                              marker={"size": 10, "color": done["number"], "colorscale": "Viridis",
                                       "showscale": True, "colorbar": {"title": {"text": "trial"}}},
                               hovertemplate="r=%{x}: loss %{y:.4f} (trial %{customdata})<extra></extra>"))
     if best_r is not None and len(done):
@@ -674,8 +681,7 @@ def model_facts(model: str) -> dict:
             "n_layers": cfg["num_hidden_layers"], "vocab": cfg["vocab_size"], "parameters": params}
 
 
-def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: bool,
-                    batch_size: int = 8, seq_len: int | None = None) -> dict | None:
+def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: bool) -> dict | None:
     """A rough training-memory estimate in GiB, with its parts (None without the model here).
 
     Weights (bf16 on CUDA, fp32 on CPU); 16 bytes per trainable parameter (fp32 weight,
@@ -683,12 +689,12 @@ def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: boo
     layer upwards (backward stops there), ~(10 hidden + 3 FFN) values per token and layer;
     the logits and their gradient. Measured peaks appear in train.json after training.
     """
-    facts = model_facts(score_run.config["warmup"]["model"]["model"])
+    warm = score_run.config["warmup"]  # model, batch and length as in the analysis
+    facts = model_facts(warm["model"]["model"])
     if not facts or not chosen:
         return None
-    seq_len = seq_len or score_run.config["warmup"]["data"]["max_length"]
     width = 2 if cuda else 4
-    tokens = batch_size * seq_len
+    tokens = warm["train"]["batch_size"] * warm["data"]["max_length"]
     depth = facts["n_layers"] - min(chosen)
     parts = {"weights": facts["parameters"] * width, "adapter + optimizer": trainable * 16,
              "activations": depth * tokens * (10 * facts["hidden"] + 3 * facts["intermediate"]) * width,
@@ -793,34 +799,37 @@ def _zip_folder(folder: Path, prefix: str) -> bytes:
 @functools.lru_cache(maxsize=16)
 def cli_options(command: str, skip: tuple[str, ...] = ("model", "data", "json", "quiet", "out")) -> list[dict]:
     """The options of ``floe <command>``, read from the CLI's own parser (so the app's forms
-    follow the CLI): flag, dest, default (as the text a user would type), help, choices."""
+    follow the CLI): flag, dest, kind, default (as a user would type it), help, choices."""
     import argparse
-    import ast
     from .cli import build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]
-    options = []
-    for group in parser._action_groups:
-        for action in group._group_actions:
-            if not action.option_strings or action.dest in skip + ("help",):
-                continue
-            text = action.help or ""
-            match = re.search(r"\(default: (.*?)\)(;[^()]*)?$", text)
-            default = match.group(1) if match else action.default
-            if default is argparse.SUPPRESS:
-                default = None
-            kind = "bool" if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)) else \
-                "choice" if action.choices else "text"
-            if kind == "bool":
-                default = str(default) == "True"
-            elif isinstance(default, str) and default.startswith("["):
-                default = ",".join(str(x) for x in ast.literal_eval(default))
-            options.append({"flag": action.option_strings[0], "dest": action.dest, "kind": kind,
-                            "default": default if kind == "bool" else ("" if default in (None, "None") else str(default)),
-                            "choices": list(action.choices or []), "group": group.title,
-                            "help": re.sub(r"\s*\(default: .*?\)", "", text), "type": action.type,
-                            "no_flag": action.option_strings[1] if isinstance(action, argparse.BooleanOptionalAction) else None})
-    return options
+    return [_option(action, group.title) for group in parser._action_groups
+            for action in group._group_actions
+            if action.option_strings and action.dest not in skip + ("help",)]
+
+
+def _option(action, group: str) -> dict:
+    """One argparse action as a form field. Config options default to SUPPRESS and carry
+    their default in the help text (floe.config.add_arguments): read it from there."""
+    import argparse
+    import ast
+    match = re.search(r"\(default: (.*?)\)(;[^()]*)?$", action.help or "")
+    default = match.group(1) if match else action.default
+    negatable = isinstance(action, argparse.BooleanOptionalAction)
+    if negatable or isinstance(action, argparse._StoreTrueAction):
+        kind, default = "bool", str(default) == "True"
+    else:
+        kind = "choice" if action.choices else "text"
+        if default in (None, "None", argparse.SUPPRESS):
+            default = ""
+        elif isinstance(default, str) and default.startswith("["):
+            default = ",".join(str(x) for x in ast.literal_eval(default))
+        default = str(default)
+    return {"flag": action.option_strings[0], "dest": action.dest, "kind": kind, "default": default,
+            "choices": list(action.choices or []), "group": group, "type": action.type,
+            "help": re.sub(r"\s*\(default: .*?\)", "", action.help or ""),
+            "no_flag": action.option_strings[1] if negatable else None}
 
 
 def cli_args(options: list[dict], values: dict) -> list[str]:

@@ -37,7 +37,7 @@ if compared:
     st.caption("Mean ± 95 % t-interval half-width over training seeds.")
 else:
     st.info("No evaluation yet. `floe compare` trains each k with both rankings and evaluates it.")
-with st.expander("Start `floe compare` on the k that differ", expanded=not compared):
+with st.expander("Start `floe compare` on the k that differ", expanded=bool(ks) and not compared):
     preset = {**views.training_preset(run), **ui.cpu_only(ui.QUICK_EVAL),
               "ks": ",".join(map(str, ks[:3] or [min(8, payload["n_layers"])])),
               "policies": "floe,floe-no-refine", "seeds": "42", "include_all": False}

@@ -15,8 +15,9 @@ if searches:
                 "finish (the job's progress is below).")
     else:
         c1, c2, c3 = st.columns(3)
+        best = summary["best_value"]
         c1.metric("best r", summary["best_r"] if summary["best_r"] is not None else "–")
-        c2.metric("best validation loss", f"{summary['best_value']:.4f}" if summary["best_value"] is not None else "–")
+        c2.metric("best validation loss", f"{best:.4f}" if best is not None else "–")
         c3.metric("trials finished", f"{summary['n_finished']} of {summary.get('n_trials', '?')}")
         history, slice_ = views.search_figures(trials, summary["best_r"])
         left, right = st.columns(2)

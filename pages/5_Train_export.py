@@ -3,6 +3,9 @@ import streamlit as st
 
 from floe import jobs, ui, views
 
+# A train run's evaluation takes its model and held-out data from the run.
+EVAL_SKIP = ("train_run", "adapter", "ratio", "max_samples", "val_samples", "max_length", "seed")
+
 ui.page("Train & export", "Pick how many layers to adapt and by which ranking; train the sparse "
         "adapter in the background; download the layer list, the config and the adapter.")
 
@@ -33,7 +36,10 @@ m2.metric("expected training memory", f"≈ {memory['total']:.2f} GiB" if memory
           help=views.memory_estimate.__doc__ if memory else "the model folder is not on this machine")
 m3.metric("lowest adapted layer", min(chosen), help="backward stops there: a higher choice trains faster")
 if memory:
-    st.caption(" · ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items() if name != "total"))
+    preset = views.training_preset(run)
+    st.caption(" · ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items() if name != "total") +
+               f" (batch {preset['batch_size']} × {preset['max_length']} tokens, as in the analysis; "
+               "the training run reports its measured peak)")
 
 st.subheader("Sparse training")
 with st.expander("All options of `floe train`"):
@@ -57,7 +63,7 @@ if trained:
         if evals:
             st.dataframe(views.eval_table(evals), hide_index=True)
         with st.expander("Evaluate this adapter (`floe eval`)", expanded=not evals):
-            eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL), skip=("train_run", "adapter"))
+            eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL), skip=EVAL_SKIP)
             ui.launcher(["eval", "--train-run", train_run.id], "eval", eval_values,
                         f"evaluate {train_run.id}", "Start evaluation")
 else:

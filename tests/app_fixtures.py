@@ -77,7 +77,8 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
     units = {"tau_heads": tau_h, "tau_neurons": tau_n, "cost_heads": cost_h, "cost_neurons": cost_n,
              "greedy_heads": greedy_h, "greedy_neurons": greedy_n, "refined_heads": refined_h,
              "refined_neurons": refined_n, "tuned_heads": tuned_h, "tuned_neurons": tuned_n}
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in units.items()}, str(run.file("units.safetensors")))
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in units.items()},
+              str(run.file("units.safetensors")))
     head_share = np.clip(tuned_h, 0, 1).mean(1)
     neuron_share = np.clip(tuned_n, 0, 1).mean(1)
     scores = 1 - (0.3 * head_share + 0.7 * neuron_share)
@@ -183,7 +184,7 @@ def make_compare_run(root: Path, score_run, ks=(3, 2), policies=("floe", "floe-n
     """A finished ``floe compare`` of two rankings at a few k (the shape of compare.json)."""
     run = run_for("compare", {"floe": "0.1.0", "score_run": score_run.id,
                               "compare": {"ks": list(ks), "policies": list(policies)}}, root)
-    cells = [{"k": k, "policy": p, "metric": m, "n": 3, "mean": base + 0.01 * i + 0.05 * (k - 2),
+    cells = [{"k": k, "policy": p, "metric": m, "n": 3, "mean": base + 0.01 * i + 0.005 * (k - 2),
               "std": 0.01, "half_width": 0.01, "ci_low": 0.0, "ci_high": 1.0, "values": [base] * 3}
              for k in ks for i, p in enumerate(policies)
              for m, base in (("arc-easy/acc", 0.45), ("val_loss", 2.0))]
@@ -192,3 +193,20 @@ def make_compare_run(root: Path, score_run, ks=(3, 2), policies=("floe", "floe-n
     run.file("compare.csv").write_text("k,policy\n")
     run.finish(["compare.json", "compare.csv"])
     return run
+
+
+SHAPE_7B = dict(n_layers=32, n_heads=32, n_neurons=11008, hidden=4096)
+
+
+def build_cache_7b_shape(root: Path) -> dict:
+    """Every kind of run, 32 layers shaped like LLaMA-2-7B: five score runs (three of them a
+    100/70/30 % study), a training run with an evaluation, a rank search and a comparison."""
+    model = str(make_model_folder(root / "llama-7b-shape", n_layers=32, hidden=64, inter=128))
+    make_study_run(root, model, **SHAPE_7B)
+    make_score_run(root, model, seed=1, **SHAPE_7B)
+    score = make_score_run(root, model, seed=2, **SHAPE_7B)  # the newest: pages pick it first
+    train = make_train_run(root, score, "floe", 8, steps=200)
+    make_eval_run(root, train)
+    make_search_run(root, score, k=8, rs=tuple(range(2, 17)))
+    make_compare_run(root, score, ks=(8, 12, 16))
+    return SHAPE_7B

@@ -136,6 +136,7 @@ def test_analysis_form_takes_a_local_model_and_data_file(cache, model, tmp_path)
     at.radio[1].set_value("local file").run()
     at.text_input[1].input(str(data)).run()
     assert "3 usable examples" in text_of(at)
+    assert "fewer examples than the 40" in text_of(at)  # 32 + 8 of the quick settings
     command = at.code[-1].value
     assert command.startswith("floe analyze --model") and f"--data {data}" in command
     assert "--max-samples 32" in command  # the quick settings on a CPU machine
@@ -275,7 +276,11 @@ def test_train_page_k_slider_policy_training_and_downloads(cache, model):
     labels = [b.label for b in at.get("download_button")]
     assert labels[0] == "Layer list (JSON)" and "config.yaml" in labels and "adapter.zip" in labels
     next(b for b in at.button if b.label == "Start sparse training").click().run()
-    assert only_job()["args"] == ["train", "--score-run", run.id, "--policy", "floe", "--k", "2"]
+    args = only_job()["args"]
+    assert args[:7] == ["train", "--score-run", run.id, "--policy", "floe", "--k", "2"]
+    # Beyond the choice, only the analysis's sample settings where they differ from the CLI's.
+    preset = views.training_preset(run)
+    assert all(preset[flag[2:].replace("-", "_")] == value for flag, value in zip(args[7::2], args[8::2]))
 
 
 def test_train_page_policy_all_adapts_every_layer(cache, model):
@@ -285,3 +290,17 @@ def test_train_page_policy_all_adapts_every_layer(cache, model):
     assert at.slider[0].disabled
     assert "**Adapted layers (4):** 0, 1, 2, 3" in text_of(at)
     assert "No training run for this choice yet" in text_of(at)
+
+
+def test_a_failed_job_shows_its_message_and_can_be_resumed(cache):
+    job = jobs.submit(jobs.floe_command(["analyze"]), "analyse broken", ["analyze", "--data", "x.csv"])
+    jobs._update(job["id"], None, status=jobs.FAILED, error="floe analyze: error: data file x.csv does not exist")
+    at = open_page()
+    assert [e.value for e in at.error] == ["floe analyze: error: data file x\\.csv does not exist"]
+    assert at.button(key=f"resume:{job['id']}").label == "Resume"
+    at.button(key=f"resume:{job['id']}").click().run()
+    assert jobs.get(job["id"])["status"] == jobs.QUEUED
+    at.button(key=f"cancel:{job['id']}").click().run()
+    assert jobs.get(job["id"])["status"] == jobs.CANCELLED
+    at.button(key=f"dismiss:{job['id']}").click().run()
+    assert jobs.list_jobs() == []

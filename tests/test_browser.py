@@ -3,10 +3,12 @@ Chromium through Playwright. Analyse a tiny model, see its heatmap, choose k, tr
 download the export. Screenshots of every page go to test-output/screenshots/."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,51 +35,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    """The app on a free port, with its own cache (converted models shared)."""
+@contextlib.contextmanager
+def app_server(cache: Path):
+    """`streamlit run app.py` on a free port over ``cache``; stopped (with its jobs) after."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: apt-get install -y chromium (.ci/run does it)")
-    cache = tmp_path_factory.mktemp("app-cache")
-    (cache / "models").symlink_to(Path(os.environ["FLOE_CACHE"]) / "models", target_is_directory=True)
     port = free_port()
     env = {**os.environ, "FLOE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    log = open(cache / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(cache / "streamlit.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port",
+                                 str(port), "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"streamlit did not start: {(cache / 'streamlit.log').read_text()}")
             time.sleep(0.5)
-    yield {"url": url, "cache": cache, "model": str(tiny_model_dir)}
-    from floe import jobs
-    for job in jobs.active_jobs(cache):
-        jobs.cancel(job["id"], cache, grace=5)
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        yield url
+    finally:
+        from floe import jobs
+        for job in jobs.active_jobs(cache):
+            jobs.cancel(job["id"], cache, grace=5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def server(tmp_path_factory, tiny_model_dir):
+    """The app with its own empty cache (converted embedded models shared)."""
+    cache = tmp_path_factory.mktemp("app-cache")
+    (cache / "models").symlink_to(Path(os.environ["FLOE_CACHE"]) / "models", target_is_directory=True)
+    with app_server(cache) as url:
+        yield {"url": url, "cache": cache, "model": str(tiny_model_dir)}
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        tab = context.new_page()
-        tab.set_default_timeout(120_000)
-        yield tab
-        browser.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(120_000)
+    yield tab
+    context.close()
 
 
 def open_page(page, server, path: str = "") -> None:
@@ -90,6 +105,8 @@ def settle(page) -> None:
     """Wait until the script run triggered by the last action has finished."""
     page.wait_for_timeout(300)
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    # Widgets whose code loads lazily show a skeleton first.
+    page.wait_for_function("!document.querySelector('[data-testid^=stSkeleton]')")
 
 
 def shot(page, name: str) -> None:
@@ -127,6 +144,17 @@ def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
     open_page(page, server)
     assert page.get_by_text("No runs yet").is_visible()
     shot(page, "0-runs-empty")
+
+    # An uploaded data file is size-checked, stored under a safe name and previewed.
+    page.get_by_text("upload a file", exact=True).click()
+    upload = server["cache"].parent / "my data (v1).jsonl"
+    upload.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(3)))
+    page.locator("[data-testid='stFileUploader'] input[type=file]").set_input_files(str(upload))
+    page.get_by_text("3 usable examples").wait_for()
+    (stored,) = (server["cache"] / "uploads").iterdir()
+    assert stored.name.endswith("-my_data_v1.jsonl") and stored.read_text() == upload.read_text()
+    shot(page, "0b-runs-upload")
+    page.get_by_text("embedded set", exact=True).click()
 
     # A tiny model from a local folder, the embedded general set, the quick settings.
     page.get_by_text("local folder", exact=True).click()
@@ -183,3 +211,19 @@ def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
         open_page(page, server, path)
         assert not page.locator("[data-testid='stException']").count()
         shot(page, name)
+
+
+def test_every_page_with_32_layer_runs(page, tmp_path):
+    """Pages full of data (fixture runs shaped like a 7B model) render in the browser."""
+    from app_fixtures import build_cache_7b_shape
+    build_cache_7b_shape(tmp_path)
+    with app_server(tmp_path) as url:
+        for name, path, charts in (("f1-runs", "", 0), ("f2-heatmaps", "Heatmaps", 3),
+                                   ("f3-stability", "Stability", 1), ("f4-refinement", "Refinement", 1),
+                                   ("f5-rank-search", "Rank_search", 2), ("f6-train-export", "Train_export", 2)):
+            open_page(page, {"url": url}, path)
+            if charts:
+                page.locator(".js-plotly-plot").nth(charts - 1).wait_for()
+            assert page.locator(".js-plotly-plot").count() == charts, name
+            assert not page.locator("[data-testid='stException']").count(), name
+            shot(page, name)

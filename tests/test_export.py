@@ -31,6 +31,7 @@ def test_export_loads_back_to_the_same_outputs(trained_run, tiny_model_dir, tmp_
     trained, _ = load_trained(trained_run, device="cpu")
     model, _ = load_model(str(tiny_model_dir), "cpu")
     load_adapter(model, target / "adapter")
+    model.eval()  # the new adapter modules start in training mode (dropout on)
     assert torch.equal(_logits(model), _logits(trained))
     base, _ = load_model(str(tiny_model_dir), "cpu")
     assert not torch.allclose(_logits(base), _logits(trained))  # the adapter does something

@@ -1,7 +1,7 @@
 """The job registry and queue: real subprocesses running small Python scripts."""
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -126,10 +126,10 @@ def test_cancel_escalates_to_sigkill(root, worker):
 
 
 def test_job_outlives_the_process_that_started_it(root, worker):
-    code = ("import sys; from floe import jobs; "
-            f"jobs.submit({worker('quick')!r}, 'detached', root=__import__('pathlib').Path(sys.argv[1]))")
-    subprocess.run([sys.executable, "-c", code, str(root)], check=True, env={
-        **__import__("os").environ, "FLOE_DEVICE_SLOTS": "cpu"})
+    code = ("import sys, pathlib; from floe import jobs; "
+            f"jobs.submit({worker('quick')!r}, 'detached', root=pathlib.Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True,
+                   env={**os.environ, "FLOE_DEVICE_SLOTS": "cpu"})
     (job,) = jobs.list_jobs(root)
     assert wait_for(root, job["id"])["status"] == jobs.DONE
 
@@ -145,7 +145,7 @@ def test_gpus_each_run_one_job_and_an_all_gpu_job_waits(root, worker, monkeypatc
     jobs.cancel(a["id"], root)
     assert jobs.get(c["id"], root)["status"] == jobs.QUEUED  # b still holds cuda:1
     jobs.cancel(b["id"], root)
-    assert json.loads(json.dumps(wait_for(root, c["id"])["result"]))["env"] == "0,1"
+    assert wait_for(root, c["id"])["result"]["env"] == "0,1"
 
 
 def test_training_goes_through_accelerate_on_several_gpus(monkeypatch):
@@ -153,8 +153,9 @@ def test_training_goes_through_accelerate_on_several_gpus(monkeypatch):
     command, gpus = jobs.floe_job_command(["train", "--k", "4"])
     assert gpus == "all" and command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2"
-    assert command[-5:] == ["-m", "floe", "train", "--k", "4"]
-    assert jobs.floe_job_command(["analyze"]) == ([sys.executable, "-m", "floe", "analyze"], "one")
+    assert command[-7:] == ["-m", "floe", "train", "--k", "4", "--json", "--quiet"]
+    assert jobs.floe_job_command(["analyze", "--quiet"]) == (
+        [sys.executable, "-m", "floe", "analyze", "--quiet", "--json"], "one")
     monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
     assert jobs.floe_job_command(["train"])[1] == "one"
 
@@ -178,3 +179,11 @@ def test_a_dead_supervisor_is_settled_as_failed(root, worker):
     jobs.tick(root)
     job = jobs.get(job["id"], root)
     assert job["status"] == jobs.FAILED and "ended without a result" in job["error"]
+
+
+def test_a_reused_pid_is_not_taken_for_the_supervisor(root, worker):
+    """After a reboot the registry's pid may belong to another process."""
+    job = wait_for(root, jobs.submit(worker("quick"), "old", root=root)["id"])
+    jobs._update(job["id"], root, status=jobs.RUNNING, pid=os.getpid())  # alive, but not it
+    jobs.tick(root)
+    assert jobs.get(job["id"], root)["status"] == jobs.FAILED

@@ -1,0 +1,91 @@
+"""FLoE total time (layer selection + sparse training on k layers) against full-layer
+training on the same data (paper Table 5), measured in one run on SmolLM2.
+
+Selection = warm-up on a sample of the data + FLoE scoring (``floe.score.run_analysis``);
+then HydraLoRA on the top-k layers and on all layers, same data, rank and budget. Runs
+in a fresh cache so nothing is reused. Prints a table and writes
+bench/results/total_time.json.
+
+Usage: .venv/bin/python bench/bench_total_time.py [--k 8] [--samples 64] [--warmup-ratio 0.3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", default="general")
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=64, help="training examples")
+    parser.add_argument("--warmup-ratio", type=float, default=0.3, help="share used for selection")
+    parser.add_argument("--score-samples", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    from floe.runs import cache_root
+    shared_models = cache_root() / "models"
+    fresh = Path(tempfile.mkdtemp(prefix="floe-bench-"))
+    (fresh / "models").symlink_to(shared_models, target_is_directory=True)
+    os.environ["FLOE_CACHE"] = str(fresh)  # nothing reused: every stage is timed for real
+
+    import torch
+    from floe.data import DataConfig
+    from floe.hydralora import HydraLoraConfig
+    from floe.score import ScoreConfig, run_analysis
+    from floe.sparse import SparseConfig, run_sparse_training, summary_of
+    from floe.train import TrainConfig
+    from floe.warmup import ModelConfig
+
+    model = ModelConfig(model=args.model, device=args.device)
+    data = DataConfig(data=args.data, max_samples=args.samples, val_samples=16, max_length=128)
+    adapter, training = HydraLoraConfig(), TrainConfig(epochs=args.epochs, lr=1e-3)
+
+    start = time.perf_counter()
+    score = run_analysis(model, DataConfig(**{**data.__dict__, "ratio": args.warmup_ratio}),
+                         adapter, training, ScoreConfig(score_samples=args.score_samples),
+                         show_progress=False)
+    selection_s = time.perf_counter() - start
+    print(f"selection (warm-up on {args.warmup_ratio:.0%} + scoring): {selection_s:.1f} s", flush=True)
+
+    timings = {}
+    for name, sparse in (("sparse", SparseConfig(score_run=score.id, policy="floe", k=args.k)),
+                         ("full", SparseConfig(score_run=score.id, policy="all"))):
+        start = time.perf_counter()
+        run = run_sparse_training(model, data, adapter, training, sparse, show_progress=False)
+        timings[name] = {"wall_s": time.perf_counter() - start, **{
+            k: summary_of(run)[k] for k in ("layers", "seconds", "steps", "val_loss_after",
+                                            "trainable_parameters", "peak_memory_bytes")}}
+        print(f"{name} training ({len(timings[name]['layers'])} layers): "
+              f"{timings[name]['wall_s']:.1f} s wall, {timings[name]['seconds']:.1f} s in the loop, "
+              f"val loss {timings[name]['val_loss_after']:.4f}", flush=True)
+
+    total = selection_s + timings["sparse"]["wall_s"]
+    full = timings["full"]["wall_s"]
+    print(f"\nFLoE total {total:.1f} s vs full-layer {full:.1f} s: x{total / full:.2f} "
+          f"({(1 - total / full):+.0%} saved); sparse training alone x{timings['sparse']['wall_s'] / full:.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"model": args.model, "data": args.data, "k": args.k, "samples": args.samples,
+               "warmup_ratio": args.warmup_ratio, "epochs": args.epochs,
+               "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+               if args.device == "auto" else args.device,
+               "threads": torch.get_num_threads(), "host": platform.node(),
+               "score_timings": score.read_json("timings.json"), "selection_s": selection_s,
+               "training": timings, "floe_total_s": total, "full_layer_s": full,
+               "ratio": total / full}
+    (RESULTS / "total_time.json").write_text(json.dumps(payload, indent=2))
+    print(f"wrote {RESULTS / 'total_time.json'}")
+
+
+if __name__ == "__main__":
+    main()

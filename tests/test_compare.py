@@ -1,0 +1,69 @@
+"""floe compare: policies x layer counts x seeds, mean and t-interval per cell."""
+import csv
+import json
+import math
+import statistics
+
+import pytest
+
+from floe.cli import main
+from floe.compare import CompareConfig, mean_ci, plan, t_cdf, t_quantile
+from floe.runs import open_run
+from tests.experiment_fixtures import RANKINGS, qa_file, score_run, tiny_args  # noqa: F401
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622),
+                                          (30, 2.0423), (1000, 1.9623)])
+def test_t_quantiles_match_the_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_cdf_closed_forms():
+    # df=1 is the Cauchy distribution; df=2 has F(t) = 1/2 + t / (2 sqrt(2 + t^2)).
+    for t in (-3.0, -0.5, 0.0, 0.7, 4.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-10)
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-10)
+
+
+def test_mean_ci_uses_the_t_distribution():
+    values = [0.30, 0.34, 0.29, 0.35]
+    ci = mean_ci(values)
+    half = t_quantile(0.975, 3) * statistics.stdev(values) / 2
+    assert ci["mean"] == pytest.approx(statistics.fmean(values))
+    assert ci["half_width"] == pytest.approx(half) and ci["ci_low"] == pytest.approx(ci["mean"] - half)
+    assert mean_ci([0.5])["half_width"] is None
+
+
+def test_plan_and_bad_grids():
+    cells = plan(CompareConfig(ks=[2, 3], policies=["floe", "random"]), n_layers=4)
+    assert cells == [(4, "all"), (3, "floe"), (3, "random"), (2, "floe"), (2, "random")]
+    with pytest.raises(ValueError, match="larger than the model's 4 layers"):
+        plan(CompareConfig(ks=[5]), n_layers=4)
+    with pytest.raises(ValueError, match="unknown policy"):
+        CompareConfig(policies=["floe", "best"])
+
+
+def test_compare_on_the_tiny_model(tiny_args, score_run, capsys):
+    args = ["compare", "--score-run", score_run, *[a for a in tiny_args if a != "--quiet"],
+            "--ks", "2", "--policies", "floe,random", "--seeds", "1,2", "--tasks", "arc-easy",
+            "--limit", "4", "--lr", "1e-2", "--quiet", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    run = open_run(out["run"])
+    summary = run.read_json("compare.json")
+    results = summary["results"]
+    assert len(results) == 3 * 2  # (all, floe@2, random@2) x 2 seeds
+    floe = [r for r in results if r["policy"] == "floe"]
+    assert all(r["layers"] == sorted(RANKINGS["floe"][:2]) for r in floe)
+    assert {r["seed"] for r in floe} == {1, 2} and floe[0]["train_run"] != floe[1]["train_run"]
+    assert all(r["layers"] == [0, 1, 2, 3] for r in results if r["policy"] == "all")
+    # Each cell's mean and interval come from its per-seed values.
+    cell = next(c for c in summary["cells"] if c["policy"] == "floe" and c["metric"] == "val_loss")
+    values = [r["metrics"]["val_loss"] for r in floe]
+    assert cell["values"] == values and cell["mean"] == pytest.approx(statistics.fmean(values))
+    assert cell["half_width"] == pytest.approx(mean_ci(values)["half_width"])
+    with open(run.file("compare.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(summary["cells"]) and {"arc-easy/acc", "val_loss"} <= {r["metric"] for r in rows}
+    assert "| 2 |" in summary["tables"]["val_loss"] and "±" in summary["tables"]["val_loss"]
+    assert summary["base"]["metrics"]["val_loss"] > 0

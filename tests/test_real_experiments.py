@@ -1,0 +1,48 @@
+"""search-rank -> train -> eval -> export on the REAL SmolLM2-135M-Instruct and real data."""
+import json
+
+import pytest
+import torch
+
+from floe.cli import main
+from floe.hydralora import load_adapter
+from floe.models import load_model
+from floe.runs import open_run
+from floe.sparse import load_trained
+
+pytestmark = pytest.mark.real
+
+DATA = ["--device", "cpu", "--data", "general", "--max-samples", "16", "--val-samples", "8",
+        "--max-length", "64", "--batch-size", "8", "--lr", "1e-3", "--layers", "20,24,28"]
+
+
+def test_search_train_eval_export_on_smollm2(smol_path, tmp_path, capsys):
+    assert main(["search-rank", *DATA, "--n-trials", "2", "--r-min", "2", "--r-max", "16",
+                 "--quiet", "--json"]) == 0
+    search = json.loads(capsys.readouterr().out)
+    assert search["n_finished"] == 2 and 2 <= search["best_r"] <= 16
+    assert all(t["layers"] == [20, 24, 28] for t in search["trials"])
+
+    assert main(["train", *DATA, "--r", str(search["best_r"]), "--epochs", "2", "--quiet",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["layers"] == [20, 24, 28] and trained["r"] == search["best_r"]
+    assert trained["val_loss_after"] < trained["val_loss_before"]
+
+    assert main(["eval", "--train-run", trained["run"], "--device", "cpu", "--tasks",
+                 "arc-easy,mmlu", "--limit", "8", "--quiet", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["tasks"]["mmlu"]["n"] == 8 and evaluated["tasks"]["arc-easy"]["n"] == 8
+    assert 0 <= evaluated["mmlu/acc"] <= 1
+    assert evaluated["val_loss"] == pytest.approx(trained["val_loss_after"], rel=1e-4)
+
+    target = tmp_path / "export"
+    assert main(["export", "--train-run", trained["run"], "--to", str(target), "--quiet"]) == 0
+    capsys.readouterr()
+    reference, tok = load_trained(open_run(trained["run"]), device="cpu")
+    model, _ = load_model("smollm2-135m", "cpu")
+    load_adapter(model, target / "adapter")
+    model.eval()
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
