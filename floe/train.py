@@ -115,7 +115,9 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     ckpt = run.file(CHECKPOINT) if run is not None else None
     start = load_checkpoint(ckpt, model, optimizer, scheduler) if ckpt else 0
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays unprepared: accelerate would step a prepared one once per process,
+    # decaying the learning rate num_processes times too fast under DDP.
+    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
     main = accelerator.is_main_process
@@ -138,7 +140,8 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
                 out = model(**batch)
                 accelerator.backward(out.loss)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             running += out.loss.detach().float().item() / config.grad_accum
             tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes

@@ -127,9 +127,6 @@ def test_two_processes_train_one_adapter(tiny_args):
     assert any(v.abs().sum() > 0 for k, v in load_file(str(adapters[0])).items() if "lora_B" in k)
 
 
-@pytest.mark.xfail(strict=True, reason="floe.train sizes the LR schedule in per-process steps, "
-                   "but accelerate steps a prepared scheduler once per process: under DDP the "
-                   "learning rate decays twice as fast and is 0 from halfway on")
 def test_two_processes_follow_the_single_process_lr_schedule(tiny_args):
     _, run = _train_on_two_processes(tiny_args)
     lrs = [r["lr"] for r in run.progress() if r.get("event") == "step"]
