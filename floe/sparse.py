@@ -330,12 +330,8 @@ def _train_in_run(run: Run, model_cfg: ModelConfig, data: DataConfig, adapter: H
 
 def load_trained(run: Run, device: str = "auto", trust_remote_code: bool = False):
     """The base model with the trained sparse adapter attached, and its tokenizer."""
-    from .hydralora import load_adapter
-    run.verify()
-    model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code)
-    load_adapter(model, run.file(ADAPTER_DIR))
-    model.eval()
-    return model, tok
+    from .warmup import load_warmed_up  # same layout: the run's adapter/ on its model
+    return load_warmed_up(run, device, trust_remote_code)
 
 
 def summary_of(run: Run) -> dict:

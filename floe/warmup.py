@@ -77,7 +77,7 @@ def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
 
 
 def load_warmed_up(run: Run, device: str = "auto", trust_remote_code: bool = False):
-    """The base model with the warm-up adapter attached, and its tokenizer."""
+    """The base model with the run's adapter (warm-up or sparse) attached, and its tokenizer."""
     run.verify()
     model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code)
     load_adapter(model, run.file(ADAPTER_DIR))
