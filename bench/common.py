@@ -25,7 +25,31 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 
 def peak_rss_mib() -> float:
+    """Peak resident set since the process started or since the last ``reset_peak_rss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux ``clear_refs`` 5), so a later peak is the
+    training step's and not the model-loading transient's. False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def in_subprocess(module: str, *args: str) -> dict:

@@ -1,6 +1,7 @@
 """HydraLoRA: one shared A, M expert B's and a softmax router per adapted linear layer.
 
-y = W x + (alpha / r) * sum_i w_i(x) * B_i (A dropout(x)),  w = softmax(R x) in fp32.
+y = W x + (alpha / r) * sum_i w_i(x) * B_i (A x'),  w = softmax(R x'),  x' = dropout(x);
+the router reads the same (dropped-out) input as A, in the same matmul; softmax in fp32.
 
 A self-contained wrapper rather than a peft tuner: peft's custom-module hook keys on the
 base layer's class (it would reroute every nn.Linear) and its LoRA layer API carries
@@ -90,21 +91,20 @@ class HydraLoraLinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def route(self, x: torch.Tensor) -> torch.Tensor:
-        """Expert weights w(x) = softmax(R x), computed in fp32 for a stable router."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return torch.softmax(x.float() @ self.lora_router.float().T, dim=-1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if not self.enabled:
             return y
-        xa = x.to(self.lora_A.dtype)
-        h = self.dropout(xa) @ self.lora_A.T  # shared A x, computed once for all experts
+        xd = self.dropout(x.to(self.lora_A.dtype))
         if self.lora_router is None:
-            delta = h @ self.lora_B[0].T
+            delta = (xd @ self.lora_A.T) @ self.lora_B[0].T
         else:
-            w = self.route(xa).to(h.dtype)
+            # A and the router read the same input in ONE matmul, so autograd stores that
+            # input once; a separate router matmul on x would keep its own copy of every
+            # adapted layer's input (+9 % step memory on SmolLM2, ~+20 % on a 7B shape).
+            hz = xd @ torch.cat([self.lora_A, self.lora_router]).T
+            h, logits = hz.split([self.r, self.experts], dim=-1)
+            w = torch.softmax(logits.float(), dim=-1).to(h.dtype)  # fp32 softmax
             # sum_i w_i B_i h == [w_1 h, ..., w_M h] @ [B_1^T; ...; B_M^T]: one matmul.
             mixed = (w.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)
             delta = mixed @ self.lora_B.transpose(1, 2).reshape(-1, self.base.out_features)

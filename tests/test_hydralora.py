@@ -52,11 +52,30 @@ def test_forward_matches_the_written_formula():
     assert torch.allclose(w.sum(-1), torch.ones(2, 7))
 
 
-def test_router_runs_in_fp32_under_low_precision_input():
+def test_low_precision_base_keeps_fp32_adapters():
     layer = HydraLoraLinear(torch.nn.Linear(6, 5).to(torch.bfloat16), 2, 4.0, 0.0, 3)
     x = torch.randn(4, 6, dtype=torch.bfloat16)
-    assert layer.route(x).dtype == torch.float32
-    assert layer.lora_A.dtype == torch.float32 and layer(x).dtype == torch.bfloat16
+    assert layer.lora_A.dtype == layer.lora_router.dtype == torch.float32
+    assert layer(x).dtype == torch.bfloat16
+
+
+def test_adapter_stores_its_input_once_for_backward():
+    """A and the router share one matmul: no extra copy of the layer input is saved."""
+    base = torch.nn.Linear(64, 32, bias=False).requires_grad_(False)
+    x = torch.randn(4, 16, 64, requires_grad=True)
+
+    def saved_input_bytes(layer):
+        storages = {}
+
+        def pack(t):
+            if t.numel() >= x.numel():  # activations, not the small adapter weights
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        return sum(storages.values())
+    single = saved_input_bytes(HydraLoraLinear(base, 8, 16.0, 0.1, experts=1))
+    assert saved_input_bytes(HydraLoraLinear(base, 8, 16.0, 0.1, experts=4)) == single
 
 
 def test_single_expert_equals_peft_lora_with_the_same_weights():
