@@ -2,10 +2,11 @@
 
 Scoring = Taylor (one forward+backward per batch, weight gradients of the projections),
 Fisher (one forward+backward per batch, activation gradients only), greedy search,
-refinement, and least-squares tuning (twice: refined and greedy masks). The baseline is
-the bare passes that cannot be avoided: two plain forward+backward passes per batch (one
-for the base-model gradients, one for the adapted-model mask gradients) and, for each
-tuning, two plain forward passes per batch (the clean and the masked residual streams).
+refinement, and least-squares tuning (refined and greedy masks, in one pass). The
+baseline is the bare passes that cannot be avoided: two plain forward+backward passes per
+batch (one for the base-model gradients, one for the adapted-model mask gradients) and
+three plain forward passes per batch for the tuning (the clean residual stream and one
+masked stream per mask set).
 
     .venv/bin/python -m bench.bench_scoring [--model smollm2-135m] [--samples 64] [--device cpu]
 """
@@ -88,14 +89,14 @@ def main() -> None:
     from floe.refine import refine_masks
     from floe.search import greedy_masks
     from floe.taylor import average_costs, taylor_costs
-    from floe.tune import tune_masks
+    from floe.tune import tune_mask_sets
 
     model, batches = build(a.model, a.device, a.samples, a.batch_size, a.max_length)
     dev = next(model.parameters()).device
     bare_forward_backward(model, batches[:1], weights=True)  # warm-up of kernels/allocator
     base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
             "fwd_bwd_activations": timed(lambda: bare_forward_backward(model, batches, False), dev),
-            "forward_x4": timed(lambda: bare_forwards(model, batches, 4), dev)}
+            "forward_x3": timed(lambda: bare_forwards(model, batches, 3), dev)}
     out = {}
     stage = {}
     stage["taylor"] = timed(lambda: out.update(cost=taylor_costs(model, batches)), dev)
@@ -107,8 +108,8 @@ def main() -> None:
     budget = 0.5 * float(ch.double().sum() + cn.double().sum())
     stage["refine"] = timed(lambda: out.update(ref=refine_masks(th, tn, ch, cn, *out["greedy"], budget)), dev)
     r = out["ref"]
-    stage["tune_x2"] = timed(lambda: [tune_masks(model, batches, kh, kn) for kh, kn in
-                                       ((r.keep_heads, r.keep_neurons), out["greedy"])], dev)
+    stage["tune"] = timed(lambda: tune_mask_sets(
+        model, batches, [(r.keep_heads, r.keep_neurons), out["greedy"]]), dev)
     total, bare = sum(stage.values()), sum(base.values())
     result = {"model": a.model, "device": str(dev), "threads": torch.get_num_threads(),
               "samples": a.samples, "batch_size": a.batch_size, "n_batches": len(batches),
@@ -117,7 +118,7 @@ def main() -> None:
               "ratio": total / bare,
               "ratio_taylor": stage["taylor"] / base["fwd_bwd_weights"],
               "ratio_fisher": stage["fisher"] / base["fwd_bwd_activations"],
-              "ratio_tune": stage["tune_x2"] / base["forward_x4"]}
+              "ratio_tune": stage["tune"] / base["forward_x3"]}
     print(json.dumps(result, indent=2))
     save(f"scoring_{a.model}_{dev.type}", result)
 

@@ -28,7 +28,7 @@ def main() -> None:
     from floe.refine import refine_masks
     from floe.search import greedy_masks
     from floe.taylor import average_costs, taylor_costs
-    from floe.tune import tune_masks
+    from floe.tune import tune_mask_sets
 
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=a.layers,
                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
@@ -50,7 +50,7 @@ def main() -> None:
     bare_forward_backward(model, batches[:1], True)
     base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
             "fwd_bwd_activations": timed(lambda: bare_forward_backward(model, batches, False), dev),
-            "forward_x4": timed(lambda: bare_forwards(model, batches, 4), dev)}
+            "forward_x3": timed(lambda: bare_forwards(model, batches, 3), dev)}
     torch.cuda.reset_peak_memory_stats()
     out, stage = {}, {}
     stage["taylor"] = timed(lambda: out.update(cost=taylor_costs(model, batches)), dev)
@@ -62,8 +62,9 @@ def main() -> None:
     budget = 0.5 * float(ch.double().sum() + cn.double().sum())
     stage["refine"] = timed(lambda: out.update(ref=refine_masks(th, tn, ch, cn, *out["greedy"], budget)), dev)
     r = out["ref"]
-    stage["tune_x2"] = timed(lambda: [tune_masks(model, batches, kh.cuda(), kn.cuda()) for kh, kn in
-                                       ((r.keep_heads, r.keep_neurons), out["greedy"])], dev)
+    stage["tune"] = timed(lambda: tune_mask_sets(
+        model, batches, [(r.keep_heads.cuda(), r.keep_neurons.cuda()),
+                         tuple(t.cuda() for t in out["greedy"])]), dev)
     total, bare = sum(stage.values()), sum(base.values())
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "stages_s": stage, "bare_s": base,
                       "scoring_s": total, "ratio": total / bare,

@@ -30,7 +30,7 @@ from .runs import DONE, Run, open_run, run_for
 from .search import budget_of, greedy_masks
 from .taylor import average_costs, taylor_costs
 from .train import TrainConfig
-from .tune import tune_masks
+from .tune import tune_mask_sets
 from .warmup import ModelConfig, load_warmed_up, run_warmup
 
 UNITS, LAYERS, TIMINGS = "units.safetensors", "layers.json", "timings.json"
@@ -147,12 +147,10 @@ def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Sta
     with stages.stage("refine"):
         budget = float(config.beta * (cost_h.double().sum() + cost_n.double().sum()))
         refined = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget)
-    tuned = {}
-    for name, (kh, kn) in {"refined": (refined.keep_heads, refined.keep_neurons),
-                           "greedy": (greedy_h, greedy_n)}.items():
-        with stages.stage(f"tune_{name}", shape.n_layers) as progress:
-            tuned[name] = tune_masks(model, batches, kh, kn, damping=config.damping,
-                                     bound=config.bound, progress=progress)
+    with stages.stage("tune", shape.n_layers) as progress:  # refined and greedy together
+        tuned = dict(zip(("refined", "greedy"), tune_mask_sets(
+            model, batches, [(refined.keep_heads, refined.keep_neurons), (greedy_h, greedy_n)],
+            damping=config.damping, bound=config.bound, progress=progress)))
     scores, binary = _masks_to_scores(tuned["refined"], refined.keep_heads, refined.keep_neurons, shape)
     scores_nr, _ = _masks_to_scores(tuned["greedy"], greedy_h, greedy_n, shape)
     units = {"tau_heads": tau_h, "tau_neurons": tau_n, "cost_heads": cost_h,

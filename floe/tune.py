@@ -38,18 +38,22 @@ arguments (rotary embeddings, attention masks: shared tensors, so cheap) and the
 input. Two residual streams are then kept for all calibration batches, clean (x) and
 masked (x'), in the model dtype, and each decoder layer is run on its own: per layer and
 batch, one clean run (targets, and x for the next layer), one masked run cut after o_proj
-(attention statistics), one masked run with the tuned heads (FFN statistics) and one with
-both tuned (x' for the next layer): about 4.3 forward passes in all with the recording
-one, no backward. Re-running forward passes from the embeddings instead would cost O(L)
-passes per layer; caching every layer's inputs would cost L streams of memory.
-Besides the model: 2 streams of tokens x hidden (model dtype), 2 targets of real tokens x
-hidden (fp32), and per component C (fp32, (R*d)^2: 485 MB for 11008 neurons) plus fp64
+(attention statistics) and one masked run with the tuned heads (FFN statistics). x' for
+the next layer follows from that run without another: the output is affine in the neuron
+values (post-norm architectures run the layer once more). About 3.3 forward passes in all
+with the recording one, no backward; each further mask set (``tune_mask_sets``: the
+scoring tunes the refined and the greedy masks) adds about 1.3, sharing the clean runs.
+Re-running forward passes from the embeddings instead would cost O(L) passes per layer;
+caching every layer's inputs would cost L streams of memory.
+Besides the model: 2 streams of tokens x hidden (model dtype; one more per extra mask
+set), 2 targets of real tokens x hidden (fp32), the FFN inputs of one layer (tokens x N,
+model dtype) and per component C (fp32, (R*d)^2: 485 MB for 11008 neurons) plus fp64
 transients of that size while forming A^T A for the solve.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -334,14 +338,34 @@ def _fit_heads(model, k, recorded, masked, targets, keep, additive, damping, bou
 
 
 def _fit_neurons(model, k, recorded, masked, targets, heads, keep, additive, damping, bound):
-    """Layer k's neuron values, the FFN input h' coming from the tuned heads."""
-    equations = NormalEquations(pretrained_linear(model, k, "down").weight, keep, 1)
+    """Layer k's neuron values, the FFN input h' coming from the tuned heads; ``masked``
+    is advanced in place to the next layer's input x' (both components tuned).
+
+    Additive architectures: the layer output is affine in the neuron values, so the tuned
+    output is the binary run's plus (a * (m - binary)) @ W2^T; no second run of the layer.
+    """
+    down = pretrained_linear(model, k, "down").weight
+    equations = NormalEquations(down, keep, 1)
+    outputs, inputs = [], []
     with _layer_hooks(model, k, head_values=heads, neuron_values=keep.float()) as seen:
         for b, r in enumerate(recorded):
             out = _run_layer(model, k, masked[b], r.calls[k])
             binary = out if additive else seen["down_out"]
             equations.add(_real(seen["down_in"], r.tokens), targets[b] - _real(binary, r.tokens))
-    return equations.solve(damping, bound)
+            outputs.append(out)
+            inputs.append(seen["down_in"])
+    fit = equations.solve(damping, bound)
+    if additive:
+        shift = (fit.values - equations.keep.double()).to(_stat(down).dtype)
+        for b, (out, a) in enumerate(zip(outputs, inputs)):
+            masked[b] = out if fit.fallback else (
+                _stat(out) + (_stat(a) * shift) @ _stat(down).T).to(out.dtype)
+    else:
+        del outputs, inputs
+        with _layer_hooks(model, k, heads, fit.values):
+            for b, r in enumerate(recorded):
+                masked[b] = _run_layer(model, k, masked[b], r.calls[k])
+    return fit
 
 
 # ------------------------------------------------------------------------ the driver
@@ -363,36 +387,58 @@ def tune_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
     ``damping``: ridge strength relative to the mean diagonal of A^T A. ``bound``: largest
     accepted |m|. ``progress(done_layers, n_layers)`` after each layer.
     """
+    return tune_mask_sets(model, batches, [(keep_heads, keep_neurons)], damping, bound,
+                          progress)[0]
+
+
+def tune_mask_sets(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
+                   mask_sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   damping: float = 1e-2, bound: float = 10.0,
+                   progress: Progress | None = None) -> list[TuneResult]:
+    """``tune_masks`` for several (keep_heads, keep_neurons) pairs in one pass over the
+    layers: the unmasked model's runs and targets are shared; each set keeps its own masked
+    stream. Identical sets are tuned once."""
     shape = arch.shape_of(model.config)
-    keep_heads = _check_keep("keep_heads", keep_heads, shape.n_layers, shape.n_heads)
-    keep_neurons = _check_keep("keep_neurons", keep_neurons, shape.n_layers, shape.intermediate)
+    sets = [(_check_keep("keep_heads", h, shape.n_layers, shape.n_heads),
+             _check_keep("keep_neurons", n, shape.n_layers, shape.intermediate))
+            for h, n in mask_sets]
     if damping < 0 or bound <= 0:
         raise ValueError(f"need damping >= 0 and bound > 0, got {damping} and {bound}")
+    distinct: list[int] = []  # index into ``sets`` of the first copy of each distinct set
+    slot: list[int] = []      # for each set, its position in ``distinct``
+    for i, (h, n) in enumerate(sets):
+        same = [j for j, d in enumerate(distinct)
+                if torch.equal(sets[d][0], h) and torch.equal(sets[d][1], n)]
+        slot.append(same[0] if same else len(distinct))
+        if not same:
+            distinct.append(i)
     batches = list(batches)
     additive = not arch.has_post_norms(model.config)
     L = shape.n_layers
-    fits: list[tuple[ComponentFit, ComponentFit]] = []
+    fits: list[list[tuple[ComponentFit, ComponentFit]]] = [[] for _ in distinct]
 
     with eval_mode(model), torch.no_grad():
         recorded = _record_layer_calls(model, batches)
         clean = [r.x0 for r in recorded]   # x: the unmasked adapted model
-        masked = [r.x0 for r in recorded]  # x': earlier layers at their tuned values
+        masked = [list(clean) for _ in distinct]  # x' per set: earlier layers tuned
         for r in recorded:
             r.x0 = None  # the streams own it now
         for k in range(L):
             attn_targets, ffn_targets = _clean_targets(model, k, recorded, clean, additive)
-            heads = _fit_heads(model, k, recorded, masked, attn_targets, keep_heads[k],
-                               additive, damping, bound)
-            del attn_targets
-            neurons = _fit_neurons(model, k, recorded, masked, ffn_targets, heads.values,
-                                   keep_neurons[k], additive, damping, bound)
-            del ffn_targets
-            with _layer_hooks(model, k, heads.values, neurons.values):
-                masked = [_run_layer(model, k, masked[b], r.calls[k])
-                          for b, r in enumerate(recorded)]
-            fits.append((heads, neurons))
+            for j, i in enumerate(distinct):
+                keep_h, keep_n = sets[i]
+                heads = _fit_heads(model, k, recorded, masked[j], attn_targets, keep_h[k],
+                                   additive, damping, bound)
+                neurons = _fit_neurons(model, k, recorded, masked[j], ffn_targets,
+                                       heads.values, keep_n[k], additive, damping, bound)
+                fits[j].append((heads, neurons))
+            del attn_targets, ffn_targets
             report_progress(progress, k + 1, L)
+    results = [_result(f) for f in fits]
+    return [results[j] for j in slot]
 
+
+def _result(fits: list[tuple[ComponentFit, ComponentFit]]) -> TuneResult:
     return TuneResult(
         head_values=torch.stack([h.values.cpu() for h, _ in fits]).float(),
         neuron_values=torch.stack([n.values.cpu() for _, n in fits]).float(),

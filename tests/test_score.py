@@ -37,9 +37,9 @@ def test_analyze_writes_a_complete_score_run(capsys, tiny_model_dir):
     for policy in ("floe", "floe-no-refine", "random", "weight-norm", "adapter-norm", "all"):
         assert sorted(ranking_for(run, policy)) == [0, 1, 2, 3]
     timings = run.read_json("timings.json")
-    assert {"taylor", "fisher", "search", "refine", "tune_refined", "total", "device"} <= set(timings)
+    assert {"taylor", "fisher", "search", "refine", "tune", "total", "device"} <= set(timings)
     stages = {r["stage"] for r in run.progress() if r.get("event") == "progress"}
-    assert {"taylor", "fisher", "tune_refined"} <= stages
+    assert {"taylor", "fisher", "tune"} <= stages
 
     # Same config: reused (same run, same results); --force recomputes into the same folder.
     code, again = _analyze(capsys, tiny_model_dir)

@@ -9,7 +9,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, Llama
 from floe.hydralora import HydraLoraConfig, apply_hydralora
 from floe.masks import IGNORE_INDEX, mask_hooks
 from floe.tune import (NormalEquations, attention_normal_equations, ffn_normal_equations,
-                       quadratic_error, solve_ridge, tune_masks)
+                       quadratic_error, solve_ridge, tune_mask_sets, tune_masks)
 
 L, H, H_KV, D, N, HIDDEN = 3, 4, 2, 8, 48, 32
 
@@ -251,3 +251,18 @@ def test_shapes_are_checked():
     with pytest.raises(ValueError):
         tune_masks(model, [calibration(5)], torch.ones(L, H + 1, dtype=torch.bool),
                    torch.ones(L, N, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("make_model", [tiny_adapted_model, tiny_adapted_gemma3])
+def test_mask_sets_tuned_together_equal_tuned_apart(make_model):
+    model = make_model()
+    batches = [calibration(6), calibration(7, B=2, T=9)]
+    sets = [random_keep(2), random_keep(3), random_keep(2)]
+    together = tune_mask_sets(model, batches, sets, damping=1e-3)
+    assert len(together) == 3
+    for (keep_h, keep_n), got in zip(sets, together):
+        alone = tune_masks(model, batches, keep_h, keep_n, damping=1e-3)
+        for field in ("head_values", "neuron_values", "error_binary", "error_tuned", "fallback"):
+            torch.testing.assert_close(getattr(got, field), getattr(alone, field),
+                                       rtol=1e-9, atol=1e-12)
+    assert together[0] is together[2]  # identical sets are tuned once
