@@ -26,7 +26,7 @@ RESULT_PAGES = {"analyze": ("pages/1_Heatmaps.py", "See the heatmap"),
 # Fast analysis settings for the one-click button: minutes on 2 CPU cores (the CLI's own
 # defaults are sized for a better estimate).
 QUICK = {"max_samples": "32", "val_samples": "8", "max_length": "64", "score_samples": "8"}
-QUICK_TIME = ("About 3 minutes on 2 free CPU cores, the first time included (it converts the embedded "
+QUICK_TIME = ("About 2 minutes on 2 free CPU cores, the first time included (it converts the embedded "
               "model once); longer while other programs keep the cores busy.")
 # And for evaluations on a CPU: one small benchmark instead of six.
 QUICK_EVAL = {"tasks": "arc-easy", "limit": "50"}
