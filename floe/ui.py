@@ -76,6 +76,15 @@ def quick_analyse_button(key: str, extra: list[str] | None = None, label: str | 
     st.caption(f"Runs `{jobs.display_command(args)}` in the background.{hint}")
 
 
+def layer_count_slider(container, label: str, n_layers: int, default: int, disabled: bool = False,
+                       help: str | None = None) -> int:
+    """k in 1..n_layers; a one-layer model has nothing to choose (a slider needs min < max)."""
+    if n_layers < 2:
+        container.caption(f"{label}: 1 (the model has one layer)")
+        return 1
+    return container.slider(label, 1, n_layers, min(default, n_layers), disabled=disabled, help=help)
+
+
 def empty(message: str) -> None:
     """An empty state: what is missing and where to go next."""
     st.info(message, icon=":material/info:")

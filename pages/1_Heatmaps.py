@@ -30,7 +30,7 @@ value = c1.selectbox("Value", list(views.VALUES), help="FLoE score s_k = 1 − r
                      "layer's pretrained capacity (mask values weighted by the weights they gate)")
 align = c2.radio("Align layers by", ["index", "relative depth"], horizontal=True, disabled=len(depths) == 1,
                  help="relative depth lines up models of different depth (first layer at 0, last at 1)")
-k = c3.slider("Top-k layers marked", 1, min(depths), min(5, min(depths)))
+k = ui.layer_count_slider(c3, "Top-k layers marked", min(depths), 5)
 normalise = c4.checkbox("Normalise rows", help="min-max per run: compares shapes, not levels")
 st.plotly_chart(views.heatmap_figure(rows, value, "index" if align == "index" else "relative", k, normalise),
                 key="heatmap")

@@ -38,7 +38,7 @@ run = ui.pick_run(runs, "Score run whose layers are searched", "score")
 n_layers = views.layers(run)["n_layers"]
 c1, c2 = st.columns(2)
 policy = c1.selectbox("Policy", list(views.POLICIES), format_func=views.POLICIES.get)
-k = c2.slider("k: layers to adapt", 1, n_layers, min(8, n_layers), disabled=policy == "all")
+k = ui.layer_count_slider(c2, "k: layers to adapt", n_layers, 8, disabled=policy == "all")
 st.caption(f"layers {views.chosen_layers(run, policy, k)}. Running the same search again resumes it: "
            "finished trials are kept and their training runs reused; more trials extend it.")
 with st.expander("All options of `floe search-rank`"):

@@ -22,7 +22,7 @@ n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
 policy = c1.radio("Policy", list(views.POLICIES), format_func=views.POLICIES.get,
                   help="FLoE ranks layers by its score; the others are the paper's baselines")
-k = c2.slider("k: number of layers to adapt", 1, n_layers, min(8, n_layers), disabled=policy == "all")
+k = ui.layer_count_slider(c2, "k: number of layers to adapt", n_layers, 8, disabled=policy == "all")
 chosen = views.chosen_layers(run, policy, k)
 st.plotly_chart(views.heatmap_figure([run], marked=[chosen]), key="choice")
 st.markdown(f"**Adapted layers ({len(chosen)}):** {', '.join(map(str, chosen))}")

@@ -304,3 +304,12 @@ def test_a_failed_job_shows_its_message_and_can_be_resumed(cache):
     assert jobs.get(job["id"])["status"] == jobs.CANCELLED
     at.button(key=f"dismiss:{job['id']}").click().run()
     assert jobs.list_jobs() == []
+
+
+@pytest.mark.parametrize("page", [PAGES[0], PAGES[3], PAGES[4]])
+def test_a_one_layer_model_has_no_k_to_choose(cache, tmp_path, page):
+    folder = fx.make_model_folder(tmp_path / "one-layer", n_layers=1)
+    fx.make_score_run(cache, str(folder), n_layers=1)
+    at = open_page(page)
+    assert not [s for s in at.slider if s.label.startswith(("k:", "Top-k"))]
+    assert "(the model has one layer)" in text_of(at)
