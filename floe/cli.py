@@ -7,7 +7,7 @@ import os
 import sys
 
 from .config import add_arguments, from_namespace
-from .data import DataConfig, DataError
+from .data import DataConfig
 from .hydralora import HydraLoraConfig
 from .train import TrainConfig
 from .warmup import ModelConfig
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
     try:
         result = COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, DataError, RuntimeError) as e:
-        # Errors the user can fix get one clear line, not a traceback.
+    except (ValueError, OSError, RuntimeError) as e:
+        # Errors the user can fix (bad options, data, paths, permissions, a full disk, a
+        # locked or corrupt run) get one clear line, not a traceback. DataError is a ValueError.
         if os.environ.get("FLOE_DEBUG"):
             raise
         print(f"floe {args.command}: error: {e}", file=sys.stderr)

@@ -9,7 +9,6 @@ import csv
 import dataclasses
 import io
 import math
-import random
 import statistics
 from dataclasses import dataclass
 
@@ -120,11 +119,10 @@ def plan(config: CompareConfig, n_layers: int) -> list[tuple[int, str]]:
     return cells
 
 
-def cell_selection(score_run: str, k: int, policy: str, seed: int, n_layers: int,
+def cell_selection(score_run: str, k: int, policy: str, seed: int,
                    config: CompareConfig) -> SparseConfig:
     if policy == "random" and config.resample_random:
-        layers = random.Random(seed).sample(range(n_layers), k)
-        return SparseConfig(score_run=score_run, policy="random", k=k, layers=layers)
+        return SparseConfig(score_run=score_run, policy="random", k=k, random_seed=seed)
     return SparseConfig(score_run=score_run, policy=policy, k=k)
 
 
@@ -180,10 +178,10 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _cell(score_run, k, policy, seed, n_layers, config, model_cfg, data, adapter, training,
+def _cell(score_run, k, policy, seed, config, model_cfg, data, adapter, training,
           evaluation, show_progress) -> dict:
     """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
-    sparse = cell_selection(score_run, k, policy, seed, n_layers, config)
+    sparse = cell_selection(score_run, k, policy, seed, config)
     trained = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
                                   sparse, show_progress=show_progress)
     evaluated = run_evaluation(None, evaluation, train_run=trained.id, device=model_cfg.device,
@@ -233,7 +231,7 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
         results = []
         for seed in config.seeds:  # seed-major: an early look already covers every cell
             for k, policy in cells:
-                results.append(_cell(scored.id, k, policy, seed, n_layers, config, model_cfg, data,
+                results.append(_cell(scored.id, k, policy, seed, config, model_cfg, data,
                                      adapter, training, evaluation, show_progress))
                 run.log(event="progress", stage="compare", done=len(results), total=total,
                         k=k, policy=policy, seed=seed)

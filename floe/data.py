@@ -7,6 +7,7 @@ Evaluation items (MMLU test, ARC, PIQA, HellaSwag, Winogrande) never enter train
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.util
 import json
@@ -281,8 +282,18 @@ def split_and_sample(examples: list[dict], config: DataConfig) -> Split:
     return Split(train=pool[:n_train], val=val)
 
 
+@functools.lru_cache(maxsize=4)
+def _examples(data: str, stamp: int | None) -> tuple[dict, ...]:
+    return tuple(load_examples(data))
+
+
 def load_split(config: DataConfig) -> Split:
-    return split_and_sample(load_examples(config.data), config)
+    """The configured sample. The examples stay in memory (a search or a comparison trains
+    many times on the same data, and building an embedded set takes seconds); an edited
+    file is read again."""
+    path = Path(config.data).expanduser()
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return split_and_sample(list(_examples(config.data, stamp)), config)
 
 
 # --------------------------------------------------------------------------- tokenising

@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import option, to_dict
-from .data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, DataConfig, _hf, _lit, _olmo_root, tokenize
+from .data import (LEGAL_SUBJECTS, MEDICAL_SUBJECTS, DataConfig, _hf, _lit, _olmo_root, load_split,
+                   tokenize)
 from .hydralora import ADAPTER_WEIGHTS, load_adapter
 from .models import load_model, model_fingerprint
 from .runs import DONE, Run, open_run, run_for
-from .sparse import load_split_cached
 from .train import validation_loss
 
 SUMMARY = "eval.json"
@@ -289,7 +289,7 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
         if adapter_dir:
             load_adapter(net, adapter_dir)
         net.eval()
-        val = tokenize(tok, load_split_cached(data).val, data.max_length) if key["data"] else None
+        val = tokenize(tok, load_split(data).val, data.max_length) if key["data"] else None
         run.log(event="stage", stage="eval", message=f"{', '.join(config.tasks)} "
                 f"(limit {config.limit or 'none'}) on {'adapter' if adapter_dir else 'base model'}")
         result = evaluate_model(net, tok, config, val, show_progress)

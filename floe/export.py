@@ -90,8 +90,8 @@ model = get_peft_model(model, config)
 """
 
 
-class ExportExistsError(FileExistsError, ValueError):
-    """The export folder exists. Also a ValueError, so the CLI reports it in one line."""
+class ExportExistsError(FileExistsError):
+    """The export folder exists (the CLI reports it in one line, as every OSError)."""
 
 
 def prepare_target(target: Path, force: bool) -> None:

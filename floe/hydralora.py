@@ -144,8 +144,9 @@ def apply_hydralora(model: nn.Module, config: HydraLoraConfig) -> list[str]:
             parent_path, _, attr = path.rpartition(".")
             parent = block.get_submodule(parent_path) if parent_path else block
             base = getattr(parent, attr)
-            setattr(parent, attr, HydraLoraLinear(base, config.r, config.alpha,
-                                                  config.dropout, config.experts))
+            wrapper = HydraLoraLinear(base, config.r, config.alpha, config.dropout, config.experts)
+            # New modules start in training mode: follow the model's (no dropout in eval).
+            setattr(parent, attr, wrapper.train(model.training))
             names.append(arch.module_name(model.config, k, role))
     return names
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
+import random
 import resource
 import threading
 import time
@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, arch
 from .config import option, to_dict
-from .data import DataConfig, Split, load_examples, split_and_sample, tokenize
+from .data import DataConfig, load_split, tokenize
 from .hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from .models import load_model, model_fingerprint, resolve_device
 from .runs import DONE, Run, RunLockedError, read_json, run_for
@@ -44,6 +44,8 @@ class SparseConfig:
     k: int = option(8, "number of layers to adapt (ignored by policy 'all')")
     layers: list[int] | None = option(None, "explicit decoder layers to adapt, e.g. 3,7,12 "
                                       "(overrides score run and policy)", cli=False)
+    random_seed: int | None = option(None, "policy random: draw k layers with this seed instead "
+                                     "of taking the score run's seeded random ranking")
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -54,9 +56,15 @@ class SparseConfig:
             self.layers = sorted({int(k) for k in self.layers})
         elif self.k < 1:
             raise ValueError(f"k must be >= 1 (the number of layers to adapt), got {self.k}")
-        elif self.score_run is None:
+        elif self.score_run is None and not self._own_random_draw:
             raise ValueError("say which layers to adapt: --score-run ID (with --policy and --k) "
                              "or an explicit --layers list")
+        if self.random_seed is not None and self.policy != "random":
+            raise ValueError(f"--random-seed draws layers for policy random, not {self.policy!r}")
+
+    @property
+    def _own_random_draw(self) -> bool:
+        return self.policy == "random" and self.random_seed is not None
 
 
 # --------------------------------------------------------------------------- layer choice
@@ -86,6 +94,8 @@ def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
         return list(range(n_layers))
     if sparse.k > n_layers:
         raise ValueError(f"k={sparse.k} is larger than the model's {n_layers} layers")
+    if sparse._own_random_draw:
+        return sorted(random.Random(sparse.random_seed).sample(range(n_layers), sparse.k))
     ranking = ranking_for(open_score_run(sparse.score_run), sparse.policy)
     if sorted(ranking) != list(range(n_layers)):
         raise ValueError(f"score run {sparse.score_run} ranks {len(ranking)} layers, but this "
@@ -164,19 +174,6 @@ class ReportingRun(Run):
             self.on_record(record, self.validate)
 
 
-@functools.lru_cache(maxsize=4)
-def _examples(data: str, stamp: int | None) -> tuple[dict, ...]:
-    return tuple(load_examples(data))
-
-
-def load_split_cached(config: DataConfig) -> Split:
-    """``load_split`` with the examples kept in memory: a search or a comparison trains
-    many times on the same data, and building an embedded set takes seconds."""
-    path = Path(config.data).expanduser()
-    stamp = path.stat().st_mtime_ns if path.is_file() else None  # an edited file is reread
-    return split_and_sample(list(_examples(config.data, stamp)), config)
-
-
 def _validator(model, val: list[dict], pad_id: int) -> Callable[[], float | None]:
     def validate() -> float | None:
         if not val:
@@ -192,6 +189,8 @@ def train_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig
     """Everything that changes the trained adapter (the layers resolved), plus provenance."""
     selection = {"policy": sparse.policy if sparse.layers is None else "explicit",
                  "k": len(adapter.layers), "score_run": sparse.score_run}
+    if sparse._own_random_draw and sparse.layers is None:
+        selection["random_seed"] = sparse.random_seed
     return {"floe": __version__, "model": model_fingerprint(model_cfg.model), "data": to_dict(data),
             "adapter": to_dict(adapter), "train": to_dict(training), "selection": selection}
 
@@ -298,7 +297,7 @@ def _train_in_run(run: Run, model_cfg: ModelConfig, data: DataConfig, adapter: H
         shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
     model, tok = load_model(model_cfg.model, _process_device(model_cfg),
                             trust_remote_code=model_cfg.trust_remote_code)
-    split = load_split_cached(data)
+    split = load_split(data)
     rows = tokenize(tok, split.train, data.max_length)
     val = tokenize(tok, split.val, data.max_length) if split.val else []
     if len(rows) < training.batch_size:

@@ -56,7 +56,8 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
-    """Trainable tensors (safetensors) + optimizer/scheduler state, then a marker last."""
+    """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state, then a
+    marker last."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}
     save_file(tensors, str(folder / "trainable.safetensors.tmp"))
@@ -64,7 +65,28 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> Non
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                folder / "optimizer.pt.tmp")
     (folder / "optimizer.pt.tmp").replace(folder / "optimizer.pt")
+    save_file(_rng_states(), str(folder / "rng.safetensors.tmp"))
+    (folder / "rng.safetensors.tmp").replace(folder / "rng.safetensors")
     atomic_write_json(folder / "step.json", {"step": step})
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """The global generators dropout draws from: restoring them makes a resumed run draw
+    the same masks as an uninterrupted one."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def _restore_rng_states(path: Path) -> None:
+    if not path.exists():  # checkpoints of earlier versions
+        return
+    states = load_file(str(path))
+    torch.set_rng_state(states.pop("cpu"))
+    cuda = [states[f"cuda{i}"] for i in range(len(states))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
@@ -83,6 +105,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    _restore_rng_states(folder / "rng.safetensors")
     return int(read_json(folder / "step.json")["step"])
 
 

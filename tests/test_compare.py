@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import random
 import statistics
 
 import pytest
@@ -57,6 +58,11 @@ def test_compare_on_the_tiny_model(tiny_args, score_run, capsys):
     assert all(r["layers"] == sorted(RANKINGS["floe"][:2]) for r in floe)
     assert {r["seed"] for r in floe} == {1, 2} and floe[0]["train_run"] != floe[1]["train_run"]
     assert all(r["layers"] == [0, 1, 2, 3] for r in results if r["policy"] == "all")
+    # Random layers are drawn anew per seed, and the training runs say so.
+    for r in (r for r in results if r["policy"] == "random"):
+        selection = open_run(r["train_run"]).config["selection"]
+        assert selection["policy"] == "random" and selection["random_seed"] == r["seed"]
+        assert r["layers"] == sorted(random.Random(r["seed"]).sample(range(4), 2))
     # Each cell's mean and interval come from its per-seed values.
     cell = next(c for c in summary["cells"] if c["policy"] == "floe" and c["metric"] == "val_loss")
     values = [r["metrics"]["val_loss"] for r in floe]

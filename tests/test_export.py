@@ -102,3 +102,13 @@ def test_existing_target_is_not_overwritten_without_force(trained_run, tmp_path,
     with pytest.raises(FileExistsError, match="not a floe export"):
         export(trained_run.id, other, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+
+def test_unwritable_target_is_a_one_line_error(trained_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["export", "--train-run", trained_run.id, "--to", str(blocker / "e")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Not a directory" in err and len(err.splitlines()) == 1
+    assert blocker.read_text() == "not a folder"

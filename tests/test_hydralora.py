@@ -143,3 +143,11 @@ def test_bad_configs_are_rejected(kwargs, match):
 def test_layers_outside_the_model_are_rejected():
     with pytest.raises(ValueError, match="3 layers"):
         apply_hydralora(tiny_model(), HydraLoraConfig(layers=[1, 7]))
+
+
+def test_adapters_follow_the_models_train_or_eval_mode():
+    model = tiny_model(seed=0).eval()
+    apply_hydralora(model, HydraLoraConfig(r=2, dropout=0.5, layers=[0]))
+    assert not any(m.training for m in model.modules())  # dropout off: loaded adapters infer
+    model.train()
+    assert all(m.training for m in model.modules())

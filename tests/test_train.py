@@ -17,10 +17,10 @@ def _rows(n=32, seed=0):
     return rows
 
 
-def _adapted(seed=0):
+def _adapted(seed=0, dropout=0.0):
     model = tiny_model(seed=seed)
     torch.manual_seed(seed)
-    apply_hydralora(model, HydraLoraConfig(r=4, dropout=0.0, targets=["q", "v", "up", "down"]))
+    apply_hydralora(model, HydraLoraConfig(r=4, dropout=dropout, targets=["q", "v", "up", "down"]))
     return model
 
 
@@ -40,9 +40,10 @@ def test_grad_accumulation_counts_optimizer_steps():
     assert summary["steps"] == 4 and len(summary["losses"]) == 4
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])  # dropout: the RNG state is restored too
+def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch, dropout):
     cfg = TrainConfig(lr=5e-3, epochs=2, batch_size=8, checkpoint_every=2, warmup_ratio=0.0)
-    reference = _adapted()
+    reference = _adapted(dropout=dropout)
     train(reference, _rows(), cfg, pad_id=0, show_progress=False)
 
     run = run_for("test", {"case": "resume", "dir": str(tmp_path)})
@@ -55,10 +56,10 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(run), "log", dying_log)
     with pytest.raises(KeyboardInterrupt):
-        train(_adapted(), _rows(), cfg, pad_id=0, run=run, show_progress=False)
+        train(_adapted(dropout=dropout), _rows(), cfg, pad_id=0, run=run, show_progress=False)
     monkeypatch.setattr(type(run), "log", original_log)
 
-    resumed = _adapted()
+    resumed = _adapted(dropout=dropout)
     summary = train(resumed, _rows(), cfg, pad_id=0, run=run, show_progress=False)
     assert summary["resumed_from"] == 4 and summary["steps"] == 8
     ours, ref = adapter_state_dict(resumed), adapter_state_dict(reference)
