@@ -1,25 +1,28 @@
 """Peak memory and step time against the number AND position of adapted layers (paper Fig. 1b).
 
 SmolLM2-135M (30 layers) on CPU, HydraLoRA (r=8, M=4, gate/up/down), AdamW, fp32. Each
-configuration runs in a fresh subprocess, so its peak resident set size (ru_maxrss) is its
-own; the peak above the RSS after loading the model is the training overhead. Ratios are
+configuration runs in a fresh subprocess; after loading, the kernel's RSS high-water mark is
+reset (Linux), so the peak is the training steps'; the peak above the RSS after loading the
+model is the training overhead. Ratios are
 against the all-layers configuration measured in the same run. Prints a table and writes
 bench/results/layers_cpu.json.
 
-Usage: .venv/bin/python bench/bench_layers.py [--batch 4] [--seq 128] [--steps 3]
+Usage: .venv/bin/python -m bench.bench_layers [--batch 4] [--seq 128] [--steps 3]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.common import current_rss_mib, peak_rss_mib, reset_peak_rss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N = 30  # SmolLM2-135M layers
@@ -42,7 +45,9 @@ def measure(layers: list[int], batch: int, seq: int, steps: int) -> dict:
 
     torch.manual_seed(0)
     model, _ = load_model("smollm2-135m", "cpu")
-    rss_loaded = _rss_now()
+    gc.collect()
+    reset_peak_rss()  # the peak from here on is training's, not the loading transient's
+    rss_loaded = int(current_rss_mib() * 2**20)
     apply_hydralora(model, HydraLoraConfig(layers=layers, dropout=0.0))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -56,15 +61,10 @@ def measure(layers: list[int], batch: int, seq: int, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if step:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = int(peak_rss_mib() * 2**20)
     return {"layers": layers, "step_s": statistics.median(times), "peak_rss_bytes": peak,
             "rss_after_load_bytes": rss_loaded, "overhead_bytes": peak - rss_loaded,
             "trainable_parameters": trainable_parameters(model)}
-
-
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main() -> None:
@@ -83,10 +83,11 @@ def main() -> None:
           f"median of {args.steps} steps; HydraLoRA r=8 M=4 on gate/up/down", flush=True)
     rows = {}
     for name, layers in CONFIGS.items():
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(layers),
+        out = subprocess.run([sys.executable, "-m", "bench.bench_layers", "--child", json.dumps(layers),
                               "--batch", str(args.batch), "--seq", str(args.seq),
                               "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True, env=os.environ)
+                             capture_output=True, text=True, check=True, env=os.environ,
+                             cwd=Path(__file__).resolve().parent.parent)
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
         r = rows[name]
         print(f"{name:>18}: step {r['step_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB "
