@@ -2,9 +2,11 @@
 LLaMA-2-7B-shaped model (paper Fig. 1b; shared/ANCHORS.md has reference figures).
 
 Random bf16 weights from a LlamaConfig (32 layers, hidden 4096, FFN 11008, vocab 32000,
-sdpa attention), AdamW, no gradient checkpointing; batch 1 and 8 x 512 tokens. Each
-configuration is measured with HydraLoRA (r=8, M=4) and plain peft LoRA (r=8) on
-gate/up/down, side by side in one process. Median step (forward + backward + optimizer)
+sdpa attention), AdamW, bf16 autocast (as floe.train on CUDA), no gradient checkpointing;
+batch 1 and 8 x 512 tokens. Each configuration is measured with HydraLoRA (r=8, M=4) and
+plain peft LoRA (r=8) on gate/up/down, dropout 0.05, side by side in one process: the
+HydraLoRA/peft step and peak ratios (targets <= 1.15x, <= 1.05x) and the layer rows of
+ANCHORS.md in one run. Median step (forward + backward + optimizer)
 after warm-up; peak = torch.cuda.max_memory_allocated. Writes bench/results/gpu_layers_7b.json.
 
 Needs only torch, transformers, peft and floe.hydralora (no datasets/optuna).
@@ -26,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from floe.hydralora import HydraLoraConfig, apply_hydralora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The paper's adapter dropout: with dropout an adapter's input copy is what autograd keeps,
+# so memory comparisons without it would miss what HydraLoRA's router adds.
+DROPOUT = 0.05
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                 max_position_embeddings=4096)
@@ -49,10 +54,10 @@ def build(shape: dict, device, dtype):
 
 def attach(model, kind: str, layers: list[int]):
     if kind == "hydralora":
-        apply_hydralora(model, HydraLoraConfig(r=8, experts=4, dropout=0.0, layers=layers))
+        apply_hydralora(model, HydraLoraConfig(r=8, experts=4, dropout=DROPOUT, layers=layers))
         return model
     from peft import LoraConfig, get_peft_model
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=DROPOUT,
                                             target_modules=["gate_proj", "up_proj", "down_proj"],
                                             layers_to_transform=layers))
 
@@ -69,7 +74,8 @@ def step_stats(model, batch: int, seq: int, steps: int, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(input_ids=ids, labels=ids).loss  # as floe.train runs on CUDA
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 tokens, against the bare forward/backward passes it needs (see bench_scoring.py).
 
     python -m bench.gpu_score_7b [--sequences 256] [--length 512] [--batch-size 8]
+    python -m bench.gpu_score_7b --tiny   # a small shape on any device: a smoke test
 Needs torch, transformers (present on the lent GPU machine) and this repo's floe/.
 """
 from __future__ import annotations
@@ -20,7 +21,12 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--tiny", action="store_true", help="small shape, 16 x 64 tokens, any device")
     a = ap.parse_args()
+    if a.tiny:
+        a.sequences, a.length, a.batch_size, a.layers = 16, 64, 8, 4
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from floe.fisher import mask_fisher
@@ -30,28 +36,32 @@ def main() -> None:
     from floe.taylor import average_costs, taylor_costs
     from floe.tune import tune_mask_sets
 
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=a.layers,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+    shape = (dict(hidden_size=256, intermediate_size=688, num_attention_heads=4,
+                  num_key_value_heads=4) if a.tiny else
+             dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                  num_key_value_heads=32))
+    cfg = LlamaConfig(**shape, num_hidden_layers=a.layers, vocab_size=32000,
                       attn_implementation="sdpa")
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
     apply_hydralora(model, HydraLoraConfig(dropout=0.0))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(std=1e-3)
     model.requires_grad_(False)
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)
     batches = []
     for _ in range(a.sequences // a.batch_size):
-        ids = torch.randint(0, 32000, (a.batch_size, a.length), device="cuda", generator=g)
+        ids = torch.randint(0, 32000, (a.batch_size, a.length), device=dev, generator=g)
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    dev = torch.device("cuda")
+    cuda = dev.type == "cuda"
     bare_forward_backward(model, batches[:1], True)
     base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
             "fwd_bwd_activations": timed(lambda: bare_forward_backward(model, batches, False), dev),
             "forward_x3": timed(lambda: bare_forwards(model, batches, 3), dev)}
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     out, stage = {}, {}
     stage["taylor"] = timed(lambda: out.update(cost=taylor_costs(model, batches)), dev)
     stage["fisher"] = timed(lambda: out.update(tau=mask_fisher(model, batches)), dev)
@@ -63,12 +73,13 @@ def main() -> None:
     stage["refine"] = timed(lambda: out.update(ref=refine_masks(th, tn, ch, cn, *out["greedy"], budget)), dev)
     r = out["ref"]
     stage["tune"] = timed(lambda: tune_mask_sets(
-        model, batches, [(r.keep_heads.cuda(), r.keep_neurons.cuda()),
-                         tuple(t.cuda() for t in out["greedy"])]), dev)
+        model, batches, [(r.keep_heads, r.keep_neurons), out["greedy"]]), dev)
     total, bare = sum(stage.values()), sum(base.values())
-    print(json.dumps({"gpu": torch.cuda.get_device_name(), "stages_s": stage, "bare_s": base,
+    print(json.dumps({"device": torch.cuda.get_device_name() if cuda else "cpu",
+                      "tokens": a.sequences * a.length, "stages_s": stage, "bare_s": base,
                       "scoring_s": total, "ratio": total / bare,
-                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30}, indent=2))
+                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None},
+                     indent=2))
 
 
 if __name__ == "__main__":
