@@ -1,10 +1,11 @@
 import json
+import os
 
 import pandas as pd
 import pytest
 
 from floe.data import (IGNORE, DataConfig, DataError, collate, load_examples, load_file_examples,
-                       split_and_sample, tokenize_example)
+                       load_split, split_and_sample, tokenize_example)
 
 
 def _write(path, text):
@@ -79,6 +80,19 @@ def test_fewer_examples_than_asked(tmp_path):
     cfg = DataConfig(data=str(f), max_samples=8, val_samples=2)
     with pytest.raises(DataError, match="5 examples, fewer than the 8 training \\+ 2 validation"):
         split_and_sample(load_file_examples(f), cfg)
+
+
+def test_load_split_reads_an_edited_file_again(tmp_path):
+    f = tmp_path / "d.jsonl"
+    rows = lambda tag: "\n".join(json.dumps({"prompt": f"{tag}{i}", "completion": "x"})  # noqa: E731
+                                  for i in range(6))
+    f.write_text(rows("a"))
+    cfg = DataConfig(data=str(f), max_samples=4, val_samples=2)
+    first = load_split(cfg)
+    assert load_split(cfg) == first  # memoised, same split
+    f.write_text(rows("b"))
+    os.utime(f, ns=(f.stat().st_mtime_ns + 10**9,) * 2)  # a later mtime, as an edit gives
+    assert all(m["content"].startswith("b") for e in load_split(cfg).train for m in e["messages"])
 
 
 def test_sampling_is_deterministic_nested_and_keeps_validation_apart():

@@ -88,6 +88,7 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, qa_file):
     (["--k", "0"], "k must be >= 1"),
     (["--layers", "1", "--r", "64"], "outside the range"),
     ([], "say which layers"),
+    (["--k", "2", "--random-seed", "3"], "draws layers for policy random, not 'floe'"),
 ])
 def test_bad_selections_get_one_clear_line(tiny_args, score_run, extra, message, capsys):
     with_score = ["--score-run", score_run] if "--k" in extra else []
