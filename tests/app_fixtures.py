@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from floe import __version__
 from floe.runs import run_for
 
 TARGETS = {"gate": ("in", "inter"), "up": ("in", "inter"), "down": ("inter", "in")}
@@ -32,7 +33,7 @@ def _ranking(scores: np.ndarray) -> list[int]:
 
 def make_warmup_run(root: Path, model: str, n_layers: int = 4, hidden: int = 32, inter: int = 48,
                     r: int = 8, experts: int = 4, ratio: float = 1.0, seed: int = 42, data: str = "general"):
-    cfg = {"floe": "0.1.0", "model": {"model": model, "files_sig": "fixture"},
+    cfg = {"floe": __version__, "model": {"model": model, "files_sig": "fixture"},
            "data": {"data": data, "ratio": ratio, "max_samples": 128, "val_samples": 32,
                     "max_length": 128, "seed": seed},
            "adapter": {"r": r, "alpha": 32.0, "dropout": 0.05, "experts": experts,
@@ -62,7 +63,7 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
     """A finished score run (and its warm-up) with random but consistent files."""
     warm = make_warmup_run(root, model, n_layers, hidden, n_neurons, ratio=ratio, seed=seed, data=data)
     rng = np.random.default_rng(seed + int(ratio * 100))
-    cfg = {"floe": "0.1.0", "warmup": warm.config, "warmup_run": warm.id,
+    cfg = {"floe": __version__, "warmup": warm.config, "warmup_run": warm.id,
            "score": {"beta": beta, "score_samples": 64, "score_batch_size": 8, "damping": 0.01,
                      "bound": 10.0}}
     run = run_for("score", cfg, root)
@@ -112,7 +113,7 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
 def make_study_run(root: Path, model: str, ratios=(1.0, 0.7, 0.3), **kw):
     from floe.score import ranks_of
     runs = {str(r): make_score_run(root, model, ratio=r, **kw) for r in ratios}
-    study = run_for("study", {"floe": "0.1.0", "model": {"model": model}, "data": {"data": "general"},
+    study = run_for("study", {"floe": __version__, "model": {"model": model}, "data": {"data": "general"},
                               "score": {"beta": 0.5}, "ratios": list(ratios)}, root)
     payload = {name: {r: ranks_of(run.read_json("layers.json")[name.replace("ranks", "ranking")])
                       for r, run in runs.items()} for name in ("ranks", "ranks_without_refinement")}
@@ -127,7 +128,7 @@ def make_train_run(root: Path, score_run, policy: str = "floe", k: int = 2, step
     from floe import views
     warm = score_run.config["warmup"]
     chosen = views.chosen_layers(score_run, policy, k)
-    cfg = {"floe": "0.1.0", "model": warm["model"], "data": warm["data"],
+    cfg = {"floe": __version__, "model": warm["model"], "data": warm["data"],
            "adapter": {**warm["adapter"], "layers": chosen}, "train": warm["train"],
            "selection": {"policy": policy, "k": len(chosen), "score_run": score_run.id}}
     run = run_for("train", cfg, root)
@@ -150,7 +151,7 @@ def make_train_run(root: Path, score_run, policy: str = "floe", k: int = 2, step
 
 
 def make_eval_run(root: Path, train_run, acc: float = 0.4):
-    run = run_for("eval", {"floe": "0.1.0", "model": train_run.config["model"],
+    run = run_for("eval", {"floe": __version__, "model": train_run.config["model"],
                            "adapter": {"train_run": train_run.id},
                            "eval": {"tasks": ["arc-easy"], "limit": 100}}, root)
     run.write_json("eval.json", {"val_loss": 2.4, "perplexity": 11.0,
@@ -161,7 +162,7 @@ def make_eval_run(root: Path, train_run, acc: float = 0.4):
 
 def make_search_run(root: Path, score_run, k: int = 2, rs=(4, 8, 2, 12, 6), done: bool = True):
     warm = score_run.config["warmup"]
-    cfg = {"floe": "0.1.0", "model": warm["model"], "data": warm["data"],
+    cfg = {"floe": __version__, "model": warm["model"], "data": warm["data"],
            "adapter": {**warm["adapter"], "r": 0}, "train": warm["train"],
            "selection": {"policy": "floe", "k": k, "score_run": score_run.id},
            "search": {"r_min": 2, "r_max": 16, "sampler_seed": 42}}
@@ -182,7 +183,7 @@ def make_search_run(root: Path, score_run, k: int = 2, rs=(4, 8, 2, 12, 6), done
 
 def make_compare_run(root: Path, score_run, ks=(3, 2), policies=("floe", "floe-no-refine")):
     """A finished ``floe compare`` of two rankings at a few k (the shape of compare.json)."""
-    run = run_for("compare", {"floe": "0.1.0", "score_run": score_run.id,
+    run = run_for("compare", {"floe": __version__, "score_run": score_run.id,
                               "compare": {"ks": list(ks), "policies": list(policies)}}, root)
     cells = [{"k": k, "policy": p, "metric": m, "n": 3, "mean": base + 0.01 * i + 0.005 * (k - 2),
               "std": 0.01, "half_width": 0.01, "ci_low": 0.0, "ci_high": 1.0, "values": [base] * 3}
