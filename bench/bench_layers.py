@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import current_rss_mib, peak_rss_mib, reset_peak_rss
+from bench.common import RESULTS, current_rss_mib, peak_rss_mib, reset_peak_rss
 
-RESULTS = Path(__file__).resolve().parent / "results"
 N = 30  # SmolLM2-135M layers
 CONFIGS = {  # name: layers (number varies at the top; position varies at 8 layers)
     "all 30": list(range(N)),

@@ -58,6 +58,34 @@ def bare_forwards(model, batches, n: int):
             model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
 
+def time_scoring(model, batches, dev, beta: float = 0.5) -> tuple[dict, dict]:
+    """(seconds per FLoE stage, seconds of the bare passes it needs), in one process."""
+    from floe.fisher import mask_fisher
+    from floe.refine import refine_masks
+    from floe.search import greedy_masks
+    from floe.taylor import average_costs, taylor_costs
+    from floe.tune import tune_mask_sets
+
+    bare_forward_backward(model, batches[:1], weights=True)  # warm-up of kernels/allocator
+    base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
+            "fwd_bwd_activations": timed(lambda: bare_forward_backward(model, batches, False), dev),
+            "forward_x3": timed(lambda: bare_forwards(model, batches, 3), dev)}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the peak reported is the scoring's
+    out, stage = {}, {}
+    stage["taylor"] = timed(lambda: out.update(cost=taylor_costs(model, batches)), dev)
+    stage["fisher"] = timed(lambda: out.update(tau=mask_fisher(model, batches)), dev)
+    ch, cn, th, tn = (t.float().cpu() for t in (*out["cost"], *out["tau"]))
+    t_h, t_f = average_costs(ch, cn)
+    stage["search"] = timed(lambda: out.update(greedy=greedy_masks(th, tn, t_h, t_f, beta)), dev)
+    budget = beta * float(ch.double().sum() + cn.double().sum())
+    stage["refine"] = timed(lambda: out.update(ref=refine_masks(th, tn, ch, cn, *out["greedy"], budget)), dev)
+    r = out["ref"]
+    stage["tune"] = timed(lambda: tune_mask_sets(
+        model, batches, [(r.keep_heads, r.keep_neurons), out["greedy"]]), dev)
+    return stage, base
+
+
 def build(model_name: str, device: str, samples: int, batch_size: int, max_length: int):
     from floe.data import DataConfig, batches, load_split, tokenize
     from floe.hydralora import HydraLoraConfig, apply_hydralora
@@ -85,31 +113,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     a = ap.parse_args()
-    from floe.fisher import mask_fisher
-    from floe.refine import refine_masks
-    from floe.search import greedy_masks
-    from floe.taylor import average_costs, taylor_costs
-    from floe.tune import tune_mask_sets
-
     model, batches = build(a.model, a.device, a.samples, a.batch_size, a.max_length)
     dev = next(model.parameters()).device
-    bare_forward_backward(model, batches[:1], weights=True)  # warm-up of kernels/allocator
-    base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
-            "fwd_bwd_activations": timed(lambda: bare_forward_backward(model, batches, False), dev),
-            "forward_x3": timed(lambda: bare_forwards(model, batches, 3), dev)}
-    out = {}
-    stage = {}
-    stage["taylor"] = timed(lambda: out.update(cost=taylor_costs(model, batches)), dev)
-    stage["fisher"] = timed(lambda: out.update(tau=mask_fisher(model, batches)), dev)
-    (ch, cn), (th, tn) = [t for t in out["cost"]], [t for t in out["tau"]]
-    ch, cn, th, tn = (t.float().cpu() for t in (ch, cn, th, tn))
-    t_h, t_f = average_costs(ch, cn)
-    stage["search"] = timed(lambda: out.update(greedy=greedy_masks(th, tn, t_h, t_f, 0.5)), dev)
-    budget = 0.5 * float(ch.double().sum() + cn.double().sum())
-    stage["refine"] = timed(lambda: out.update(ref=refine_masks(th, tn, ch, cn, *out["greedy"], budget)), dev)
-    r = out["ref"]
-    stage["tune"] = timed(lambda: tune_mask_sets(
-        model, batches, [(r.keep_heads, r.keep_neurons), out["greedy"]]), dev)
+    stage, base = time_scoring(model, batches, dev)
     total, bare = sum(stage.values()), sum(base.values())
     result = {"model": a.model, "device": str(dev), "threads": torch.get_num_threads(),
               "samples": a.samples, "batch_size": a.batch_size, "n_batches": len(batches),

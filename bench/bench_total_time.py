@@ -6,7 +6,7 @@ then HydraLoRA on the top-k layers and on all layers, same data, rank and budget
 in a fresh cache so nothing is reused. Prints a table and writes
 bench/results/total_time.json.
 
-Usage: .venv/bin/python bench/bench_total_time.py [--k 8] [--samples 64] [--warmup-ratio 0.3]
+Usage: .venv/bin/python -m bench.bench_total_time [--k 8] [--samples 64] [--warmup-ratio 0.3]
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import RESULTS
+
 
 
 def main() -> None:

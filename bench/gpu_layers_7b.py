@@ -25,20 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import LLAMA_7B, LLAMA_TINY, RESULTS  # noqa: E402
 from floe.hydralora import HydraLoraConfig, apply_hydralora  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # The paper's adapter dropout: with dropout an adapter's input copy is what autograd keeps,
 # so memory comparisons without it would miss what HydraLoRA's router adds.
 DROPOUT = 0.05
-SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                max_position_embeddings=4096)
-SHAPE_TINY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=1000,
-                  max_position_embeddings=1024)
-
-
 def configs(n: int) -> dict[str, list[int]]:
     return {f"all {n}": list(range(n)), f"top {n // 2}": list(range(n // 2, n)),
             f"top {n // 4}": list(range(n - n // 4, n)), f"bottom {n // 4}": list(range(n // 4))}
@@ -97,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shape = SHAPE_TINY if args.tiny else SHAPE_7B
+    shape = LLAMA_TINY if args.tiny else LLAMA_7B
     seq = 64 if args.tiny else args.seq
     rows = []
     for name, layers in configs(shape["num_hidden_layers"]).items():

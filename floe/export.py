@@ -71,7 +71,6 @@ from floe.hydralora import load_adapter
 
 model, tokenizer = load_model("{model}")
 load_adapter(model, "adapter")          # this folder's adapter/
-model.eval()                            # adapters are added in training mode (dropout)
 ```
 
 ## Train it again
@@ -90,20 +89,16 @@ model = get_peft_model(model, config)
 """
 
 
-class ExportExistsError(FileExistsError):
-    """The export folder exists (the CLI reports it in one line, as every OSError)."""
-
-
 def prepare_target(target: Path, force: bool) -> None:
     """Refuse to overwrite anything without force, and anything but an export even with it."""
     if not target.exists():
         return
     if not force:
-        raise ExportExistsError(f"export target {target} already exists; use --force to replace it")
+        raise FileExistsError(f"export target {target} already exists; use --force to replace it")
     if target.is_dir() and ((target / MARKER).is_file() or not any(target.iterdir())):
         shutil.rmtree(target)
         return
-    raise ExportExistsError(f"export target {target} exists and is not a floe export; "
+    raise FileExistsError(f"export target {target} exists and is not a floe export; "
                           "refusing to replace it even with --force")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from . import arch
@@ -184,14 +184,10 @@ def trainable_parameters(model: nn.Module) -> int:
 def save_adapter(model: nn.Module, config: HydraLoraConfig, folder: str | Path,
                  extra: dict | None = None) -> Path:
     """Write adapter weights (safetensors) and config (JSON) into ``folder`` atomically."""
-    from .runs import atomic_write_json  # runs imports nothing of ours at module level
+    from .runs import atomic_save_tensors, atomic_write_json  # runs imports none of ours
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / ADAPTER_WEIGHTS)
+    atomic_save_tensors(folder / ADAPTER_WEIGHTS, adapter_state_dict(model))
     payload = {"adapter": to_dict(config), "model_type": model.config.model_type}
     payload["adapter"]["layers"] = adapted_layers(model)
     payload.update(extra or {})

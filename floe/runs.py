@@ -60,6 +60,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def atomic_save_tensors(path: str | Path, tensors: dict) -> None:
+    """A safetensors file, written atomically (never a half-written file under ``path``)."""
+    from safetensors.torch import save
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+
+
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 

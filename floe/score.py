@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import __version__, arch
@@ -26,7 +26,7 @@ from .hydralora import HydraLoraConfig, HydraLoraLinear
 from .importance import (all_layers, layer_components, norm_ranking, random_ranking,
                          rank_layers, unit_weight_counts)
 from .refine import refine_masks
-from .runs import DONE, Run, open_run, run_for
+from .runs import DONE, Run, atomic_save_tensors, open_run, run_for
 from .search import budget_of, greedy_masks
 from .taylor import average_costs, taylor_costs
 from .train import TrainConfig
@@ -212,8 +212,7 @@ def run_score(warmup: Run, config: ScoreConfig, device: str = "auto", force: boo
                                        cfg["adapter"]["targets"])
         layers.update(model=cfg["model"]["model"], data=cfg["data"]["data"],
                       ratio=cfg["data"]["ratio"], n_scoring_samples=sum(len(b["input_ids"]) for b in batches))
-        save_file({k: v.contiguous() for k, v in units.items()}, str(run.file(UNITS) ) + ".tmp")
-        run.file(UNITS + ".tmp").replace(run.file(UNITS))
+        atomic_save_tensors(run.file(UNITS), units)
         run.write_json(LAYERS, layers)
         run.write_json(TIMINGS, {**stages.seconds, "total": time.perf_counter() - start,
                                  **_environment(model)})

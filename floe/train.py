@@ -7,19 +7,20 @@ unchanged under ``accelerate launch`` on several GPUs (or CPU processes).
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import option
 from .data import collate
-from .runs import Run, atomic_write_json, read_json
+from .runs import Run, atomic_save_tensors, atomic_write_bytes, atomic_write_json, read_json
 
 CHECKPOINT = "checkpoint"
 
@@ -58,15 +59,11 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
     """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state, then a
     marker last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}
-    save_file(tensors, str(folder / "trainable.safetensors.tmp"))
-    (folder / "trainable.safetensors.tmp").replace(folder / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               folder / "optimizer.pt.tmp")
-    (folder / "optimizer.pt.tmp").replace(folder / "optimizer.pt")
-    save_file(_rng_states(), str(folder / "rng.safetensors.tmp"))
-    (folder / "rng.safetensors.tmp").replace(folder / "rng.safetensors")
+    atomic_save_tensors(folder / "trainable.safetensors", _trainable(model))
+    state = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
+    atomic_write_bytes(folder / "optimizer.pt", state.getvalue())
+    atomic_save_tensors(folder / "rng.safetensors", _rng_states())
     atomic_write_json(folder / "step.json", {"step": step})
 
 

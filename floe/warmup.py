@@ -80,6 +80,5 @@ def load_warmed_up(run: Run, device: str = "auto", trust_remote_code: bool = Fal
     """The base model with the run's adapter (warm-up or sparse) attached, and its tokenizer."""
     run.verify()
     model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code)
-    load_adapter(model, run.file(ADAPTER_DIR))
-    model.eval()
+    load_adapter(model, run.file(ADAPTER_DIR))  # eval mode, as load_model returns it
     return model, tok
