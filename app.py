@@ -1,9 +1,12 @@
 """Runs (home): the runs in cache/, the background jobs, and new analyses."""
 import streamlit as st
 
-from floe import jobs, ui, views
-from floe.data import DataError
-from floe.runs import list_runs
+from floe.app import common, pickers
+from floe.app import widgets as ui
+from floe.app.runs import runs_table
+from floe.pipeline.data import DataError
+from floe.store import jobs
+from floe.store.runs import list_runs
 
 ui.page("Runs", "Every analysis, training and rank search is a run in cache/runs. Long work "
         "runs in the background as `floe` commands: close the tab, come back later.")
@@ -23,7 +26,7 @@ elif not runs:
     st.info("No runs yet. Click **Analyse SmolLM2-135M** above: a few minutes later the Heatmaps "
             "page shows which of its 30 layers to adapt.", icon=":material/info:")
 else:
-    st.dataframe(views.runs_table(runs), hide_index=True, width="stretch",
+    st.dataframe(runs_table(runs), hide_index=True, width="stretch",
                  column_config={"ratio": st.column_config.NumberColumn(format="percent"),
                                 "error": st.column_config.TextColumn(width="medium")})
     by_id = {r.id: r for r in runs}
@@ -54,11 +57,11 @@ st.subheader("New analysis")
 
 
 def model_picker() -> str | None:
-    sources = ["embedded", "local folder"] + (["hub id"] if views.hub_available() else [])
+    sources = ["embedded", "local folder"] + (["hub id"] if pickers.hub_available() else [])
     source = st.radio("Model", sources, horizontal=True,
-                      help=None if views.hub_available() else "hub ids need a network (HF_HUB_OFFLINE is set)")
+                      help=None if pickers.hub_available() else "hub ids need a network (HF_HUB_OFFLINE is set)")
     if source == "embedded":
-        models = views.embedded_models()
+        models = pickers.embedded_models()
         return st.selectbox("Embedded model", list(models), format_func=lambda n: f"{n}: {models[n]}")
     text = st.text_input("Model folder" if source == "local folder" else "Hub id",
                          placeholder="/path/to/model (a folder with config.json)" if source == "local folder"
@@ -67,9 +70,9 @@ def model_picker() -> str | None:
         return None
     try:
         if source == "local folder":
-            st.caption(f"model: {ui.md(views.check_model_folder(text))}")
+            st.caption(f"model: {ui.md(pickers.check_model_folder(text))}")
             return text
-        return views.check_hub_id(text)
+        return pickers.check_hub_id(text)
     except ValueError as e:
         ui.show_error(e)
         return None
@@ -78,19 +81,19 @@ def model_picker() -> str | None:
 def data_picker() -> str | None:
     source = st.radio("Data", ["embedded set", "upload a file", "local file"], horizontal=True)
     if source == "embedded set":
-        sets = views.embedded_sets()
+        sets = pickers.embedded_sets()
         name = st.selectbox("Embedded set", list(sets))
         st.caption(sets[name])
         return name
     if source == "upload a file":
-        upload = st.file_uploader(f"Instruction data (at most {views.MAX_UPLOAD_MB} MB)",
-                                  type=["json", "jsonl", "csv", "parquet"], max_upload_size=views.MAX_UPLOAD_MB)
+        upload = st.file_uploader(f"Instruction data (at most {pickers.MAX_UPLOAD_MB} MB)",
+                                  type=["json", "jsonl", "csv", "parquet"], max_upload_size=pickers.MAX_UPLOAD_MB)
         if upload is None:
             st.caption("Alpaca/Dolly fields (instruction, input or context, output or response) "
                        "or chat `messages` ending with the assistant's turn.")
             return None
         try:
-            path = str(views.save_upload(upload.name, upload.getvalue()))
+            path = str(pickers.save_upload(upload.name, upload.getvalue()))
         except ValueError as e:
             ui.show_error(e)
             return None
@@ -99,7 +102,7 @@ def data_picker() -> str | None:
         if not path:
             return None
     try:
-        n, preview = views.check_data_file(path)
+        n, preview = pickers.check_data_file(path)
     except (DataError, ValueError) as e:
         ui.show_error(e)
         return None
@@ -121,14 +124,14 @@ with st.expander("All options of `floe analyze`"):
     values = ui.option_widgets("analyze", ui.QUICK if quick else {}, skip=("ratios",))
 if stability:
     values["ratios"] = "1.0,0.7,0.3"
-if data and data not in views.embedded_sets():
+if data and data not in pickers.embedded_sets():
     try:
         need = int(values["max_samples"]) + int(values["val_samples"])
-        if views.check_data_file(data)[0] < need:
+        if pickers.check_data_file(data)[0] < need:
             st.warning(f"The file has fewer examples than the {need} this analysis draws "
                        "(--max-samples + --val-samples): lower them under All options.")
     except ValueError:
         pass  # an invalid number is reported with the command below
 ui.launcher(["analyze", "--model", model or "MODEL?", "--data", data or "DATA?"], "analyze", values,
-            f"analyse {views.short_name(model)} · {views.short_name(data)}", "Start analysis",
+            f"analyse {common.short_name(model)} · {common.short_name(data)}", "Start analysis",
             ready=bool(model and data))

@@ -88,7 +88,7 @@ def main() -> None:
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
     finally:
-        from floe import jobs
+        from floe.store import jobs
         for job in jobs.active_jobs(cache):
             jobs.cancel(job["id"], cache, grace=5)
         os.killpg(proc.pid, signal.SIGTERM)

@@ -11,13 +11,12 @@ loaded model (activations, gradients, optimizer state) and of the whole-process 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
 
 import torch
-
-import gc
 
 from bench.common import current_rss_mib, in_subprocess, peak_rss_mib, reset_peak_rss, save
 
@@ -25,9 +24,9 @@ TARGETS = ["gate", "up", "down"]
 
 
 def build(kind: str, r: int = 8):
-    from floe import arch
-    from floe.hydralora import HydraLoraConfig, apply_hydralora
-    from floe.models import load_model
+    from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
+    from floe.models import arch
+    from floe.models.load import load_model
     model, _ = load_model("smollm2-135m", "cpu")
     torch.manual_seed(0)
     if kind == "hydra":

@@ -39,8 +39,9 @@ CONFIGS = {  # name: layers (number varies at the top; position varies at 8 laye
 def measure(layers: list[int], batch: int, seq: int, steps: int) -> dict:
     """One configuration, in this (fresh) process."""
     import torch
-    from floe.hydralora import HydraLoraConfig, apply_hydralora, trainable_parameters
-    from floe.models import load_model
+
+    from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, trainable_parameters
+    from floe.models.load import load_model
 
     torch.manual_seed(0)
     model, _ = load_model("smollm2-135m", "cpu")

@@ -29,8 +29,10 @@ def name_of(page: str | None) -> str:
 
 def main() -> dict:
     import shutil
-    from streamlit.testing.v1 import AppTest
+
     from app_fixtures import build_cache_7b_shape
+    from streamlit.testing.v1 import AppTest
+
     from bench.common import save
     root = Path(tempfile.mkdtemp(prefix="bench-pages-"))
     os.environ.update(FLOE_CACHE=str(root), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from floe.refine import refine_masks
-from floe.search import budget_of, greedy_masks
+from floe.method.refine import refine_masks
+from floe.method.search import budget_of, greedy_masks
 
 L, H, N = 32, 32, 11008
 HEAD_TO_NEURON = 170.0  # ~ (4 * 4096 * 128) / (3 * 4096) weights per head vs per neuron

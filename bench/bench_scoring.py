@@ -37,7 +37,7 @@ def timed(fn, device) -> float:
 def bare_forward_backward(model, batches, weights: bool):
     """One plain forward+backward per batch: weight grads of the projections, or only
     activation grads (embeddings as the leaf), like Taylor and Fisher respectively."""
-    from floe import arch
+    from floe.models import arch
     shape = arch.shape_of(model.config)
     params = [arch.projection(model, k, r).weight for k in range(shape.n_layers)
               for r in arch.ROLES] if weights else []
@@ -60,11 +60,11 @@ def bare_forwards(model, batches, n: int):
 
 def time_scoring(model, batches, dev, beta: float = 0.5) -> tuple[dict, dict]:
     """(seconds per FLoE stage, seconds of the bare passes it needs), in one process."""
-    from floe.fisher import mask_fisher
-    from floe.refine import refine_masks
-    from floe.search import greedy_masks
-    from floe.taylor import average_costs, taylor_costs
-    from floe.tune import tune_mask_sets
+    from floe.method.fisher import mask_fisher
+    from floe.method.refine import refine_masks
+    from floe.method.search import greedy_masks
+    from floe.method.taylor import average_costs, taylor_costs
+    from floe.method.tune import tune_mask_sets
 
     bare_forward_backward(model, batches[:1], weights=True)  # warm-up of kernels/allocator
     base = {"fwd_bwd_weights": timed(lambda: bare_forward_backward(model, batches, True), dev),
@@ -87,9 +87,9 @@ def time_scoring(model, batches, dev, beta: float = 0.5) -> tuple[dict, dict]:
 
 
 def build(model_name: str, device: str, samples: int, batch_size: int, max_length: int):
-    from floe.data import DataConfig, batches, load_split, tokenize
-    from floe.hydralora import HydraLoraConfig, apply_hydralora
-    from floe.models import load_model
+    from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
+    from floe.models.load import load_model
+    from floe.pipeline.data import DataConfig, batches, load_split, tokenize
     model, tok = load_model(model_name, device)
     torch.manual_seed(0)
     apply_hydralora(model, HydraLoraConfig(dropout=0.0))

@@ -1,7 +1,7 @@
 """FLoE total time (layer selection + sparse training on k layers) against full-layer
 training on the same data (paper Table 5), measured in one run on SmolLM2.
 
-Selection = warm-up on a sample of the data + FLoE scoring (``floe.score.run_analysis``);
+Selection = warm-up on a sample of the data + FLoE scoring (``floe.pipeline.study.run_analysis``);
 then HydraLoRA on the top-k layers and on all layers, same data, rank and budget. Runs
 in a fresh cache so nothing is reused. Prints a table and writes
 bench/results/total_time.json.
@@ -21,7 +21,6 @@ from pathlib import Path
 from bench.common import RESULTS
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -34,19 +33,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from floe.runs import cache_root
+    from floe.store.runs import cache_root
     shared_models = cache_root() / "models"
     fresh = Path(tempfile.mkdtemp(prefix="floe-bench-"))
     (fresh / "models").symlink_to(shared_models, target_is_directory=True)
     os.environ["FLOE_CACHE"] = str(fresh)  # nothing reused: every stage is timed for real
 
     import torch
-    from floe.data import DataConfig
-    from floe.hydralora import HydraLoraConfig
-    from floe.score import ScoreConfig, run_analysis
-    from floe.sparse import SparseConfig, run_sparse_training, summary_of
-    from floe.train import TrainConfig
-    from floe.warmup import ModelConfig
+
+    from floe.adapters.hydralora import HydraLoraConfig
+    from floe.pipeline.data import DataConfig
+    from floe.pipeline.score import ScoreConfig
+    from floe.pipeline.sparse import SparseConfig, run_sparse_training, summary_of
+    from floe.pipeline.study import run_analysis
+    from floe.pipeline.train import TrainConfig
+    from floe.pipeline.warmup import ModelConfig
 
     model = ModelConfig(model=args.model, device=args.device)
     data = DataConfig(data=args.data, max_samples=args.samples, val_samples=16, max_length=128)

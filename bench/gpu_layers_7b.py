@@ -2,14 +2,14 @@
 LLaMA-2-7B-shaped model (paper Fig. 1b; shared/ANCHORS.md has reference figures).
 
 Random bf16 weights from a LlamaConfig (32 layers, hidden 4096, FFN 11008, vocab 32000,
-sdpa attention), AdamW, bf16 autocast (as floe.train on CUDA), no gradient checkpointing;
+sdpa attention), AdamW, bf16 autocast (as floe.pipeline.train on CUDA), no gradient checkpointing;
 batch 1 and 8 x 512 tokens. Each configuration is measured with HydraLoRA (r=8, M=4) and
 plain peft LoRA (r=8) on gate/up/down, dropout 0.05, side by side in one process: the
 HydraLoRA/peft step and peak ratios (targets <= 1.15x, <= 1.05x) and the layer rows of
 ANCHORS.md in one run. Median step (forward + backward + optimizer)
 after warm-up; peak = torch.cuda.max_memory_allocated. Writes bench/results/gpu_layers_7b.json.
 
-Needs only torch, transformers, peft and floe.hydralora (no datasets/optuna).
+Needs only torch, transformers, peft and floe.adapters.hydralora (no datasets/optuna).
 Usage: python bench/gpu_layers_7b.py [--steps 10] [--tiny]   (--tiny: a small shape, any device)
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import LLAMA_7B, LLAMA_TINY, RESULTS  # noqa: E402
-from floe.hydralora import HydraLoraConfig, apply_hydralora  # noqa: E402
+from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora  # noqa: E402
 
 # The paper's adapter dropout: with dropout an adapter's input copy is what autograd keeps,
 # so memory comparisons without it would miss what HydraLoRA's router adds.
@@ -67,7 +67,7 @@ def step_stats(model, batch: int, seq: int, steps: int, device) -> dict:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(input_ids=ids, labels=ids).loss  # as floe.train runs on CUDA
+            loss = model(input_ids=ids, labels=ids).loss  # as floe.pipeline.train runs on CUDA
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

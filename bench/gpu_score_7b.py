@@ -30,7 +30,7 @@ def main() -> None:
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from floe.hydralora import HydraLoraConfig, apply_hydralora
+    from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
 
     shape = {**(LLAMA_TINY if a.tiny else LLAMA_7B), "num_hidden_layers": a.layers}
     cfg = LlamaConfig(**shape, attn_implementation="sdpa")

@@ -1,12 +1,13 @@
 """Stability: each layer's rank across data ratios, with and without refinement (Fig. 7)."""
 import streamlit as st
 
-from floe import ui, views
+from floe.app import stability
+from floe.app import widgets as ui
 
 ui.page("Stability", "Does the ranking hold with less data? Each layer's rank at 100 / 70 / 30 % "
         "of the sample, with the min-max band across ratios. Narrow bands: trust the ranking there.")
 
-sources = views.stability_sources()
+sources = stability.stability_sources()
 if not sources:
     ui.empty("No stability study yet: it needs one analysis per data ratio of the same model "
              "and data. Start one here (three quick analyses), or tick the stability study on "
@@ -18,10 +19,10 @@ if not sources:
 
 label = st.selectbox("Study", list(sources))
 payload = sources[label]
-st.plotly_chart(views.stability_figure(payload), key="stability")
+st.plotly_chart(stability.stability_figure(payload), key="stability")
 st.caption("Lower rank = more important. The paper (Appendix D) finds the first layers and a "
            "middle block stable and the deep layers variable: where the band is wide, choose "
            "more layers than the top-k or enlarge the sample.")
-st.dataframe(views.stability_summary(payload), hide_index=True)
+st.dataframe(stability.stability_summary(payload), hide_index=True)
 with st.expander("Ranks per layer"):
-    st.dataframe(views.stability_table(payload))
+    st.dataframe(stability.stability_table(payload))

@@ -1,7 +1,11 @@
 """Train & export: choose k and a policy, see the cost, train sparsely, download the result."""
 import streamlit as st
 
-from floe import jobs, ui, views
+from floe.app import common, heatmaps, training
+from floe.app import widgets as ui
+from floe.pipeline.policies import POLICIES
+from floe.store import jobs
+from floe.store.runs import CorruptRunError
 
 # A train run's evaluation takes its model and held-out data from the run.
 EVAL_SKIP = ("train_run", "adapter", "ratio", "max_samples", "val_samples", "max_length", "seed")
@@ -9,7 +13,7 @@ EVAL_SKIP = ("train_run", "adapter", "ratio", "max_samples", "val_samples", "max
 ui.page("Train & export", "Pick how many layers to adapt and by which ranking; train the sparse "
         "adapter in the background; download the layer list, the config and the adapter.")
 
-runs, problems = views.usable_score_runs()
+runs, problems = common.usable_score_runs()
 if not runs:
     ui.empty("No finished analysis yet: the layer choice comes from an analysis's ranking.")
     ui.quick_analyse_button("quick-train")
@@ -17,51 +21,51 @@ if not runs:
     st.stop()
 
 run = ui.pick_run(runs, "Score run", "score")
-payload = views.layers(run)
+payload = common.layers(run)
 n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
-policy = c1.radio("Policy", list(views.POLICIES), format_func=views.POLICIES.get,
+policy = c1.radio("Policy", list(POLICIES), format_func=POLICIES.get,
                   help="FLoE ranks layers by its score; the others are the paper's baselines")
 k = ui.layer_count_slider(c2, "k: number of layers to adapt", n_layers, 8, disabled=policy == "all")
-chosen = views.chosen_layers(run, policy, k)
-st.plotly_chart(views.heatmap_figure([run], marked=[chosen]), key="choice")
+chosen = training.chosen_layers(run, policy, k)
+st.plotly_chart(heatmaps.heatmap_figure([run], marked=[chosen]), key="choice")
 st.markdown(f"**Adapted layers ({len(chosen)}):** {', '.join(map(str, chosen))}")
 
-trainable = views.trainable_parameters(run, chosen)
-full = views.trainable_parameters(run, list(range(n_layers)))
-memory = views.memory_estimate(run, chosen, trainable, cuda=jobs.gpu_count() > 0)
+trainable = training.trainable_parameters(run, chosen)
+full = training.trainable_parameters(run, list(range(n_layers)))
+memory = training.memory_estimate(run, chosen, trainable, cuda=jobs.gpu_count() > 0)
 m1, m2, m3 = st.columns(3)
 m1.metric("trainable parameters", f"{trainable:,}", f"{trainable / full:.0%} of all layers", delta_color="off")
 m2.metric("expected training memory", f"≈ {memory['total']:.2f} GiB" if memory else "–",
-          help=views.memory_estimate.__doc__ if memory else "the model folder is not on this machine")
+          help=training.memory_estimate.__doc__ if memory else "the model folder is not on this machine")
 m3.metric("lowest adapted layer", min(chosen), help="backward stops there: a higher choice trains faster")
 if memory:
-    preset = views.training_preset(run)
+    preset = common.training_preset(run)
     st.caption(" · ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items() if name != "total") +
                f" (batch {preset['batch_size']} × {preset['max_length']} tokens, as in the analysis; "
                "the training run reports its measured peak)")
 
 st.subheader("Sparse training")
 with st.expander("All options of `floe train`"):
-    values = ui.option_widgets("train", views.training_preset(run),
+    values = ui.option_widgets("train", common.training_preset(run),
                                skip=("score_run", "policy", "k", "layers", "config"))
 ui.launcher(["train", "--score-run", run.id, "--policy", policy, "--k", str(k)], "train", values,
-            f"train · {policy} top-{len(chosen)} · {views.run_label(run)}", "Start sparse training")
+            f"train · {policy} top-{len(chosen)} · {common.run_label(run)}", "Start sparse training")
 ui.job_panel(("train", "eval"), recent=1)
 
-trained = views.train_runs_for(run, policy, k)
+trained = training.train_runs_for(run, policy, k)
 if trained:
     train_run = ui.pick_run(trained, "Training run", "train")
 
     @st.fragment(run_every=ui.POLL_S if train_run.status == "running" else None)
     def live_loss():
-        st.plotly_chart(views.loss_curve(train_run), key="loss")
+        st.plotly_chart(training.loss_curve(train_run), key="loss")
     live_loss()
     if train_run.status == "done":
-        st.dataframe(views.train_summary(train_run), hide_index=True)
-        evals = views.eval_runs_for(train_run)
+        st.dataframe(training.train_summary(train_run), hide_index=True)
+        evals = training.eval_runs_for(train_run)
         if evals:
-            st.dataframe(views.eval_table(evals), hide_index=True)
+            st.dataframe(training.eval_table(evals), hide_index=True)
         with st.expander("Evaluate this adapter (`floe eval`)", expanded=not evals):
             eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL), skip=EVAL_SKIP)
             ui.launcher(["eval", "--train-run", train_run.id], "eval", eval_values,
@@ -70,13 +74,13 @@ else:
     st.info("No training run for this choice yet: start one above. Its loss curve appears here live.")
 
 st.subheader("Downloads")
-st.download_button("Layer list (JSON)", views.selection_file(run, policy, k), file_name="layers.json",
+st.download_button("Layer list (JSON)", training.selection_file(run, policy, k), file_name="layers.json",
                    mime="application/json", icon=":material/download:", key="dl:layers")
 done = [r for r in trained if r.status == "done"]
 if done:
     try:
-        files = views.export_downloads(views.export_folder(done[0]))
-    except (OSError, ValueError, views.CorruptRunError) as e:
+        files = training.export_downloads(training.export_folder(done[0]))
+    except (OSError, ValueError, CorruptRunError) as e:
         ui.show_error(e)
         files = {}
     cols = st.columns(len(files) or 1)

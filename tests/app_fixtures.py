@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from floe import __version__
-from floe.runs import run_for
+from floe.store.runs import run_for
 
 TARGETS = {"gate": ("in", "inter"), "up": ("in", "inter"), "down": ("inter", "in")}
 
@@ -111,7 +111,7 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
 
 
 def make_study_run(root: Path, model: str, ratios=(1.0, 0.7, 0.3), **kw):
-    from floe.score import ranks_of
+    from floe.pipeline.study import ranks_of
     runs = {str(r): make_score_run(root, model, ratio=r, **kw) for r in ratios}
     study = run_for("study", {"floe": __version__, "model": {"model": model}, "data": {"data": "general"},
                               "score": {"beta": 0.5}, "ratios": list(ratios)}, root)
@@ -125,9 +125,9 @@ def make_study_run(root: Path, model: str, ratios=(1.0, 0.7, 0.3), **kw):
 
 def make_train_run(root: Path, score_run, policy: str = "floe", k: int = 2, steps: int = 6,
                    done: bool = True):
-    from floe import views
+    from floe.app import training
     warm = score_run.config["warmup"]
-    chosen = views.chosen_layers(score_run, policy, k)
+    chosen = training.chosen_layers(score_run, policy, k)
     cfg = {"floe": __version__, "model": warm["model"], "data": warm["data"],
            "adapter": {**warm["adapter"], "layers": chosen}, "train": warm["train"],
            "selection": {"policy": policy, "k": len(chosen), "score_run": score_run.id}}

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models of each supported family, and the real SmolLM2."""
+"""Shared fixtures: the isolated cache, the real SmolLM2, a tiny model folder, and the data
+and runs the tests after scoring share."""
 from __future__ import annotations
 
 import os
@@ -7,33 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json
+
 import pytest
-import torch
-
-TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-
-
-def tiny_config(family: str = "llama", **overrides):
-    from transformers import AutoConfig
-    kw = {**TINY, **overrides}
-    if family == "gemma3_text":
-        kw.setdefault("head_dim", 8)
-        kw.setdefault("sliding_window", 16)
-    return AutoConfig.for_model(family, **kw)
-
-
-def tiny_model(family: str = "llama", seed: int = 0, **overrides):
-    from transformers import AutoModelForCausalLM
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
-    return model.eval()
+from helpers import tiny_configs, tiny_model, write_score_run
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Tests write runs to a temporary cache; converted models are shared read-only."""
-    from floe import runs
+    from floe.store import runs
     shared_models = runs.cache_root() / "models"  # converted embedded models, reused
     shared_models.mkdir(parents=True, exist_ok=True)
     root = tmp_path_factory.mktemp("cache")
@@ -45,7 +29,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smol_path():
     """The real SmolLM2-135M-Instruct, converted once from its embedded GGUF."""
-    from floe.models import convert_embedded
+    from floe.models.load import convert_embedded
     return convert_embedded("smollm2-135m")
 
 
@@ -65,3 +49,36 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
                max_position_embeddings=512).save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- experiments
+# A small instruction file (fast to load, unlike the embedded sets), a hand-written score
+# run (so the tests after scoring do not depend on scoring) and one shared training.
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory):
+    rows = [{"instruction": f"What is {a} plus {b}?", "output": f"{a} plus {b} is {a + b}."}
+            for a in range(10) for b in range(6)]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def score_run(tiny_model_dir):
+    return write_score_run(tiny_model_dir).id
+
+
+@pytest.fixture(scope="session")
+def tiny_args(tiny_model_dir, qa_file):
+    """CLI options for a seconds-long training of the tiny model."""
+    return ["--model", str(tiny_model_dir), "--data", qa_file, "--max-samples", "16",
+            "--val-samples", "8", "--max-length", "48", "--batch-size", "4", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, qa_file, score_run):
+    """One finished sparse training (top-2 FLoE layers) shared by eval and export tests."""
+    from floe.pipeline.sparse import SparseConfig, run_sparse_training
+    return run_sparse_training(*tiny_configs(tiny_model_dir, qa_file, epochs=2),
+                               SparseConfig(score_run=score_run, policy="floe", k=2),
+                               show_progress=False)

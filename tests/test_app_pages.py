@@ -6,13 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import app_fixtures as fx
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app_fixtures as fx
-from floe import jobs, ui, views
-from floe.runs import list_runs, run_for
+from floe.app import common, refinement, training
+from floe.app import widgets as ui
+from floe.store import jobs
+from floe.store.runs import list_runs, run_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["pages/1_Heatmaps.py", "pages/2_Stability.py", "pages/3_Refinement.py",
@@ -177,7 +179,7 @@ def test_heatmap_rows_runs_columns_layers_dots_on_top_k(cache, model):
     assert len(dots["x"]) == 2 * 4  # top-min(5, 4) of each run
     at.slider[0].set_value(2).run()
     dots = figure(at)["data"][1]
-    expected = {(views.run_label(r), float(k)) for r in (deep, shallow) for k in views.layers(r)["ranking"][:2]}
+    expected = {(common.run_label(r), float(k)) for r in (deep, shallow) for k in common.layers(r)["ranking"][:2]}
     assert set(zip(dots["y"], dots["x"])) == expected
     at.radio[0].set_value("relative depth").run()
     heat = figure(at)["data"][0]
@@ -191,7 +193,7 @@ def test_heatmap_drill_down_shows_the_layer_masks(cache, model):
     at.select_slider[0].set_value(2).run()
     heads = figure(at, 1)["data"][0]
     assert heads["y"] == ["greedy", "refined", "tuned"] and len(heads["z"][0]) == 4
-    assert f"rank **{views.layers(run)['ranking'].index(2) + 1}**" in text_of(at)
+    assert f"rank **{common.layers(run)['ranking'].index(2) + 1}**" in text_of(at)
     stats = at.dataframe[0].value
     assert list(stats["units"]) == ["heads", "neurons"] and stats["count"].tolist() == [4, 48]
 
@@ -219,8 +221,8 @@ def test_stability_page_shows_both_variants_of_a_study(cache, model):
 
 def test_refinement_page_names_the_k_to_evaluate_and_starts_compare(cache, model):
     run = fx.make_score_run(cache, model)
-    payload = views.layers(run)
-    ks = views.differing_ks(payload["ranking"], payload["ranking_without_refinement"])
+    payload = common.layers(run)
+    ks = refinement.differing_ks(payload["ranking"], payload["ranking_without_refinement"])
     assert ks == [2]  # the fixture swaps ranks 2 and 3
     at = open_page(PAGES[2])
     assert next(m for m in at.metric if m.label == "k to evaluate").value == "1"
@@ -262,12 +264,12 @@ def test_train_page_k_slider_policy_training_and_downloads(cache, model):
     fx.make_eval_run(cache, train)
     at = open_page(PAGES[4])
     at.slider[0].set_value(2).run()
-    chosen = views.chosen_layers(run, "floe", 2)
+    chosen = training.chosen_layers(run, "floe", 2)
     assert f"**Adapted layers (2):** {', '.join(map(str, chosen))}" in text_of(at)
     dots = figure(at)["data"][1]
     assert sorted(dots["x"]) == chosen
     params = next(m for m in at.metric if m.label == "trainable parameters").value
-    assert int(params.replace(",", "")) == views.trainable_parameters(run, chosen) > 0
+    assert int(params.replace(",", "")) == training.trainable_parameters(run, chosen) > 0
     assert next(m for m in at.metric if m.label == "expected training memory").value.startswith("≈")
     loss = figure(at, 1)["data"][0]
     assert loss["y"][0] == 3.0 and len(loss["x"]) == 6
@@ -279,7 +281,7 @@ def test_train_page_k_slider_policy_training_and_downloads(cache, model):
     args = only_job()["args"]
     assert args[:7] == ["train", "--score-run", run.id, "--policy", "floe", "--k", "2"]
     # Beyond the choice, only the analysis's sample settings where they differ from the CLI's.
-    preset = views.training_preset(run)
+    preset = common.training_preset(run)
     assert all(preset[flag[2:].replace("-", "_")] == value for flag, value in zip(args[7::2], args[8::2]))
 
 

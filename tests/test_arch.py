@@ -1,8 +1,8 @@
 import pytest
+from helpers import tiny_model
 from torch import nn
 
-from floe import arch
-from tests.conftest import tiny_model
+from floe.models import arch
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma3_text"]
 

@@ -54,12 +54,12 @@ def app_server(cache: Path):
                 break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(cache / 'streamlit.log').read_text()}")
+                raise RuntimeError(f"streamlit did not start: {(cache / 'streamlit.log').read_text()}") from None
             time.sleep(0.5)
     try:
         yield url
     finally:
-        from floe import jobs
+        from floe.store import jobs
         for job in jobs.active_jobs(cache):
             jobs.cancel(job["id"], cache, grace=5)
         os.killpg(proc.pid, signal.SIGTERM)
@@ -174,10 +174,10 @@ def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
     assert page.locator(".js-plotly-plot").count() == 3  # heatmap, head and neuron masks
     shot(page, "3-heatmaps")
 
-    from floe import views
-    from floe.runs import list_runs
+    from floe.app import common
+    from floe.store.runs import list_runs
     (score,) = [r for r in list_runs(server["cache"]) if r.kind == "score"]
-    ranking = views.layers(score)["ranking"]
+    ranking = common.layers(score)["ranking"]
 
     open_page(page, server, "Train_export")
     set_k(page, 2)

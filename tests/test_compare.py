@@ -6,11 +6,11 @@ import random
 import statistics
 
 import pytest
+from helpers import RANKINGS
 
 from floe.cli import main
-from floe.compare import CompareConfig, mean_ci, plan, t_cdf, t_quantile
-from floe.runs import open_run
-from tests.experiment_fixtures import RANKINGS, qa_file, score_run, tiny_args  # noqa: F401
+from floe.pipeline.compare import CompareConfig, mean_ci, plan, t_cdf, t_quantile
+from floe.store.runs import open_run
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622),

@@ -4,8 +4,17 @@ import os
 import pandas as pd
 import pytest
 
-from floe.data import (IGNORE, DataConfig, DataError, collate, load_examples, load_file_examples,
-                       load_split, split_and_sample, tokenize_example)
+from floe.pipeline.data import (
+    IGNORE,
+    DataConfig,
+    DataError,
+    collate,
+    load_examples,
+    load_file_examples,
+    load_split,
+    split_and_sample,
+    tokenize_example,
+)
 
 
 def _write(path, text):
@@ -116,7 +125,7 @@ def test_sampling_is_deterministic_nested_and_keeps_validation_apart():
 def test_loss_only_on_response_tokens_with_chat_template(smol_tokenizer):
     ex = {"messages": [{"role": "user", "content": "What is two plus two?"}], "response": "Four."}
     row = tokenize_example(smol_tokenizer, ex, 128)
-    labelled = [t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE]
+    labelled = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE]
     assert smol_tokenizer.decode(labelled) == "Four.<|im_end|>"
     prompt_text = smol_tokenizer.decode(row["input_ids"][:len(row["input_ids"]) - len(labelled)])
     assert "<|im_start|>assistant" in prompt_text and "two plus two" in prompt_text
@@ -125,7 +134,7 @@ def test_loss_only_on_response_tokens_with_chat_template(smol_tokenizer):
 def test_truncation_keeps_response_tokens(smol_tokenizer):
     ex = {"messages": [{"role": "user", "content": "word " * 500}], "response": "The answer."}
     row = tokenize_example(smol_tokenizer, ex, 64)
-    assert len(row["input_ids"]) == 64 and sum(l != IGNORE for l in row["labels"]) >= 3
+    assert len(row["input_ids"]) == 64 and sum(label != IGNORE for label in row["labels"]) >= 3
 
 
 def test_plain_format_for_base_models(smol_tokenizer):

@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from floe import evaluate
 from floe.cli import main
-from floe.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf
-from floe.evaluate import EvalConfig, loglikelihoods, score_items, task_items
-from floe.models import load_model
-from tests.experiment_fixtures import qa_file, score_run, tiny_args, trained_run  # noqa: F401
+from floe.models.load import load_model
+from floe.pipeline import evaluate
+from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf
+from floe.pipeline.evaluate import EvalConfig, loglikelihoods, score_items, task_items
 
 
 def _reference_loglikelihood(model, tok, context, continuation):

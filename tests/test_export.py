@@ -4,15 +4,14 @@ import json
 import pytest
 import torch
 import yaml
+from helpers import RANKINGS, tiny_config
 
+from floe.adapters.hydralora import load_adapter
 from floe.cli import main
-from floe.export import MARKER, export, target_modules_regex
-from floe.hydralora import load_adapter
-from floe.models import load_model
-from floe.runs import open_run
-from floe.sparse import load_trained
-from tests.conftest import tiny_config
-from tests.experiment_fixtures import RANKINGS, qa_file, score_run, tiny_args, trained_run  # noqa: F401
+from floe.models.load import load_model
+from floe.pipeline.export import MARKER, export, target_modules_regex
+from floe.pipeline.sparse import load_trained
+from floe.store.runs import open_run
 
 
 def _logits(model):
@@ -66,7 +65,8 @@ def test_train_config_reproduces_the_adapter(trained_run, tmp_path, capsys):
 
 def test_peft_config_targets_exactly_the_adapted_modules(trained_run, tmp_path, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
-    from floe.hydralora import HydraLoraLinear
+
+    from floe.adapters.hydralora import HydraLoraLinear
     target = export(trained_run.id, tmp_path / "e")
     peft_model = get_peft_model(load_model(str(tiny_model_dir), "cpu")[0],
                                 LoraConfig.from_pretrained(str(target / "peft")))

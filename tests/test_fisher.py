@@ -5,10 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from floe.fisher import mask_fisher
-from floe.hydralora import HydraLoraConfig, adapters_disabled, apply_hydralora
-from floe.masks import (IGNORE_INDEX, capture_mask_gradients, frozen_parameters, mask_hooks,
-                        per_sample_loss)
+from floe.adapters.hydralora import HydraLoraConfig, adapters_disabled, apply_hydralora
+from floe.method.fisher import mask_fisher
+from floe.method.masks import IGNORE_INDEX, capture_mask_gradients, frozen_parameters, mask_hooks, per_sample_loss
 
 L, H, H_KV, N = 3, 4, 2, 48
 
@@ -151,7 +150,7 @@ def test_masks_act_on_the_pretrained_weights_only():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(got, plain)
     with pytest.raises(ZeroDivisionError), mask_hooks(model, hm, nm):
-        1 / 0
+        _ = 1 / 0
     assert all(not m._forward_pre_hooks for m in model.modules())
     with pytest.raises(ValueError):
         with mask_hooks(model, torch.ones(L, H + 1)):

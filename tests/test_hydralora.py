@@ -1,12 +1,19 @@
-import math
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from floe import arch
-from floe.hydralora import (HydraLoraConfig, HydraLoraLinear, adapted_layers, adapters_disabled,
-                            apply_hydralora, load_adapter, save_adapter, trainable_parameters)
-from tests.conftest import tiny_model
+from floe.adapters.hydralora import (
+    HydraLoraConfig,
+    HydraLoraLinear,
+    adapted_layers,
+    adapters_disabled,
+    apply_hydralora,
+    load_adapter,
+    save_adapter,
+    trainable_parameters,
+)
+from floe.models import arch
 
 IDS = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))
 

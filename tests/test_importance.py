@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from floe.importance import (
+from floe.method.importance import (
     all_layers,
     layer_components,
     layer_scores,

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from floe import jobs
-from floe.runs import list_runs
+from floe.store import jobs
+from floe.store.runs import list_runs
 
 # A job that holds a run, logs steps and waits; `mode` decides how it ends.
 WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
-    from floe.runs import run_for
+    from floe.store.runs import run_for
     mode, name = sys.argv[1], sys.argv[2]
     if mode == "deaf":
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -126,7 +126,7 @@ def test_cancel_escalates_to_sigkill(root, worker):
 
 
 def test_job_outlives_the_process_that_started_it(root, worker):
-    code = ("import sys, pathlib; from floe import jobs; "
+    code = ("import sys, pathlib; from floe.store import jobs; "
             f"jobs.submit({worker('quick')!r}, 'detached', root=pathlib.Path(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, str(root)], check=True,
                    env={**os.environ, "FLOE_DEVICE_SLOTS": "cpu"})

@@ -3,13 +3,13 @@ import json
 
 import optuna
 import pytest
+from helpers import tiny_configs
 from optuna.trial import TrialState
 
 from floe.cli import main
-from floe.ranksearch import STUDY_DB, SUMMARY, RankSearchConfig, run_rank_search
-from floe.runs import open_run
-from floe.sparse import SparseConfig
-from tests.experiment_fixtures import qa_file, score_run, tiny_args, tiny_configs  # noqa: F401
+from floe.pipeline.ranksearch import STUDY_DB, SUMMARY, RankSearchConfig, run_rank_search
+from floe.pipeline.sparse import SparseConfig
+from floe.store.runs import open_run
 
 SEARCH = ["--layers", "1,3", "--r-min", "2", "--r-max", "8", "--lr", "1e-2"]
 
@@ -93,7 +93,8 @@ def test_hopeless_trials_are_pruned(tiny_model_dir, qa_file, tmp_path):
     (["--layers", ","], "layer list is empty"),
 ])
 def test_bad_search_input_gets_one_clear_line(tiny_args, extra, message, capsys):
-    args = ["search-rank", *tiny_args, "--n-trials", "1", *(["--layers", "1"] if "--layers" not in extra else []), *extra]
+    layers = ["--layers", "1"] if "--layers" not in extra else []
+    args = ["search-rank", *tiny_args, "--n-trials", "1", *layers, *extra]
     code = main(args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1

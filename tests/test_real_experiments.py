@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
+from floe.adapters.hydralora import load_adapter
 from floe.cli import main
-from floe.hydralora import load_adapter
-from floe.models import load_model
-from floe.runs import open_run
-from floe.sparse import load_trained
+from floe.models.load import load_model
+from floe.pipeline.sparse import load_trained
+from floe.store.runs import open_run
 
 pytestmark = pytest.mark.real
 

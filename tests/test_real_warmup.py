@@ -3,11 +3,11 @@ import json
 
 import pytest
 
+from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli import main
-from floe.data import DataConfig
-from floe.hydralora import HydraLoraConfig
-from floe.train import TrainConfig
-from floe.warmup import ModelConfig, load_warmed_up, run_warmup
+from floe.pipeline.data import DataConfig
+from floe.pipeline.train import TrainConfig
+from floe.pipeline.warmup import ModelConfig, load_warmed_up, run_warmup
 
 pytestmark = pytest.mark.real
 

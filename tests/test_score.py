@@ -2,11 +2,11 @@
 import json
 
 import pytest
-import torch
 
 from floe.cli import main
-from floe.runs import CorruptRunError, RunLockedError, open_run
-from floe.score import load_layers, load_units, ranking_for
+from floe.pipeline.policies import ranking_for
+from floe.pipeline.score import load_layers, load_units
+from floe.store.runs import CorruptRunError, RunLockedError, open_run
 
 FAST = ["--max-samples", "12", "--val-samples", "4", "--max-length", "48", "--batch-size", "4",
         "--score-samples", "8", "--score-batch-size", "4", "--device", "cpu", "--quiet", "--json"]
@@ -96,7 +96,7 @@ def test_missing_model_folder(capsys, tmp_path):
 
 
 def test_a_run_held_by_a_live_process_is_locked(tmp_path):
-    from floe.runs import run_for
+    from floe.store.runs import run_for
     run = run_for("test", {"lock": str(tmp_path)})
     with run.hold():
         assert run.status == "running"
@@ -113,9 +113,10 @@ def test_a_killed_job_leaves_a_stale_resumable_run(tmp_path):
     import subprocess
     import sys
     import time
-    from floe.runs import run_for
+
+    from floe.store.runs import run_for
     run = run_for("test", {"kill": str(tmp_path)})
-    code = ("import sys, time; from floe.runs import Run; from pathlib import Path\n"
+    code = ("import sys, time; from floe.store.runs import Run; from pathlib import Path\n"
             "r = Run(Path(sys.argv[1]))\n"
             "with r.hold():\n    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run.path)], stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from floe.search import budget_limit, budget_of, greedy_masks, masked_loss, within_budget
+from floe.method.search import budget_limit, budget_of, greedy_masks, masked_loss, within_budget
 
 
 @functools.cache

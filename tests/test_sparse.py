@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
+from helpers import RANKINGS, tiny_configs, write_score_run
 from safetensors.torch import load_file
 
 from floe.cli import main
-from floe.runs import open_run
-from floe.sparse import SparseConfig, resolve_layers, run_sparse_training, summary_of
-from tests.experiment_fixtures import (RANKINGS, qa_file, score_run, tiny_args,  # noqa: F401
-                                       tiny_configs, trained_run, write_score_run)
+from floe.pipeline.sparse import SparseConfig, resolve_layers, run_sparse_training, summary_of
+from floe.store.runs import open_run
 
 
 def _layers_in(adapter_file) -> set[int]:
@@ -61,7 +60,7 @@ def test_training_lowers_the_held_out_loss(trained_run):
 def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, qa_file):
     model, data, adapter, training = tiny_configs(tiny_model_dir, qa_file, epochs=2,
                                                   checkpoint_every=2, seed=7)
-    # No dropout: floe.train restores weights and optimizer, not the RNG stream of dropout.
+    # No dropout: floe.pipeline.train restores weights and optimizer, not the RNG stream of dropout.
     configs = (model, data, dataclasses.replace(adapter, dropout=0.0), training)
     sparse = SparseConfig(layers=[0, 2])
 

@@ -6,10 +6,10 @@ import copy
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from floe import arch
-from floe.hydralora import HydraLoraConfig, apply_hydralora
-from floe.masks import IGNORE_INDEX, per_sample_loss
-from floe.taylor import average_costs, taylor_costs
+from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
+from floe.method.masks import IGNORE_INDEX, per_sample_loss
+from floe.method.taylor import average_costs, taylor_costs
+from floe.models import arch
 
 L, H, H_KV, D, N = 3, 4, 2, 8, 48
 

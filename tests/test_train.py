@@ -1,10 +1,10 @@
 import pytest
 import torch
+from helpers import tiny_model
 
-from floe.hydralora import HydraLoraConfig, apply_hydralora, adapter_state_dict
-from floe.runs import run_for
-from floe.train import TrainConfig, total_steps, train, validation_loss
-from tests.conftest import tiny_model
+from floe.adapters.hydralora import HydraLoraConfig, adapter_state_dict, apply_hydralora
+from floe.pipeline.train import TrainConfig, total_steps, train, validation_loss
+from floe.store.runs import run_for
 
 
 def _rows(n=32, seed=0):

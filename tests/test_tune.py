@@ -6,10 +6,16 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from floe.hydralora import HydraLoraConfig, apply_hydralora
-from floe.masks import IGNORE_INDEX, mask_hooks
-from floe.tune import (NormalEquations, attention_normal_equations, ffn_normal_equations,
-                       quadratic_error, solve_ridge, tune_mask_sets, tune_masks)
+from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
+from floe.method.masks import IGNORE_INDEX, mask_hooks
+from floe.method.normal_equations import (
+    NormalEquations,
+    attention_normal_equations,
+    ffn_normal_equations,
+    quadratic_error,
+    solve_ridge,
+)
+from floe.method.tune import tune_mask_sets, tune_masks
 
 L, H, H_KV, D, N, HIDDEN = 3, 4, 2, 8, 48, 32
 

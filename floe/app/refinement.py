@@ -1,0 +1,85 @@
+"""The Refinement page: rankings with and without the swap refinement (Fig. 6), and the
+evaluation of each k from ``floe compare`` (Table 7)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from floe.app.common import finished, run_json, skip_corrupt
+from floe.pipeline.compare import SUMMARY as COMPARE
+from floe.pipeline.compare import CompareJson
+from floe.pipeline.score import LayersJson
+from floe.pipeline.study import ranks_of
+from floe.store.runs import Run
+
+__all__ = ["compare_runs", "compare_table", "differing_ks", "refinement_figure", "refinement_moves"]
+
+
+def differing_ks(with_refinement: list[int], without: list[int]) -> list[int]:
+    """The k whose top-k layer sets differ between two rankings: only these need an
+    evaluation to compare the rankings (the paper's Fig. 6 / Table 7)."""
+    return [k for k in range(1, len(with_refinement) + 1)
+            if set(with_refinement[:k]) != set(without[:k])]
+
+
+def refinement_moves(payload: LayersJson) -> pd.DataFrame:
+    """Per layer: rank without and with refinement, and how far it moved (+ = up)."""
+    before = ranks_of(payload["ranking_without_refinement"])
+    after = ranks_of(payload["ranking"])
+    df = pd.DataFrame({"layer": range(payload["n_layers"]), "rank without refinement": before,
+                       "rank with refinement": after})
+    df["moved up by"] = df["rank without refinement"] - df["rank with refinement"]
+    df["score without"] = payload["layer_scores_without_refinement"]
+    df["score with"] = payload["layer_scores"]
+    return df.sort_values("rank with refinement").reset_index(drop=True)
+
+
+def refinement_figure(payload: LayersJson) -> go.Figure:
+    """Both rankings as columns, a line per layer from its rank without refinement to its
+    rank with it; layers that move are coloured (the paper's Fig. 6)."""
+    moves = refinement_moves(payload)
+    fig = go.Figure()
+    for layer, before, after, up in zip(moves["layer"], moves["rank without refinement"],
+                                        moves["rank with refinement"], moves["moved up by"]):
+        colour = "#2ca02c" if up > 0 else "#d62728" if up < 0 else "#c7c7c7"
+        fig.add_trace(go.Scatter(
+            x=["without refinement", "with refinement"], y=[before, after],
+            mode="lines+markers+text", text=[f"L{layer}", f"L{layer}"],
+            textposition=["middle left", "middle right"], line={"color": colour, "width": 3 if up else 1},
+            marker={"size": 7, "color": colour}, showlegend=False,
+            hovertemplate=f"layer {layer}: rank %{{y}}<extra>%{{x}}</extra>"))
+    fig.update_layout(height=max(360, 18 * payload["n_layers"] + 80),
+                      margin={"l": 60, "r": 60, "t": 30, "b": 30}, plot_bgcolor="white",
+                      yaxis={"range": [payload["n_layers"] + 0.5, 0.5], "title": "rank (1 = most important)",
+                             "dtick": 1 if payload["n_layers"] <= 40 else 4})
+    return fig
+
+
+def compare_runs(score_run: Run, root: Path | None = None) -> list[Run]:
+    """Finished ``floe compare`` runs made from this score run, newest first."""
+    out = []
+    for run in finished("compare", root):
+        with skip_corrupt():
+            if run.config.get("score_run") == score_run.id:
+                out.append(run)
+    return out
+
+
+def compare_table(run: Run, metric: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One metric of a compare run as a table: rows k, columns policies, cells
+    "mean ± CI half-width" over seeds (the paper's Tables 2 and 7). Returns (table, metrics)."""
+    payload: CompareJson = run_json(run, COMPARE)
+    metrics = payload["metrics"]
+    metric = metric if metric in metrics else metrics[0]
+    cells = [c for c in payload["cells"] if c["metric"] == metric]
+
+    def cell(c):
+        hw = c.get("half_width")
+        return f"{c['mean']:.4f}" + (f" ± {hw:.4f}" if hw is not None else "")
+    table = pd.DataFrame([{"k": c["k"], "policy": c["policy"], "value": cell(c)} for c in cells])
+    if table.empty:
+        return table, metrics
+    table = table.pivot(index="k", columns="policy", values="value").sort_index(ascending=False)
+    return table, metrics

@@ -1,0 +1,195 @@
+"""The Train & export page: the layers a policy chooses, their cost (parameters, an
+expected memory), training runs, evaluations and the export's downloads."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from floe.app.common import finished, memo_by_state, ranking, run_json, skip_corrupt
+from floe.pipeline.evaluate import SUMMARY as EVAL
+from floe.pipeline.evaluate import headline
+from floe.pipeline.sparse import SUMMARY as TRAIN
+from floe.pipeline.sparse import TrainJson
+from floe.store.runs import Run, list_runs, open_run
+
+__all__ = ["adapter_parameters", "chosen_layers", "eval_runs_for", "eval_table", "export_downloads",
+           "export_folder", "loss_curve", "memory_estimate", "model_facts", "selection_file",
+           "train_runs_for", "train_summary", "trainable_parameters"]
+
+
+def chosen_layers(run: Run, policy: str, k: int) -> list[int]:
+    """The layers a policy adapts: the top-k of its ranking, sorted (all layers for 'all')."""
+    order = ranking(run, policy)
+    return sorted(order if policy == "all" else order[:k])
+
+
+def _adapter_file(score_run: Run) -> Path:
+    warm = open_run(score_run.config["warmup_run"], score_run.path.parent.parent)
+    return warm.file("adapter/adapter_model.safetensors")
+
+
+@memo_by_state
+def adapter_parameters(score_run: Run) -> tuple[dict[int, int], dict[int, int], int]:
+    """Per layer, the warm-up adapter's rank-proportional (A, B) and fixed (router) counts,
+    and its rank: from the safetensors header, nothing loaded."""
+    from safetensors import safe_open
+    per_rank, fixed = {}, {}
+    with safe_open(str(_adapter_file(score_run)), framework="numpy") as f:
+        for name in f.keys():
+            m = re.search(r"layers\.(\d+)\.", name)
+            if not m:
+                continue
+            k, n = int(m.group(1)), int(np.prod(f.get_slice(name).get_shape()))
+            bucket = fixed if "lora_router" in name else per_rank
+            bucket[k] = bucket.get(k, 0) + n
+    return per_rank, fixed, int(score_run.config["warmup"]["adapter"]["r"])
+
+
+def trainable_parameters(score_run: Run, chosen: list[int], r: int | None = None) -> int:
+    """Trainable parameters of HydraLoRA on ``chosen`` layers at rank ``r`` (default: the
+    warm-up's), exact: A and B scale with r, the router does not."""
+    per_rank, fixed, r0 = adapter_parameters(score_run)
+    scale = (r or r0) / r0
+    return int(sum(per_rank.get(k, 0) * scale + fixed.get(k, 0) for k in chosen))
+
+
+@functools.lru_cache(maxsize=16)
+def model_facts(model: str) -> dict:
+    """Depth, widths and parameter count of a model folder (config.json and the
+    safetensors headers), for the memory estimate. Empty when the folder is not here."""
+    from floe.models.load import EMBEDDED
+    from floe.store.runs import cache_root
+    folder = cache_root() / "models" / model if model in EMBEDDED else Path(model)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    cfg = json.loads(cfg_path.read_text())
+    cfg = cfg.get("text_config", cfg)
+    from safetensors import safe_open
+    params = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="numpy") as f:
+            params += sum(int(np.prod(f.get_slice(n).get_shape())) for n in f.keys())
+    return {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"],
+            "n_layers": cfg["num_hidden_layers"], "vocab": cfg["vocab_size"], "parameters": params}
+
+
+def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: bool) -> dict | None:
+    """A rough training-memory estimate in GiB, with its parts (None without the model here).
+
+    Weights (bf16 on CUDA, fp32 on CPU); 16 bytes per trainable parameter (fp32 weight,
+    gradient, two Adam moments); activations kept for backward from the lowest adapted
+    layer upwards (backward stops there), ~(10 hidden + 3 FFN) values per token and layer;
+    the logits and their gradient. Measured peaks appear in train.json after training.
+    """
+    warm = score_run.config["warmup"]  # model, batch and length as in the analysis
+    facts = model_facts(warm["model"]["model"])
+    if not facts or not chosen:
+        return None
+    width = 2 if cuda else 4
+    tokens = warm["train"]["batch_size"] * warm["data"]["max_length"]
+    depth = facts["n_layers"] - min(chosen)
+    parts = {"weights": facts["parameters"] * width, "adapter + optimizer": trainable * 16,
+             "activations": depth * tokens * (10 * facts["hidden"] + 3 * facts["intermediate"]) * width,
+             "logits": 2 * tokens * facts["vocab"] * 4}
+    gib = {k: v / 2 ** 30 for k, v in parts.items()}
+    return {"total": sum(gib.values()), **gib}
+
+
+def train_runs_for(score_run: Run, policy: str, k: int, root: Path | None = None) -> list[Run]:
+    """Training runs (any status) that adapt this score run's policy top-k, newest first."""
+    out = []
+    for run in list_runs(root):
+        if run.kind != "train":
+            continue
+        with skip_corrupt():
+            sel = run.config.get("selection") or {}
+            if sel.get("score_run") == score_run.id and sel.get("policy") == policy and \
+                    (policy == "all" or sel.get("k") == k):
+                out.append(run)
+    return out
+
+
+def loss_curve(run: Run) -> go.Figure:
+    """Training loss per step from a run's progress log (live while it trains)."""
+    steps = [r for r in run.progress() if r.get("event") == "step"]
+    fig = go.Figure(go.Scatter(x=[r["step"] for r in steps], y=[r["loss"] for r in steps],
+                               mode="lines+markers" if len(steps) < 60 else "lines", name="loss"))
+    if steps:
+        fig.update_xaxes(range=[0, steps[-1]["total_steps"] + 0.5])
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 40},
+                      xaxis_title="step", yaxis_title="training loss")
+    return fig
+
+
+def train_summary(run: Run) -> pd.DataFrame:
+    """The headline of a finished training run (its train.json)."""
+    t: TrainJson = run_json(run, TRAIN)
+    peak = t.get("peakmemo_by_statery_bytes")
+    return pd.DataFrame([{"layers": ", ".join(map(str, t.get("layers", []))), "r": t.get("r"),
+                          "steps": t.get("steps"), "val loss before": t.get("val_loss_before"),
+                          "val loss after": t.get("val_loss_after"),
+                          "trainable parameters": t.get("trainable_parameters"),
+                          "peak memory (GiB)": peak / 2 ** 30 if peak else None,
+                          "seconds": t.get("seconds"), "device": t.get("device")}])
+
+
+def eval_runs_for(train_run: Run, root: Path | None = None) -> list[Run]:
+    out = []
+    for run in finished("eval", root):
+        with skip_corrupt():
+            if (run.config.get("adapter") or {}).get("train_run") == train_run.id:
+                out.append(run)
+    return out
+
+
+def eval_table(runs: list[Run]) -> pd.DataFrame:
+    """Headline metrics of eval runs, one row each."""
+    rows = []
+    for run in runs:
+        with skip_corrupt():
+            rows.append({"run": run.id, **headline(run_json(run, EVAL))})
+    return pd.DataFrame(rows)
+
+
+def selection_file(score_run: Run, policy: str, k: int) -> bytes:
+    """The layer list of a choice, as JSON: what to adapt, and the ranking it came from."""
+    chosen = chosen_layers(score_run, policy, k)
+    return json.dumps({"model": score_run.config["warmup"]["model"]["model"], "score_run": score_run.id,
+                       "policy": policy, "k": len(chosen), "layers": chosen,
+                       "ranking": ranking(score_run, policy)}, indent=2).encode()
+
+
+def export_folder(train_run: Run) -> Path:
+    """``floe export`` of a finished train run into cache/exports/<run id> (made once)."""
+    from floe.pipeline.export import MARKER, export
+    target = train_run.path.parent.parent / "exports" / train_run.id
+    if not (target / MARKER).is_file():
+        export(train_run.id, target, force=True)
+    return target
+
+
+def export_downloads(folder: Path) -> dict[str, bytes]:
+    """The export's files as downloads: config.yaml, the peft config, the adapter, and
+    the whole folder as one zip."""
+    return {"config.yaml": (folder / "config.yaml").read_bytes(),
+            "peft_adapter_config.json": (folder / "peft" / "adapter_config.json").read_bytes(),
+            "adapter.zip": _zip_folder(folder / "adapter", "adapter"),
+            f"{folder.name}.zip": _zip_folder(folder, folder.name)}
+
+
+def _zip_folder(folder: Path, prefix: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                z.write(path, f"{prefix}/{path.relative_to(folder)}")
+    return buf.getvalue()

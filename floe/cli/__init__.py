@@ -1,0 +1,63 @@
+"""The ``floe`` command line: one subcommand per stage, its options generated from the
+stages' config dataclasses (floe.store.config.options_of) plus a few CLI-only flags.
+
+``command_options`` is also what the app's forms are built from, so the two never drift.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from floe.cli.analysis import COMMANDS as _ANALYSIS
+from floe.cli.experiments import COMMANDS as _EXPERIMENTS
+from floe.cli.options import Command, add_options
+from floe.store.config import Option
+
+__all__ = ["COMMANDS", "build_parser", "command_options", "main"]
+
+EXIT_USAGE = 2
+COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS}
+
+
+def command_options(name: str) -> list[Option]:
+    """The options of ``floe <name>`` in ``--help`` order."""
+    return list(COMMANDS[name].options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="floe", description="FLoE: which layers to adapt, and at what rank. Results go "
+        "to cache/ (or $FLOE_CACHE), one folder per run keyed by its config.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        add_options(sub.add_parser(name, help=command.help, description=command.help,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter),
+                    command.options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "out", None):
+        os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
+    try:
+        result = COMMANDS[args.command].run(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        # Errors the user can fix (bad options, data, paths, permissions, a full disk, a
+        # locked or corrupt run) get one clear line, not a traceback. DataError is a ValueError.
+        if os.environ.get("FLOE_DEBUG"):
+            raise
+        print(f"floe {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"floe {args.command}: cancelled; run it again to resume", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for key, value in result.items():
+            if not isinstance(value, (list, dict)):
+                print(f"{key}: {value}")
+    return 0

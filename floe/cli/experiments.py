@@ -1,0 +1,141 @@
+"""CLI commands after scoring: train, search-rank, eval, compare, export.
+
+Thin: parse options into the stages' config dataclasses, call the stage, return a summary.
+"""
+from __future__ import annotations
+
+import argparse
+
+from floe.adapters.hydralora import HydraLoraConfig
+from floe.cli.options import COMMON, Command, configs, from_namespace, given, text_flag
+from floe.pipeline.compare import CompareConfig
+from floe.pipeline.data import DataConfig
+from floe.pipeline.evaluate import EvalConfig
+from floe.pipeline.ranksearch import RankSearchConfig
+from floe.pipeline.sparse import SparseConfig
+from floe.pipeline.train import TrainConfig
+from floe.pipeline.warmup import ModelConfig
+
+__all__ = ["COMMANDS"]
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
+
+
+LAYERS = text_flag("layers", "explicit decoder layers to adapt, comma-separated (overrides "
+                   "--score-run/--policy/--k)", parse=int_list)
+
+
+def _training_configs(args, base: dict | None = None):
+    """(model, data, adapter, training, sparse) from a --config file, score-run defaults
+    and the command line, later ones winning."""
+    from floe.pipeline.sparse import score_run_defaults
+    typed, base = given(args), base or {}
+    sections = {s: dict(base.get(s) or {}) for s in ("model", "data", "adapter", "train")}
+    if typed.get("score_run"):
+        defaults = score_run_defaults(typed["score_run"])
+        sections["model"].setdefault("model", defaults["model"])
+        sections["data"].setdefault("data", defaults["data"])
+    selection = {"layers": base.get("layers")} if base.get("layers") and "score_run" not in typed else {}
+    model = from_namespace(ModelConfig, {**sections["model"], **typed})
+    data = from_namespace(DataConfig, {**sections["data"], **typed})
+    adapter = from_namespace(HydraLoraConfig, {**sections["adapter"], **typed}, layers=None)
+    training = from_namespace(TrainConfig, {**sections["train"], **typed})
+    sparse = from_namespace(SparseConfig, {**selection, **typed})
+    return model, data, adapter, training, sparse
+
+
+# --------------------------------------------------------------------------- train
+def _train(args) -> dict:
+    from floe.pipeline.export import read_config
+    from floe.pipeline.sparse import SUMMARY, _distributed, run_sparse_training
+    base = read_config(args.config) if args.config else None
+    run = run_sparse_training(*_training_configs(args, base), force=args.force,
+                              show_progress=not args.quiet)
+    rank = _distributed()[0]
+    if rank != 0:
+        return {"rank": rank, "run": run.id}
+    return {"run": run.id, "path": str(run.path), **run.read_json(SUMMARY)}
+
+
+# --------------------------------------------------------------------------- search-rank
+def _search(args) -> dict:
+    from floe.pipeline.ranksearch import SUMMARY, run_rank_search
+    configs = _training_configs(args)
+    run = run_rank_search(*configs, from_namespace(RankSearchConfig, args), force=args.force,
+                          show_progress=not args.quiet)
+    summary = run.read_json(SUMMARY)
+    return {"run": run.id, "path": str(run.path), **summary}
+
+
+# --------------------------------------------------------------------------- eval
+def _eval(args) -> dict:
+    from floe.pipeline.evaluate import SUMMARY, headline, run_evaluation
+    typed = given(args)
+    model = from_namespace(ModelConfig, args)
+    data_given = any(k in typed for k in ("data", "ratio", "max_samples", "val_samples", "max_length", "seed"))
+    run = run_evaluation(typed.get("model") if args.train_run else model.model,
+                         from_namespace(EvalConfig, args),
+                         data=from_namespace(DataConfig, args) if data_given or not args.train_run else None,
+                         train_run=args.train_run, adapter_dir=args.adapter, device=model.device,
+                         force=args.force, show_progress=not args.quiet)
+    result = run.read_json(SUMMARY)
+    return {"run": run.id, "path": str(run.path), **headline(result),
+            "tasks": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in result["tasks"].items()}}
+
+
+# --------------------------------------------------------------------------- compare
+def _compare(args) -> dict:
+    from floe.pipeline.compare import SUMMARY, TABLE, run_compare
+    from floe.pipeline.sparse import score_run_defaults
+    typed = given(args)
+    defaults = score_run_defaults(args.score_run)
+    model = from_namespace(ModelConfig, {"model": defaults["model"], **typed})
+    data = from_namespace(DataConfig, {"data": defaults["data"], **typed})
+    run = run_compare(args.score_run, data, from_namespace(HydraLoraConfig, args, layers=None),
+                      from_namespace(TrainConfig, args), from_namespace(EvalConfig, args),
+                      from_namespace(CompareConfig, args), model, force=args.force,
+                      show_progress=not args.quiet)
+    summary = run.read_json(SUMMARY)
+    return {"run": run.id, "path": str(run.path), "csv": str(run.file(TABLE)),
+            "tables": summary["tables"], "table": "\n" + "\n\n".join(summary["tables"].values())}
+
+
+# --------------------------------------------------------------------------- export
+def _export(args) -> dict:
+    from floe.pipeline.export import export
+    target = export(args.train_run, args.to or f"floe-export-{args.train_run}", force=args.force)
+    return {"path": str(target), "files": sorted(str(p.relative_to(target))
+                                                for p in target.rglob("*") if p.is_file())}
+
+
+_TRAINING = configs(ModelConfig, DataConfig, HydraLoraConfig, TrainConfig)
+COMMANDS = {
+    "train": Command(
+        "sparse HydraLoRA fine-tuning on the top-k layers of a ranking or a layer list",
+        (text_flag("config", "a config.yaml written by floe export (options given here override it)"),
+         *_TRAINING, *configs(SparseConfig), LAYERS, *COMMON), _train),
+    "search-rank": Command(
+        "Optuna TPE search of the adapter rank on the chosen layers",
+        (*configs(ModelConfig, DataConfig), *configs(HydraLoraConfig, skip=("r",)), *configs(TrainConfig),
+         *configs(RankSearchConfig), *configs(SparseConfig), LAYERS, *COMMON), _search),
+    "eval": Command(
+        "held-out loss/perplexity and benchmark accuracy of the base model or an adapter",
+        (text_flag("train_run", "evaluate the adapter of this train run (its model and held-out data "
+                   "by default)"),
+         text_flag("adapter", "evaluate the adapter in this folder (e.g. an export's adapter/)"),
+         *configs(ModelConfig), *configs(EvalConfig), *configs(DataConfig), *COMMON), _eval),
+    "compare": Command(
+        "layer-selection policies x layer counts x seeds, with 95 percent t-intervals (Table 2)",
+        (text_flag("score_run", "the score run whose rankings are compared", required=True),
+         *configs(ModelConfig), *configs(DataConfig), *configs(HydraLoraConfig), *configs(TrainConfig),
+         *configs(EvalConfig), *configs(CompareConfig), *COMMON), _compare),
+    "export": Command(
+        "config.yaml, peft LoraConfig and adapter weights of a trained run",
+        (text_flag("train_run", "the finished train run to export", required=True),
+         text_flag("to", "export folder (default: floe-export-<run id> here)"), *COMMON), _export),
+}

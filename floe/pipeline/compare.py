@@ -1,0 +1,280 @@
+"""Policy comparison (the paper's Table 2): for each k, train the top-k layers of each
+policy under the same budget, evaluate, repeat over seeds, report mean and a 95 %
+t-interval per cell. Every training and evaluation is its own cached run, so a killed
+comparison resumes at the first missing cell.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import statistics
+from dataclasses import dataclass
+from typing import TypedDict
+
+from floe import __version__
+from floe.adapters.hydralora import HydraLoraConfig
+from floe.pipeline.data import DataConfig
+from floe.pipeline.evaluate import SUMMARY as EVAL_SUMMARY
+from floe.pipeline.evaluate import EvalConfig, headline, run_evaluation
+from floe.pipeline.policies import POLICIES
+from floe.pipeline.score import open_score_run
+from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
+from floe.pipeline.train import TrainConfig
+from floe.pipeline.warmup import ModelConfig
+from floe.store.config import option, to_dict
+from floe.store.runs import DONE, Run, atomic_write_bytes, run_for
+
+__all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "aggregate",
+           "cell_selection", "format_table", "mean_ci", "plan", "run_compare", "t_cdf",
+           "t_quantile", "to_csv"]
+
+SUMMARY, TABLE = "compare.json", "compare.csv"
+
+
+@dataclass
+class CompareConfig:
+    """The grid: layer counts x policies x seeds, all under one training budget."""
+
+    ks: list[int] = option([4, 8], "numbers of adapted layers to compare")
+    policies: list[str] = option(["floe", "random", "weight-norm"],
+                                 f"layer selection policies, among {', '.join(POLICIES)}")
+    seeds: list[int] = option([42, 43, 44], "training seeds (adapter init, data order, dropout)")
+    include_all: bool = option(True, "also train every layer once per seed (the full-layer row)")
+    resample_random: bool = option(True, "draw the random policy's layers anew for each seed, so "
+                                   "its interval covers the choice of layers")
+    confidence: float = option(0.95, "confidence level of the t-intervals")
+
+    def __post_init__(self):
+        bad = [p for p in self.policies if p not in POLICIES]
+        if bad or not self.policies:
+            raise ValueError(f"unknown policy(ies) {bad or '(none)'}; choose among {', '.join(POLICIES)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of layer counts >= 1, got {self.ks}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+# --------------------------------------------------------------------------- statistics
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse CDF of Student's t, by bisection (no SciPy dependency)."""
+    lo, hi = -1e4, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean and the two-sided t-interval of the mean (None with one value)."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "half_width": None, "ci_low": None, "ci_high": None}
+    std = statistics.stdev(values)
+    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "half_width": half,
+            "ci_low": mean - half, "ci_high": mean + half}
+
+
+# --------------------------------------------------------------------------- the grid
+def plan(config: CompareConfig, n_layers: int) -> list[tuple[int, str]]:
+    """The (k, policy) cells; the full-layer row once, whatever the policies."""
+    too_big = [k for k in config.ks if k > n_layers]
+    if too_big:
+        raise ValueError(f"k={too_big} larger than the model's {n_layers} layers")
+    cells = [(k, p) for k in sorted(set(config.ks), reverse=True) for p in config.policies
+             if p != "all"]
+    if config.include_all or "all" in config.policies:
+        cells.insert(0, (n_layers, "all"))
+    return cells
+
+
+def cell_selection(score_run: str, k: int, policy: str, seed: int,
+                   config: CompareConfig) -> SparseConfig:
+    if policy == "random" and config.resample_random:
+        return SparseConfig(score_run=score_run, policy="random", k=k, random_seed=seed)
+    return SparseConfig(score_run=score_run, policy=policy, k=k)
+
+
+def aggregate(results: list[dict], confidence: float) -> list[CompareCell]:
+    """One row per (k, policy, metric): the values over seeds, mean and interval."""
+    rows, cells = [], {}
+    for r in results:
+        for metric, value in r["metrics"].items():
+            cells.setdefault((r["k"], r["policy"], metric), []).append(value)
+    for (k, policy, metric), values in cells.items():
+        rows.append({"k": k, "policy": policy, "metric": metric, "values": values,
+                     **mean_ci(values, confidence)})
+    return rows
+
+
+def _fmt(metric: str) -> tuple[float, str]:
+    """Accuracies in percent (as the paper's tables), losses with 4 decimals."""
+    if "acc" in metric:
+        return 100.0, "{:.2f}"
+    return 1.0, "{:.1f}" if metric == "perplexity" else "{:.4f}"
+
+
+def format_table(rows: list[dict], metric: str, policies: list[str]) -> str:
+    """A Table-2-like text table of one metric: rows k (descending), columns policies."""
+    scale, fmt = _fmt(metric)
+    cells = {(r["k"], r["policy"]): r for r in rows if r["metric"] == metric}
+    ks = sorted({k for k, _ in cells}, reverse=True)
+    cols = [p for p in ["all"] + list(policies) if any((k, p) in cells for k in ks)]
+    n = max((c["n"] for c in cells.values()), default=0)
+    out = [f"{metric}{' (%)' if scale == 100 else ''}: mean ± 95% CI half-width over {n} seeds",
+           "| layers | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k in ks:
+        line = []
+        for p in cols:
+            c = cells.get((k, p))
+            if c is None:
+                line.append("")
+            elif c["half_width"] is None:
+                line.append(fmt.format(c["mean"] * scale))
+            else:
+                line.append(f"{fmt.format(c['mean'] * scale)} ± {fmt.format(c['half_width'] * scale)}")
+        out.append(f"| {k} | " + " | ".join(line) + " |")
+    return "\n".join(out)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["k", "policy", "metric", "n", "mean", "std", "ci_low", "ci_high", "half_width", "values"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in sorted(rows, key=lambda r: (r["metric"], -r["k"], r["policy"])):
+        writer.writerow({**{f: r[f] for f in fields}, "values": ";".join(f"{v:.6g}" for v in r["values"])})
+    return buf.getvalue()
+
+
+def _cell(score_run, k, policy, seed, config, model_cfg, data, adapter, training,
+          evaluation, show_progress) -> dict:
+    """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
+    sparse = cell_selection(score_run, k, policy, seed, config)
+    trained = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
+                                  sparse, show_progress=show_progress)
+    evaluated = run_evaluation(None, evaluation, train_run=trained.id, device=model_cfg.device,
+                               show_progress=show_progress)
+    summary = summary_of(trained)
+    return {"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
+            "train_run": trained.id, "eval_run": evaluated.id,
+            "trainable_parameters": summary["trainable_parameters"],
+            "train_seconds": summary["seconds"],
+            "metrics": headline(evaluated.read_json(EVAL_SUMMARY))}
+
+
+class CompareCell(TypedDict):
+    """One (k, policy, metric) of a compare run: its values over seeds and their interval."""
+
+    k: int
+    policy: str
+    metric: str
+    values: list[float]
+    n: int
+    mean: float
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+    half_width: float | None
+
+
+class CompareJson(TypedDict):
+    """compare.json of a compare run (rewritten after every cell while it runs)."""
+
+    score_run: str
+    model: str
+    n_layers: int
+    partial: bool                # True until every cell is done
+    config: dict                 # the CompareConfig
+    metrics: list[str]           # accuracies first
+    cells: list[CompareCell]
+    results: list[dict]          # one per trained cell: k, policy, seed, layers, runs, metrics
+    base: dict                   # the base model's eval run and metrics
+    tables: dict[str, str]       # metric -> Table-2-like text table
+
+
+def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: int,
+                   config: CompareConfig, results: list[dict], base: dict, partial: bool) -> None:
+    rows = aggregate(results, config.confidence)
+    metrics = sorted({r["metric"] for r in rows}, key=lambda m: (not m.endswith("/acc"), m))
+    payload: CompareJson = {
+        "score_run": score_run, "model": model_cfg.model, "n_layers": n_layers, "partial": partial,
+        "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
+        "base": base, "tables": {m: format_table(rows, m, config.policies) for m in metrics}}
+    run.write_json(SUMMARY, payload)
+    atomic_write_bytes(run.file(TABLE), to_csv(rows).encode())
+
+
+def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
+                evaluation: EvalConfig, config: CompareConfig, model_cfg: ModelConfig | None = None,
+                force: bool = False, show_progress: bool = True) -> Run:
+    """Train and evaluate every (k, policy, seed) cell; write compare.json and compare.csv."""
+    scored = open_score_run(score_run)
+    scored.verify()
+    model_cfg = model_cfg or ModelConfig(model=scored.config["warmup"]["model"]["model"])
+    n_layers = model_shape(model_cfg).n_layers
+    cells = plan(config, n_layers)
+    key = {"floe": __version__, "score_run": scored.id, "model": scored.config["warmup"]["model"],
+           "data": to_dict(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
+           "train": {**to_dict(training), "seed": None}, "eval": to_dict(evaluation),
+           "compare": to_dict(config)}
+    run = run_for("compare", key)
+    if run.status == DONE and not force:
+        run.verify()
+        return run
+    with run.hold():
+        total = len(cells) * len(config.seeds)
+        run.log(event="start", stage="compare", total_steps=total, resumed_from=0)
+        base = run_evaluation(model_cfg.model, evaluation, data=data, device=model_cfg.device,
+                              show_progress=show_progress)
+        base = {"eval_run": base.id, "metrics": headline(base.read_json(EVAL_SUMMARY))}
+        results = []
+        for seed in config.seeds:  # seed-major: an early look already covers every cell
+            for k, policy in cells:
+                results.append(_cell(scored.id, k, policy, seed, config, model_cfg, data,
+                                     adapter, training, evaluation, show_progress))
+                run.log(event="progress", stage="compare", done=len(results), total=total,
+                        k=k, policy=policy, seed=seed)
+                # The table so far, for the app and for a look while the grid runs.
+                _write_summary(run, scored.id, model_cfg, n_layers, config, results, base,
+                               partial=len(results) < total)
+        run.finish([SUMMARY, TABLE])
+    return run

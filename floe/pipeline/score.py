@@ -1,0 +1,295 @@
+"""FLoE scoring of a warmed-up model: Taylor costs, mask Fisher, greedy search, swap
+refinement, least-squares tuning, layer importance and baselines (METHOD 3-8).
+
+``run_score`` caches one scoring per (warm-up, ScoreConfig) in a run of kind ``score``
+(floe.pipeline.study chains warm-up and scoring, and repeats both over data ratios).
+The files written are described in docs/artifacts.md; ``LayersJson`` is layers.json.
+"""
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypedDict
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from floe import __version__
+from floe.method.baselines import adapter_update_norms, weight_norms
+from floe.method.fisher import mask_fisher
+from floe.method.importance import (
+    all_layers,
+    layer_components,
+    norm_ranking,
+    random_ranking,
+    rank_layers,
+    unit_weight_counts,
+)
+from floe.method.refine import refine_masks
+from floe.method.search import greedy_masks
+from floe.method.taylor import average_costs, taylor_costs
+from floe.method.tune import tune_mask_sets
+from floe.models import arch
+from floe.pipeline.data import DataConfig, load_split, tokenize
+from floe.pipeline.data import batches as make_batches
+from floe.pipeline.warmup import load_warmed_up
+from floe.store.config import option, to_dict
+from floe.store.runs import DONE, Run, atomic_save_tensors, open_run, run_for
+
+__all__ = ["LayersJson", "ScoreConfig", "compute_scores", "load_layers", "load_units", "open_score_run",
+           "run_score", "summary"]
+
+UNITS, LAYERS, TIMINGS = "units.safetensors", "layers.json", "timings.json"
+
+
+@dataclass
+class ScoreConfig:
+    """FLoE scoring settings."""
+
+    beta: float = option(0.5, "budget: share of the model's total Taylor cost the retained "
+                         "units may keep, in (0, 1]")
+    score_samples: int = option(32, "examples of the warm-up sample used for scoring "
+                                "(Taylor, Fisher, tuning); capped at the sample size")
+    score_batch_size: int = option(8, "sequences per scoring batch")
+    damping: float = option(1e-2, "ridge damping of the mask tuning, relative to the mean "
+                            "diagonal of the normal equations")
+    bound: float = option(10.0, "tuned mask values outside [-bound, bound] fall back to the "
+                          "binary mask")
+
+    def __post_init__(self):
+        if not 0 < self.beta <= 1:
+            raise ValueError(f"budget beta must be in (0, 1], got {self.beta}")
+        if self.score_samples < 1 or self.score_batch_size < 1:
+            raise ValueError("score_samples and score_batch_size must be >= 1")
+
+
+# --------------------------------------------------------------------------- layers.json
+class Components(TypedDict):
+    """Per-layer parts of the score (lists indexed by layer)."""
+
+    head_share: list[float]       # retained share of head capacity after tuning
+    neuron_share: list[float]     # retained share of neuron capacity after tuning
+    binary_share: list[float]     # 1 - retained share of the refined binary masks
+    fisher_heads: list[float]     # sum of the heads' mask Fisher
+    fisher_neurons: list[float]
+    taylor_heads: list[float]     # sum of the heads' Taylor costs
+    taylor_neurons: list[float]
+    retained_heads: list[int]     # units the refined masks keep
+    retained_neurons: list[int]
+
+
+class Baselines(TypedDict):
+    """Rankings (most important first) of the baseline policies."""
+
+    random: list[int]
+    weight_norm: list[int]
+    adapter_norm: list[int]
+    all: list[int]
+
+
+class Refinement(TypedDict):
+    swaps: int
+    dropped_to_fit: int
+    greedy_loss: float | None
+    refined_loss: float | None
+
+
+class Tuning(TypedDict):
+    fallbacks: int
+    error_binary: float
+    error_tuned: float
+
+
+class LayersJson(TypedDict, total=False):
+    """layers.json of a score run (docs/artifacts.md)."""
+
+    n_layers: int
+    n_heads: int
+    n_neurons: int
+    beta: float
+    seed: int
+    layer_scores: list[float]                      # s_k with refinement
+    ranking: list[int]                             # layers by s_k, most important first
+    layer_scores_without_refinement: list[float]
+    ranking_without_refinement: list[int]
+    components: Components
+    baselines: Baselines
+    refinement: Refinement
+    tuning: Tuning
+    model: str
+    data: str
+    ratio: float
+    n_scoring_samples: int
+
+
+# --------------------------------------------------------------------------- progress
+class _Stages:
+    """Times each stage, logs it to the run and shows a progress bar."""
+
+    def __init__(self, run: Run, show: bool):
+        self.run, self.show, self.seconds = run, show, {}
+
+    @contextmanager
+    def stage(self, name: str, total: int | None = None):
+        self.run.log(event="stage", stage=name, message=f"{name} started")
+        bar = tqdm(total=total, desc=name, disable=not self.show, dynamic_ncols=True)
+
+        def progress(done: int, total_: int | None = None):
+            bar.total = total_ or bar.total
+            bar.n = done
+            bar.refresh()
+            self.run.log(event="progress", stage=name, done=done, total=total_ or total)
+
+        start = time.perf_counter()
+        try:
+            yield progress
+        finally:
+            bar.close()
+            self.seconds[name] = time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- pipeline
+def score_key(warmup: Run, config: ScoreConfig) -> dict:
+    return {"floe": __version__, "warmup": warmup.config, "warmup_run": warmup.id,
+            "score": to_dict(config)}
+
+
+def scoring_batches(warmup: Run, tokenizer, config: ScoreConfig) -> list[dict]:
+    """The first ``score_samples`` examples of the warm-up's own sample, length-sorted so
+    batches carry little padding (sums over samples do not depend on the order)."""
+    cfg = warmup.config
+    data = DataConfig(**cfg["data"])
+    rows = tokenize(tokenizer, load_split(data).train[:config.score_samples], data.max_length)
+    if len(rows) < min(config.score_batch_size, config.score_samples):
+        raise ValueError(f"the sample has {len(rows)} usable examples, fewer than the scoring "
+                         f"batch size {config.score_batch_size}")
+    rows.sort(key=lambda r: len(r["input_ids"]))
+    return list(make_batches(rows, config.score_batch_size, tokenizer.pad_token_id))
+
+
+def _masks_to_scores(tuned, keep_h, keep_n, shape):
+    n_head, n_neuron = unit_weight_counts(shape.hidden, shape.head_dim, shape.group)
+    comps = layer_components(tuned.head_values, tuned.neuron_values, n_head, n_neuron)
+    binary = layer_components(keep_h.float(), keep_n.float(), n_head, n_neuron)
+    return comps, binary
+
+
+def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Stages,
+                   seed: int, roles) -> tuple[dict, LayersJson]:
+    """All FLoE stages on one adapted model. Returns (unit tensors, layers.json payload)."""
+    shape = arch.shape_of(model.config)
+    with stages.stage("taylor", len(batches)) as progress:
+        cost_h, cost_n = taylor_costs(model, batches, progress)
+    with stages.stage("fisher", len(batches)) as progress:
+        tau_h, tau_n = mask_fisher(model, batches, progress)
+    cost_h, cost_n, tau_h, tau_n = (t.float().cpu() for t in (cost_h, cost_n, tau_h, tau_n))
+    t_h, t_f = average_costs(cost_h, cost_n)
+    with stages.stage("search"):
+        greedy_h, greedy_n = greedy_masks(tau_h, tau_n, t_h, t_f, config.beta)
+    with stages.stage("refine"):
+        budget = float(config.beta * (cost_h.double().sum() + cost_n.double().sum()))
+        refined = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget)
+    with stages.stage("tune", shape.n_layers) as progress:  # refined and greedy together
+        tuned = dict(zip(("refined", "greedy"), tune_mask_sets(
+            model, batches, [(refined.keep_heads, refined.keep_neurons), (greedy_h, greedy_n)],
+            damping=config.damping, bound=config.bound, progress=progress)))
+    scores, binary = _masks_to_scores(tuned["refined"], refined.keep_heads, refined.keep_neurons, shape)
+    scores_nr, _ = _masks_to_scores(tuned["greedy"], greedy_h, greedy_n, shape)
+    units = {"tau_heads": tau_h, "tau_neurons": tau_n, "cost_heads": cost_h,
+             "cost_neurons": cost_n, "greedy_heads": greedy_h.float(),
+             "greedy_neurons": greedy_n.float(), "refined_heads": refined.keep_heads.float(),
+             "refined_neurons": refined.keep_neurons.float(),
+             "tuned_heads": tuned["refined"].head_values.float().cpu(),
+             "tuned_neurons": tuned["refined"].neuron_values.float().cpu()}
+    as_list = lambda t: [float(x) for x in t]  # noqa: E731
+    layers: LayersJson = {
+        "n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_neurons": shape.intermediate,
+        "beta": config.beta, "seed": seed,
+        "layer_scores": as_list(scores["score"]), "ranking": rank_layers(scores["score"]),
+        "layer_scores_without_refinement": as_list(scores_nr["score"]),
+        "ranking_without_refinement": rank_layers(scores_nr["score"]),
+        "components": {
+            "head_share": as_list(scores["head_share"]), "neuron_share": as_list(scores["neuron_share"]),
+            "binary_share": as_list(binary["score"]),
+            "fisher_heads": as_list(tau_h.sum(1)), "fisher_neurons": as_list(tau_n.sum(1)),
+            "taylor_heads": as_list(cost_h.sum(1)), "taylor_neurons": as_list(cost_n.sum(1)),
+            "retained_heads": [int(x) for x in refined.keep_heads.sum(1)],
+            "retained_neurons": [int(x) for x in refined.keep_neurons.sum(1)]},
+        "baselines": {"random": random_ranking(shape.n_layers, seed),
+                      "weight_norm": norm_ranking(weight_norms(model, roles)),
+                      "adapter_norm": norm_ranking(adapter_update_norms(model, roles)),
+                      "all": all_layers(shape.n_layers)},
+        "refinement": {"swaps": refined.n_swaps, "dropped_to_fit": refined.n_dropped_to_fit,
+                       "greedy_loss": refined.loss_history[0] if refined.loss_history else None,
+                       "refined_loss": refined.loss_history[-1] if refined.loss_history else None},
+        "tuning": {"fallbacks": int(tuned["refined"].fallback.sum()),
+                   "error_binary": float(tuned["refined"].error_binary.sum()),
+                   "error_tuned": float(tuned["refined"].error_tuned.sum())},
+    }
+    return units, layers
+
+
+def _environment(model) -> dict:
+    import transformers
+    return {"device": str(next(model.parameters()).device), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "host": socket.gethostname(), "threads": torch.get_num_threads()}
+
+
+def run_score(warmup: Run, config: ScoreConfig, device: str = "auto", force: bool = False,
+              show_progress: bool = True, trust_remote_code: bool = False) -> Run:
+    """Score a finished warm-up (or reuse the finished scoring of the same config)."""
+    warmup.verify()
+    run = run_for("score", score_key(warmup, config))
+    if run.status == DONE and not force:
+        run.verify()
+        return run
+    with run.hold():
+        start = time.perf_counter()
+        model, tok = load_warmed_up(warmup, device, trust_remote_code=trust_remote_code)
+        batches = scoring_batches(warmup, tok, config)
+        stages = _Stages(run, show_progress)
+        cfg = warmup.config
+        units, layers = compute_scores(model, batches, config, stages, cfg["data"]["seed"],
+                                       cfg["adapter"]["targets"])
+        layers.update(model=cfg["model"]["model"], data=cfg["data"]["data"],
+                      ratio=cfg["data"]["ratio"], n_scoring_samples=sum(len(b["input_ids"]) for b in batches))
+        atomic_save_tensors(run.file(UNITS), units)
+        run.write_json(LAYERS, layers)
+        run.write_json(TIMINGS, {**stages.seconds, "total": time.perf_counter() - start,
+                                 **_environment(model)})
+        run.finish([UNITS, LAYERS, TIMINGS])
+    return run
+
+
+# --------------------------------------------------------------------------- readers
+def load_layers(run: Run) -> LayersJson:
+    """layers.json of a finished, intact score run."""
+    run.verify()
+    return run.read_json(LAYERS)
+
+
+def load_units(run: Run) -> dict[str, torch.Tensor]:
+    run.verify()
+    return load_file(str(run.file(UNITS)))
+
+
+def summary(run: Run) -> dict:
+    """The machine-readable summary ``floe score/analyze --json`` prints."""
+    layers = load_layers(run)
+    return {"run": run.id, "path": str(run.path), "model": layers["model"],
+            "data": layers["data"], "ratio": layers["ratio"], "beta": layers["beta"],
+            "layer_scores": layers["layer_scores"], "ranking": layers["ranking"],
+            "ranking_without_refinement": layers["ranking_without_refinement"],
+            "baselines": layers["baselines"], "timings": run.read_json(TIMINGS)}
+
+
+def open_score_run(run_id: str) -> Run:
+    run = open_run(run_id)
+    if run.kind != "score":
+        raise ValueError(f"run {run_id} is a {run.kind} run, not a score run")
+    return run

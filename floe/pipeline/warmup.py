@@ -1,0 +1,99 @@
+"""Warm-up: fine-tune a full-layer HydraLoRA model on a sample of the data (METHOD 1)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from floe import __version__
+from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, load_adapter, save_adapter, trainable_parameters
+from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint
+from floe.pipeline.data import DataConfig, load_split, tokenize
+from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
+from floe.store.config import option, to_dict
+from floe.store.runs import DONE, Run, run_for
+
+__all__ = ["ADAPTER_DIR", "SUMMARY", "ModelConfig", "WarmupJson", "load_warmed_up", "run_warmup",
+           "warmup_key", "warmup_run"]
+
+ADAPTER_DIR = "adapter"
+SUMMARY = "warmup.json"
+
+
+class WarmupJson(TrainSummary):
+    """warmup.json of a warm-up run."""
+
+    val_loss_before: float | None
+    val_loss_after: float | None
+    n_train: int
+    n_val: int
+    trainable_parameters: int
+    device: str
+
+
+@dataclass
+class ModelConfig:
+    """Which model, on which device."""
+
+    model: str = option(DEFAULT_MODEL, "embedded model (smollm2-135m, gemma3-270m), a local "
+                        "folder, or a hub id (needs a network)")
+    device: str = option("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
+    trust_remote_code: bool = option(False, "allow the model's own Python code (only for "
+                                     "models you trust)")
+
+
+def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
+               training: TrainConfig) -> dict:
+    """Everything that changes the warm-up's result (not the device)."""
+    return {"floe": __version__, "model": model_fingerprint(model.model),
+            "data": to_dict(data), "adapter": to_dict(adapter), "train": to_dict(training)}
+
+
+def warmup_run(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
+               training: TrainConfig) -> Run:
+    return run_for("warmup", warmup_key(model, data, adapter, training))
+
+
+def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
+               training: TrainConfig, force: bool = False, show_progress: bool = True) -> Run:
+    """Warm up (or reuse a finished warm-up with the same config). Resumes a killed one."""
+    adapter = dataclasses.replace(adapter, layers=None)  # warm-up adapts every layer
+    run = warmup_run(model_cfg, data, adapter, training)
+    if run.status == DONE and not force:
+        run.verify()
+        return run
+    with run.hold():
+        if force:
+            import shutil
+            shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
+        model, tok = load_model(model_cfg.model, model_cfg.device,
+                                trust_remote_code=model_cfg.trust_remote_code)
+        split = load_split(data)
+        rows, val = tokenize(tok, split.train, data.max_length), tokenize(tok, split.val, data.max_length)
+        if len(rows) < training.batch_size:
+            raise ValueError(f"the sample has {len(rows)} examples, fewer than the batch size "
+                             f"{training.batch_size}: raise max_samples/ratio or lower batch_size")
+        import torch
+        torch.manual_seed(training.seed)
+        apply_hydralora(model, adapter)
+        run.log(event="stage", stage="warmup", message=f"{len(rows)} training examples, "
+                f"{trainable_parameters(model):,} trainable parameters")
+        val_before = validation_loss(model, val, tok.pad_token_id) if val else None
+        summary = train(model, rows, training, tok.pad_token_id, run=run,
+                        show_progress=show_progress, stage="warmup")
+        val_after = validation_loss(model, val, tok.pad_token_id) if val else None
+        save_adapter(model, adapter, run.file(ADAPTER_DIR))
+        payload: WarmupJson = {**summary, "val_loss_before": val_before, "val_loss_after": val_after,
+                                 "n_train": len(rows), "n_val": len(val),
+                                 "trainable_parameters": trainable_parameters(model),
+                                 "device": str(next(model.parameters()).device)}
+        run.write_json(SUMMARY, payload)
+        run.finish([SUMMARY, f"{ADAPTER_DIR}/adapter_model.safetensors"])
+    return run
+
+
+def load_warmed_up(run: Run, device: str = "auto", trust_remote_code: bool = False):
+    """The base model with the run's adapter (warm-up or sparse) attached, and its tokenizer."""
+    run.verify()
+    model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code)
+    load_adapter(model, run.file(ADAPTER_DIR))  # eval mode, as load_model returns it
+    return model, tok

@@ -1,0 +1,109 @@
+"""The package's shape: subpackages import, dependencies flow one way with no cycle, every
+module states its public names, and run keys are those of 0.2.0 (cached runs stay valid)."""
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "floe"
+# Each package may import only from its own layer and the layers below it.
+LAYERS = {"store": 0, "models": 1, "adapters": 2, "method": 3, "pipeline": 4, "cli": 5, "app": 6}
+MODULES = sorted(p for p in ROOT.rglob("*.py") if p.parent != ROOT)
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _floe_imports(path: Path) -> set[str]:
+    """Every floe module ``path`` imports, at module level or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("floe"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                out.add(candidate if (ROOT.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
+                        else node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("floe")}
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_every_subpackage_imports_and_lists_its_modules(package):
+    module = importlib.import_module(f"floe.{package}")
+    assert module.__doc__ and module.__all__ is not None
+    for name in module.__all__:
+        assert hasattr(module, name) or importlib.import_module(f"floe.{package}.{name}")
+
+
+def test_dependencies_flow_one_way():
+    wrong = []
+    for path in MODULES:
+        here = LAYERS[_name(path).split(".")[1]]
+        for target in _floe_imports(path):
+            parts = target.split(".")
+            if len(parts) > 1 and parts[1] in LAYERS and LAYERS[parts[1]] > here:
+                wrong.append(f"{_name(path)} imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle_between_modules():
+    graph = {_name(p): {t for t in _floe_imports(p) if t != _name(p)} for p in MODULES}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+            if nxt in graph and not state.get(nxt):
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+    for node in graph:
+        if not state.get(node):
+            visit(node, [node])
+
+
+def test_modules_are_small_and_declare_their_public_names():
+    for path in MODULES:
+        tree = ast.parse(path.read_text())
+        names = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                 if isinstance(t, ast.Name)]
+        assert "__all__" in names, f"{_name(path)} has no __all__"
+        assert len(path.read_text().splitlines()) <= 440, f"{_name(path)} is over ~400 lines"
+    for path in MODULES:
+        module = importlib.import_module(_name(path))
+        missing = [n for n in module.__all__ if not hasattr(module, n)
+                   and not (path.name == "__init__.py")]
+        assert not missing, f"{_name(path)}.__all__ names missing objects: {missing}"
+
+
+def test_no_argparse_internals_and_no_help_text_parsing():
+    """The app's forms come from the option spec, not from walking a parser."""
+    for path in MODULES:
+        text = path.read_text()
+        for internal in ("._actions", "_SubParsersAction", "_option_string_actions", "_action_groups",
+                         r"\(default:"):
+            assert internal not in text, f"{_name(path)} uses {internal}"
+
+
+def test_run_keys_are_those_of_0_2_0(smol_path):
+    """The default analysis's warm-up keeps the key 0.2.0 gave it: its cached run is reused."""
+    from floe.adapters.hydralora import HydraLoraConfig
+    from floe.pipeline.data import DataConfig
+    from floe.pipeline.train import TrainConfig
+    from floe.pipeline.warmup import ModelConfig, warmup_run
+    run = warmup_run(ModelConfig(model="smollm2-135m"), DataConfig(), HydraLoraConfig(), TrainConfig())
+    assert run.id == "warmup-7ab1e2079a49"
+
+
+def test_the_project_cache_is_beside_app_py(monkeypatch):
+    from floe.store import runs
+    monkeypatch.delenv("FLOE_CACHE")
+    assert (runs.PROJECT_DIR / "app.py").is_file()
+    assert runs.cache_root() == runs.PROJECT_DIR / "cache"
