@@ -14,7 +14,6 @@ from floe.method.search import greedy_masks
 from floe.method.taylor import average_costs, taylor_costs
 from floe.method.tune import tune_mask_sets
 from floe.models.dispatch import device_map_option, is_dispatched, weight_of
-from floe.models.load import load_model
 from floe.pipeline.train import TrainConfig, train
 
 DEVICE_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",

@@ -116,10 +116,11 @@ class StageMemory:
 
 
 def training_memory(dims: ModelDims, tokens: int, layers: list[int], r: int, experts: int,
-                    targets, width: int) -> StageMemory:
+                    targets, width: int, trainable: int | None = None) -> StageMemory:
     """Fine-tuning HydraLoRA on ``layers`` with AdamW on batches of ``tokens`` tokens.
     Backward stops at the lowest adapted layer: only the layers from there up keep
-    activations, so the position of the layers matters, not only their number."""
+    activations, so the position of the layers matters, not only their number.
+    ``trainable``: the adapter's parameter count when known exactly (else from the shape)."""
     shape = dims.shape
     lowest = min(layers)
     adapted = set(layers)
@@ -128,7 +129,8 @@ def training_memory(dims: ModelDims, tokens: int, layers: list[int], r: int, exp
                     for k in range(lowest, shape.n_layers))
     return StageMemory({
         "weights": dims.parameters * width,
-        "adapter + optimizer": OPTIMIZER_BYTES * adapter_parameters(shape, r, experts, targets) * len(layers),
+        "adapter + optimizer": OPTIMIZER_BYTES * (adapter_parameters(shape, r, experts, targets) * len(layers)
+                                                  if trainable is None else trainable),
         "activations": tokens * (per_token + _backward_working_bytes(shape, width)),
         "logits": tokens * dims.vocab * LOSS_BYTES})
 
@@ -185,7 +187,7 @@ def tuning_memory(dims: ModelDims, tokens: int, width: int, mask_sets: int = 2,
         "weights": dims.parameters * width + _frozen_adapter_bytes(dims, adapter),
         "activations": tokens * ((1 + mask_sets) * width * shape.hidden + 2 * 4 * shape.hidden
                                  + width * n),
-        "gradient buffers": 4 * n * n + 2 * 8 * n * n})
+        "statistics buffers": 4 * n * n + 2 * 8 * n * n})
 
 
 def taylor_chunks_for(dims: ModelDims, tokens: int, width: int, budget_bytes: float,

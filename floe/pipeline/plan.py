@@ -32,7 +32,7 @@ KNOBS = {
     ("taylor", "activations"): "lower --score-batch-size",
     ("fisher", "activations"): "lower --score-batch-size",
     ("tuning", "activations"): "lower --score-samples",
-    ("tuning", "gradient buffers"): "lower --score-samples",
+    ("tuning", "statistics buffers"): "lower --score-samples",
 }
 WEIGHTS_KNOB = "use --device-map auto (spread the model over several GPUs or offload layers)"
 
@@ -96,9 +96,22 @@ def model_dims(model: str, trust_remote_code: bool = False) -> ModelDims:
 
 
 def _device_and_width(device: str) -> tuple[str, int]:
+    """The device and activation width (bytes) the stages will run with. A CUDA device
+    may be planned for on a machine without one (bf16, as load.default_dtype picks)."""
+    import torch
+
     from floe.models.load import default_dtype, resolve_device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return device, torch.bfloat16.itemsize
     dev = resolve_device(device)
     return str(dev), default_dtype(dev).itemsize
+
+
+def _free_gib(device: str) -> float | None:
+    import torch
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return None  # planned for a GPU elsewhere: only --device-memory says how much it has
+    return memory.free_memory_bytes(device) / GIB
 
 
 def stage_memory(dims: ModelDims, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
@@ -134,8 +147,11 @@ def build_plan(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
         raise ValueError(f"layers {bad or '(none)'} invalid: the model has {n_layers} layers")
     device, width = _device_and_width(model_cfg.device)
     if device_memory_gib is None:
-        device_memory_gib = memory.free_memory_bytes(device) / GIB
+        device_memory_gib = _free_gib(device)
     chunks = score.taylor_chunks
+    if chunks == "auto" and device_memory_gib is None:
+        raise ValueError(f"--taylor-chunks auto plans for the device's memory: {device} is not on this "
+                         "machine, so give --device-memory GIB")
     if chunks == "auto":
         found = memory.taylor_chunks_for(dims, score.score_batch_size * data.max_length, width,
                                          HEADROOM * device_memory_gib * GIB,
