@@ -1,7 +1,8 @@
 """Bounded-memory Taylor scoring: peak memory and time against the number of passes N
 (``--taylor-chunks``), on a mid-size random Llama on CPU, each N in a fresh process.
 
-Peak = the process's resident-set high-water mark during ``taylor_costs`` above the level
+Time: wall and CPU seconds of ``taylor_costs`` (one thread; CPU time is the steadier
+figure on a shared machine). Peak = the process's resident-set high-water mark during ``taylor_costs`` above the level
 after loading (the kernel's mark is reset after the model and batches exist). Each row
 also gives the plan's estimate of the same stage (floe.models.memory.taylor_memory, fp32)
 and whether the costs equal those of N = 1.
@@ -39,13 +40,14 @@ def one(chunks: int, layers: int, batches: int, batch: int, length: int) -> dict
         data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
     base = current_rss_mib()
     exact = reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     heads, neurons = taylor_costs(model, data, chunks=chunks)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     digest = hashlib.sha256(torch.cat([heads.flatten(), neurons.flatten()]).numpy().tobytes()).hexdigest()[:16]
     plan = taylor_memory(dims_of(config), batch * length, 4, chunks)
     weights = dims_of(config).parameters * 4
-    return {"chunks": chunks, "seconds": seconds, "peak_above_load_mib": peak_rss_mib() - base,
+    return {"chunks": chunks, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "peak_above_load_mib": peak_rss_mib() - base,
             "peak_reset_exact": exact,
             "plan_above_weights_mib": (plan.peak - weights) / 2**20,
             "plan_buffers_mib": plan.parts["gradient buffers"] / 2**20,
@@ -74,12 +76,14 @@ def main() -> None:
         row = in_subprocess("bench.bench_taylor_chunks", "--one", str(n), "--layers", str(a.layers),
                             "--batches", str(a.batches), "--batch", str(a.batch), "--length", str(a.length))
         rows.append(row)
-        print(f"N={n}: {row['seconds']:.2f} s, peak {row['peak_above_load_mib']:.0f} MiB above load "
+        print(f"N={n}: {row['seconds']:.2f} s ({row['cpu_seconds']:.2f} CPU-s), "
+              f"peak {row['peak_above_load_mib']:.0f} MiB above load "
               f"(plan {row['plan_above_weights_mib']:.0f} MiB, buffers {row['plan_buffers_mib']:.0f} MiB)",
               file=sys.stderr, flush=True)
     first = rows[0]
     for r in rows:
         r["time_vs_one_pass"] = r["seconds"] / first["seconds"]
+        r["cpu_time_vs_one_pass"] = r["cpu_seconds"] / first["cpu_seconds"]
         r["peak_vs_one_pass"] = r["peak_above_load_mib"] / first["peak_above_load_mib"]
         r["same_costs"] = r["costs_sha"] == first["costs_sha"]
     out = {"model": {**MID, "num_hidden_layers": a.layers}, "tokens_per_batch": a.batch * a.length,

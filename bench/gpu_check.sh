@@ -3,7 +3,7 @@
 #   cuda_tests.jsonl   figures the `cuda` tests record (bf16 vs fp32, CUDA vs CPU ranking,
 #                      5-step training, plan vs measured peaks on SmolLM2 and the 7B shape)
 #   cuda_tests.xml     their pass/fail (junit)
-#   gpu_layers_7b.json step time and peak vs adapted layers, HydraLoRA vs peft LoRA (ANCHORS rows)
+#   gpu_layers_7b.json step time and peak vs adapted layers, HydraLoRA vs peft LoRA (docs/plan.md rows)
 #   gpu_score_7b.json  FLoE scoring of the 7B shape on 256 x 512 tokens vs the bare passes
 #   gpu_check.json     the parts' exit codes and durations, and all of the above in one file
 # Each part has its own time limit and a failing part does not stop the others.

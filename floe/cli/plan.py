@@ -70,7 +70,7 @@ def configs_for(command: str, args):
     score = from_namespace(ScoreConfig, typed) if command in ("analyze", "score") else ScoreConfig()
     if command == "score":
         model, data, adapter, training = _warm_configs(args.warmup_run)
-        model = dataclasses.replace(model, device=typed.get("device", "auto"))
+        model = dataclasses.replace(model, device=typed.get("device", "auto"), device_map=typed.get("device_map"))
         return model, data, adapter, training, score, None, 8
     if command in ("train", "search-rank", "compare"):
         from floe.cli.experiments import _training_configs

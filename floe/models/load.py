@@ -2,6 +2,7 @@
 local folders, and hub ids when a network exists. Device and dtype policy lives here."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -148,6 +149,7 @@ def _dispatch_kwargs(device_map: str | dict | None, path: str) -> dict:
         return {}
     from floe.models.dispatch import OFFLOAD_FOLDER, device_map_option
     folder = cache_root() / OFFLOAD_FOLDER / f"{hashlib.sha256(path.encode()).hexdigest()[:12]}-{os.getpid()}"
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a copy of the weights, per process
     mapping = device_map_option(device_map) if isinstance(device_map, str) else device_map
     return {"device_map": mapping, "offload_folder": str(folder)}
 
