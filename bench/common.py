@@ -12,7 +12,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The GPU scripts' model shapes (random weights from a LlamaConfig): LLaMA-2-7B, as in
-# ANCHORS.md, and a small one for smoke tests anywhere.
+# docs/plan.md, and a small one for smoke tests anywhere.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                 max_position_embeddings=4096)

@@ -1,12 +1,12 @@
 """Step time and peak GPU memory against the number and position of adapted layers on a
-LLaMA-2-7B-shaped model (paper Fig. 1b; shared/ANCHORS.md has reference figures).
+LLaMA-2-7B-shaped model (paper Fig. 1b; docs/plan.md has reference figures).
 
 Random bf16 weights from a LlamaConfig (32 layers, hidden 4096, FFN 11008, vocab 32000,
 sdpa attention), AdamW, bf16 autocast (as floe.pipeline.train on CUDA), no gradient checkpointing;
 batch 1 and 8 x 512 tokens. Each configuration is measured with HydraLoRA (r=8, M=4) and
 plain peft LoRA (r=8) on gate/up/down, dropout 0.05, side by side in one process: the
 HydraLoRA/peft step and peak ratios (targets <= 1.15x, <= 1.05x) and the layer rows of
-ANCHORS.md in one run. Median step (forward + backward + optimizer)
+reference rows (docs/plan.md) in one run. Median step (forward + backward + optimizer)
 after warm-up; peak = torch.cuda.max_memory_allocated. Writes bench/results/gpu_layers_7b.json.
 
 Needs only torch, transformers, peft and floe.adapters.hydralora (no datasets/optuna).
@@ -107,7 +107,7 @@ def main() -> None:
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    # HydraLoRA vs peft LoRA on the same layers and batch (ANCHORS: <= 1.15x step, <= 1.05x peak).
+    # HydraLoRA vs peft LoRA on the same layers and batch (targets: <= 1.15x step, <= 1.05x peak).
     by = {(r["config"], r["adapter"], r["batch"]): r for r in rows}
     for r in rows:
         if r["adapter"] == "hydralora":

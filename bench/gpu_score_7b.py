@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--tiny", action="store_true", help="small shape, 16 x 64 tokens, any device")
+    ap.add_argument("--out", help="also write the JSON to this file")
     a = ap.parse_args()
     if a.tiny:
         a.sequences, a.length, a.batch_size, a.layers = 16, 64, 8, 4
@@ -50,11 +51,15 @@ def main() -> None:
     cuda = dev.type == "cuda"
     stage, base = time_scoring(model, batches, dev)
     total, bare = sum(stage.values()), sum(base.values())
-    print(json.dumps({"device": torch.cuda.get_device_name() if cuda else "cpu",
-                      "tokens": a.sequences * a.length, "stages_s": stage, "bare_s": base,
-                      "scoring_s": total, "ratio": total / bare,
-                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None},
-                     indent=2))
+    result = json.dumps({"device": torch.cuda.get_device_name() if cuda else "cpu",
+                         "tokens": a.sequences * a.length, "stages_s": stage, "bare_s": base,
+                         "scoring_s": total, "ratio": total / bare,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None},
+                        indent=2)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(result)
+    print(result)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,16 @@ def test_memory_estimate_grows_with_the_depth_backward_reaches(cache, model):
     run = fx.make_score_run(cache, model)
     high = training.memory_estimate(run, [3], 100, cuda=False)
     low = training.memory_estimate(run, [0], 100, cuda=False)
-    assert low["activations"] == 4 * high["activations"] and low["weights"] == high["weights"]
+    assert low["activations"] > 2 * high["activations"] and low["weights"] == high["weights"]
     assert high["total"] == pytest.approx(sum(v for k, v in high.items() if k != "total"))
     assert training.memory_estimate(run, [0], 100, cuda=True)["weights"] == low["weights"] / 2
+    # The one formula: what `floe plan` prints for the same model, batch, length and layers.
+    from floe.models.memory import GIB, training_memory
+    warm = run.config["warmup"]
+    plan = training_memory(training.model_facts(model), warm["train"]["batch_size"] * warm["data"]["max_length"],
+                           [0], warm["adapter"]["r"], warm["adapter"]["experts"], warm["adapter"]["targets"], 4,
+                           trainable=100)
+    assert low["total"] == pytest.approx(plan.peak / GIB)
 
 
 def test_stability_from_a_study_and_from_ratio_groups(cache, model):

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from floe.models import arch
+from floe.models.dispatch import execution_device
 from floe.store.config import option, to_dict
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "HydraLoraConfig", "HydraLoraLinear",
@@ -67,7 +68,7 @@ class HydraLoraLinear(nn.Module):
         self.r, self.experts, self.scaling = r, experts, alpha / r
         # Low-precision bases keep fp32 adapters (as peft does) so small updates survive.
         dtype = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
-        kw = dict(device=base.weight.device, dtype=dtype)
+        kw = dict(device=execution_device(base), dtype=dtype)  # not meta when offloaded
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(experts, base.out_features, r, **kw))
         self.lora_router = (nn.Parameter(torch.empty(experts, base.in_features, **kw))

@@ -62,45 +62,37 @@ def trainable_parameters(score_run: Run, chosen: list[int], r: int | None = None
 
 
 @functools.lru_cache(maxsize=16)
-def model_facts(model: str) -> dict:
-    """Depth, widths and parameter count of a model folder (config.json and the
-    safetensors headers), for the memory estimate. Empty when the folder is not here."""
+def model_facts(model: str):
+    """The model's dimensions for the memory plan (floe.models.memory.ModelDims), from its
+    config.json; None when the model folder is not on this machine (an embedded model
+    before its first conversion, a hub id)."""
     from floe.models.load import EMBEDDED
+    from floe.pipeline.plan import model_dims
     from floe.store.runs import cache_root
     folder = cache_root() / "models" / model if model in EMBEDDED else Path(model)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        return {}
-    cfg = json.loads(cfg_path.read_text())
-    cfg = cfg.get("text_config", cfg)
-    from safetensors import safe_open
-    params = 0
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="numpy") as f:
-            params += sum(int(np.prod(f.get_slice(n).get_shape())) for n in f.keys())
-    return {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"],
-            "n_layers": cfg["num_hidden_layers"], "vocab": cfg["vocab_size"], "parameters": params}
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return model_dims(str(folder))
+    except (ValueError, OSError):
+        return None
 
 
 def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: bool) -> dict | None:
-    """A rough training-memory estimate in GiB, with its parts (None without the model here).
-
-    Weights (bf16 on CUDA, fp32 on CPU); 16 bytes per trainable parameter (fp32 weight,
-    gradient, two Adam moments); activations kept for backward from the lowest adapted
-    layer upwards (backward stops there), ~(10 hidden + 3 FFN) values per token and layer;
-    the logits and their gradient. Measured peaks appear in train.json after training.
-    """
+    """The plan's training-memory estimate in GiB, with its parts (None without the model
+    here): floe.models.memory.training_memory, the formula ``floe plan`` prints, at the
+    analysis's batch size and length, with ``trainable`` adapter parameters.
+    Measured peaks appear in train.json after training."""
+    from floe.models.memory import training_memory
     warm = score_run.config["warmup"]  # model, batch and length as in the analysis
-    facts = model_facts(warm["model"]["model"])
-    if not facts or not chosen:
+    dims = model_facts(warm["model"]["model"])
+    if dims is None or not chosen:
         return None
-    width = 2 if cuda else 4
+    adapter = warm["adapter"]
     tokens = warm["train"]["batch_size"] * warm["data"]["max_length"]
-    depth = facts["n_layers"] - min(chosen)
-    parts = {"weights": facts["parameters"] * width, "adapter + optimizer": trainable * 16,
-             "activations": depth * tokens * (10 * facts["hidden"] + 3 * facts["intermediate"]) * width,
-             "logits": 2 * tokens * facts["vocab"] * 4}
-    gib = {k: v / 2 ** 30 for k, v in parts.items()}
+    stage = training_memory(dims, tokens, chosen, adapter["r"], adapter["experts"], tuple(adapter["targets"]),
+                            2 if cuda else 4, trainable=trainable)
+    gib = stage.gib()
     return {"total": sum(gib.values()), **gib}
 
 

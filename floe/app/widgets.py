@@ -9,13 +9,14 @@ from itertools import groupby
 import streamlit as st
 
 from floe.app import common, forms
+from floe.app.plan import launch_plan
 from floe.app.runs import job_view
 from floe.store import jobs
 from floe.store.runs import CorruptRunError, Run, RunLockedError
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "PAGES", "POLL_S", "QUICK", "QUICK_EVAL", "QUICK_TIME",
            "RESULT_PAGES", "cpu_only", "delete_runs", "empty", "job_panel", "launcher",
-           "layer_count_slider", "md", "option_widgets", "page", "pick_run",
+           "layer_count_slider", "md", "option_widgets", "page", "pick_run", "plan_caption",
            "quick_analyse_button", "quick_args", "show_error", "start_job"]
 
 PAGES = [("app.py", "Runs", ":material/list:"),
@@ -82,6 +83,7 @@ def quick_analyse_button(key: str, extra: list[str] | None = None, label: str | 
         st.rerun()
     hint = "" if extra else f" {QUICK_TIME}"
     st.caption(f"Runs `{jobs.display_command(args)}` in the background.{hint}")
+    plan_caption(args)
 
 
 def layer_count_slider(container, label: str, n_layers: int, default: int, disabled: bool = False,
@@ -227,10 +229,23 @@ def launcher(fixed: list[str], command: str, values: dict, label: str, button: s
     if args:
         st.caption("Equivalent command:")
         st.code(jobs.display_command(args), language="bash", wrap_lines=True)
+        plan_caption(args)
     if st.button(button, disabled=not (args and ready), icon=":material/play_arrow:",
                  key=key or f"start:{command}"):
         start_job(args, label)
         st.rerun()
+
+
+def plan_caption(args: list[str]) -> None:
+    """The memory plan of ``floe <args>`` under its launch button's command."""
+    plan = launch_plan(args)
+    if plan is None:
+        return
+    for line in plan["lines"]:
+        st.caption(md(line), help="estimated peak of each stage (`floe plan`); the job checks it before "
+                   "loading the model and stops with the option to change")
+    if plan["problem"]:
+        st.warning(md(plan["problem"]), icon=":material/memory:")
 
 
 def delete_runs(runs: list[Run]) -> None:

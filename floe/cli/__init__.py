@@ -13,12 +13,16 @@ import sys
 from floe.cli.analysis import COMMANDS as _ANALYSIS
 from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
+from floe.cli.plan import COMMANDS as _PLAN
+from floe.cli.plan import with_plan_check
 from floe.store.config import Option
 
 __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
 
 EXIT_USAGE = 2
-COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS}
+# Commands that load a model check the memory plan first (floe.cli.plan).
+COMMANDS: dict[str, Command] = {name: with_plan_check(name, command)
+                                for name, command in {**_ANALYSIS, **_EXPERIMENTS, **_PLAN}.items()}
 
 
 def command_options(name: str) -> list[Option]:

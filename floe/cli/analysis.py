@@ -28,7 +28,8 @@ def _score(args) -> dict:
     if warm.kind != "warmup":
         raise ValueError(f"run {args.warmup_run} is a {warm.kind} run, not a warm-up run")
     return summary(run_score(warm, from_namespace(ScoreConfig, args), args.device,
-                             force=args.force, show_progress=not args.quiet))
+                             force=args.force, show_progress=not args.quiet,
+                             device_map=args.device_map))
 
 
 def ratios(text: str) -> list[float]:
@@ -62,6 +63,8 @@ COMMANDS = {
     "score": Command("FLoE-score the layers of a finished warm-up",
                      (text_flag("warmup_run", "id of a finished warm-up run in the cache", required=True),
                       text_flag("device", "cuda, cpu, or auto (CUDA when present)", default="auto"),
+                      text_flag("device_map", "auto, balanced, sequential or a JSON map: spread the "
+                                "model over several GPUs or offload layers (docs/plan.md)"),
                       *configs(ScoreConfig), *COMMON), _score),
     "analyze": Command("warm-up + scoring in one go (with --ratios: the data-ratio stability study)",
                        (*_WARMUP, *COMMON, *configs(ScoreConfig),

@@ -6,6 +6,7 @@ import torch
 
 from floe.adapters.hydralora import HydraLoraLinear
 from floe.models import arch
+from floe.models.dispatch import weight_of
 
 __all__ = ["adapter_update_norms", "weight_norms"]
 
@@ -18,7 +19,7 @@ def _layer_norm(model, k: int, roles, weight_of) -> float:
 def weight_norms(model, roles) -> torch.Tensor:
     """Per-layer L2 norm of the pretrained target weights (the paper's weight-norm baseline)."""
     n = arch.shape_of(model.config).n_layers
-    return torch.tensor([_layer_norm(model, k, roles, lambda m: m.weight) for k in range(n)])
+    return torch.tensor([_layer_norm(model, k, roles, weight_of) for k in range(n)])
 
 
 def adapter_update_norms(model, roles) -> torch.Tensor:

@@ -21,10 +21,16 @@ fp32 buffer; all parameters stay frozen, so embeddings, norms and the LM head ge
 gradient at all. Memory: one fp32 copy of the projection weights (26 GB for a 7B model),
 plus the activations of one batch; each layer's buffers are reduced to per-unit sums and
 freed one layer at a time at the end.
+
+Bounded memory (``chunks`` > 1): the layers are split into N consecutive groups and the
+data is run once per group, each pass gathering only its group's gradients (about 1/N of
+the buffers). The graph of a pass starts at its group's lowest layer, so layers below it
+run without autograd. Each layer's G is the same sum as in one pass: the costs are too.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -43,8 +49,10 @@ from floe.method.masks import (
     steps_of,
 )
 from floe.models import arch
+from floe.models.dispatch import weight_of
 
-__all__ = ["ROW_OWNED", "GradientSums", "average_costs", "capture_weight_gradients", "taylor_costs"]
+__all__ = ["ROW_OWNED", "GradientSums", "average_costs", "capture_weight_gradients", "layer_chunks",
+           "taylor_costs"]
 
 ROW_OWNED = ("q", "k", "v", "gate", "up")  # a unit owns rows of these, columns of o, down
 
@@ -56,7 +64,7 @@ class GradientSums:
         self.sums: dict[tuple[int, str], torch.Tensor] = {}
 
     def _accumulate(self, key: tuple[int, str], x: torch.Tensor, grad_out: torch.Tensor):
-        x2, g2 = x.flatten(0, -2), grad_out.flatten(0, -2)
+        x2, g2 = x.flatten(0, -2).to(grad_out.device), grad_out.flatten(0, -2)
         buf = self.sums.get(key)
         if buf is None:
             buf = self.sums[key] = torch.zeros(g2.shape[1], x2.shape[1], device=x.device,
@@ -75,7 +83,7 @@ class GradientSums:
 
 
 def _make_leaf(module, args, kwargs):
-    """Decoder layer 0 pre-hook: its input becomes the root of the graph."""
+    """Pre-hook of the lowest captured layer: its input becomes the root of the graph."""
     if args:
         return (args[0].detach().requires_grad_(True),) + tuple(args[1:]), kwargs
     kwargs = dict(kwargs, hidden_states=kwargs["hidden_states"].detach().requires_grad_(True))
@@ -83,15 +91,16 @@ def _make_leaf(module, args, kwargs):
 
 
 @contextlib.contextmanager
-def capture_weight_gradients(model: nn.Module) -> Iterator[GradientSums]:
-    """Sum dL/dW of every q, k, v, o, gate, up, down weight over the backward passes run
-    inside (frozen parameters: only these gradients are formed)."""
+def capture_weight_gradients(model: nn.Module, layers: range | None = None) -> Iterator[GradientSums]:
+    """Sum dL/dW of every q, k, v, o, gate, up, down weight of ``layers`` (default: all)
+    over the backward passes run inside (frozen parameters: only these gradients are formed)."""
     shape = arch.shape_of(model.config)
+    layers = range(shape.n_layers) if layers is None else layers
     sums = GradientSums()
-    handles = [arch.decoder_layers(model)[0].register_forward_pre_hook(_make_leaf,
-                                                                        with_kwargs=True)]
+    handles = [arch.decoder_layers(model)[layers[0]].register_forward_pre_hook(_make_leaf,
+                                                                                with_kwargs=True)]
     try:
-        for k in range(shape.n_layers):
+        for k in layers:
             for role in arch.ROLES:
                 handles.append(pretrained_linear(model, k, role).register_forward_hook(
                     sums.hook((k, role))))
@@ -112,8 +121,8 @@ def _reduce_layer(model: nn.Module, sums: GradientSums, layer: int,
     unit = {}
     for role in arch.ROLES:
         grad = sums.sums.pop((layer, role))  # freed once reduced
-        weight = pretrained_linear(model, layer, role).weight
-        saliency = grad.mul_(weight).abs_()
+        weight = weight_of(pretrained_linear(model, layer, role))  # offloaded ones too
+        saliency = grad.mul_(weight.to(grad.device)).abs_()
         unit_size = 1 if role in ("gate", "up", "down") else shape.head_dim
         unit[role] = _owned_sums(saliency, role, unit_size)
         del grad, saliency
@@ -124,28 +133,40 @@ def _reduce_layer(model: nn.Module, sums: GradientSums, layer: int,
     return heads, neurons
 
 
+def layer_chunks(n_layers: int, chunks: int) -> list[range]:
+    """``chunks`` consecutive layer groups of near-equal size (fewer if n_layers is smaller)."""
+    size = math.ceil(n_layers / max(1, min(chunks, n_layers)))
+    return [range(a, min(a + size, n_layers)) for a in range(0, n_layers, size)]
+
+
 def taylor_costs(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
-                 progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: Progress | None = None, chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(cost_heads [L, H], cost_neurons [L, N]): t_i = sum over the weights unit i owns of
-    |dL/dtheta * theta|, on the base model (adapters off), L the mean per-sample loss."""
+    |dL/dtheta * theta|, on the base model (adapters off), L the mean per-sample loss.
+    ``chunks`` > 1: that many passes over ``batches`` (a re-iterable), each gathering the
+    gradients of one group of layers."""
     shape = arch.shape_of(model.config)
-    total = steps_of(batches)
-    n_samples = 0
-    with eval_mode(model), adapters_disabled(model), frozen_parameters(model), \
-            capture_weight_gradients(model) as sums:
-        for step, batch in enumerate(batches, 1):
-            per_sample_loss(model, batch).sum().backward()
-            n_samples += batch["input_ids"].shape[0]
-            report_progress(progress, step, total)
-    if n_samples == 0:
-        raise ValueError("taylor_costs needs at least one batch")
+    groups = layer_chunks(shape.n_layers, chunks)
+    steps = steps_of(batches)
+    total = steps * len(groups) if steps is not None else None
     dtype = stat_dtype(next(model.parameters()).dtype)
-    cost_heads = torch.zeros(shape.n_layers, shape.n_heads, device=model_device(model),
-                             dtype=dtype)
+    cost_heads = torch.zeros(shape.n_layers, shape.n_heads, device=model_device(model), dtype=dtype)
     cost_neurons = torch.zeros(shape.n_layers, shape.intermediate, device=cost_heads.device,
                                dtype=dtype)
-    for k in range(shape.n_layers):
-        cost_heads[k], cost_neurons[k] = _reduce_layer(model, sums, k, shape)
+    done = 0
+    with eval_mode(model), adapters_disabled(model), frozen_parameters(model):
+        for group in groups:
+            n_samples = 0
+            with capture_weight_gradients(model, group) as sums:
+                for batch in batches:
+                    per_sample_loss(model, batch).sum().backward()
+                    n_samples += batch["input_ids"].shape[0]
+                    done += 1
+                    report_progress(progress, done, total)
+            if n_samples == 0:
+                raise ValueError("taylor_costs needs at least one batch")
+            for k in group:
+                cost_heads[k], cost_neurons[k] = _reduce_layer(model, sums, k, shape)
     # G was summed over samples; L is their mean, and |G/S * W| = |G * W| / S.
     return cost_heads / n_samples, cost_neurons / n_samples
 

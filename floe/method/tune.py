@@ -71,6 +71,7 @@ from floe.method.masks import (
 )
 from floe.method.normal_equations import ComponentFit, NormalEquations
 from floe.models import arch
+from floe.models.dispatch import weight_of
 
 __all__ = ["TuneResult", "tune_mask_sets", "tune_masks"]
 
@@ -222,7 +223,7 @@ def _fit_heads(model, k, recorded, masked, targets, keep, additive, damping, bou
     """Layer k's head values. a(x') does not depend on this layer's head masks, so the
     masked runs stop at o_proj."""
     shape = arch.shape_of(model.config)
-    equations = NormalEquations(pretrained_linear(model, k, "o").weight, keep, shape.head_dim)
+    equations = NormalEquations(weight_of(pretrained_linear(model, k, "o")), keep, shape.head_dim)
     with _layer_hooks(model, k, head_values=keep.float(), stop_after_attention=True) as seen:
         for b, r in enumerate(recorded):
             _run_layer(model, k, masked[b], r.calls[k])
@@ -238,7 +239,7 @@ def _fit_neurons(model, k, recorded, masked, targets, heads, keep, additive, dam
     Additive architectures: the layer output is affine in the neuron values, so the tuned
     output is the binary run's plus (a * (m - binary)) @ W2^T; no second run of the layer.
     """
-    down = pretrained_linear(model, k, "down").weight
+    down = weight_of(pretrained_linear(model, k, "down"))  # offloaded ones too
     equations = NormalEquations(down, keep, 1)
     outputs, inputs = [], []
     with _layer_hooks(model, k, head_values=heads, neuron_values=keep.float()) as seen:

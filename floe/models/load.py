@@ -2,6 +2,7 @@
 local folders, and hub ids when a network exists. Device and dtype policy lives here."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -142,9 +143,23 @@ def model_fingerprint(spec: str) -> dict:
     return {"model": spec}
 
 
+def _dispatch_kwargs(device_map: str | dict | None, path: str) -> dict:
+    """from_pretrained's arguments for a device map (None: load on one device)."""
+    if device_map in (None, ""):
+        return {}
+    from floe.models.dispatch import OFFLOAD_FOLDER, device_map_option
+    folder = cache_root() / OFFLOAD_FOLDER / f"{hashlib.sha256(path.encode()).hexdigest()[:12]}-{os.getpid()}"
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a copy of the weights, per process
+    mapping = device_map_option(device_map) if isinstance(device_map, str) else device_map
+    return {"device_map": mapping, "offload_folder": str(folder)}
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: torch.dtype | None = None,
-               trust_remote_code: bool = False, revision: str | None = None):
-    """Load (model, tokenizer) in eval mode on the resolved device, architecture checked."""
+               trust_remote_code: bool = False, revision: str | None = None,
+               device_map: str | dict | None = None):
+    """Load (model, tokenizer) in eval mode on the resolved device, architecture checked.
+    With ``device_map`` accelerate places the layers (several GPUs, CPU or disk offload;
+    floe.models.dispatch) and ``device`` only chooses the dtype."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
@@ -157,8 +172,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
             f"could not load model {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
             f"not a local folder, and the hub is unreachable or has no such id ({e})") from e
     arch.spec_for(config)  # unknown architecture: clear error before loading weights
+    placed = _dispatch_kwargs(device_map, path)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype or default_dtype(dev), use_safetensors=None, **kw).to(dev)
+        path, dtype=dtype or default_dtype(dev), use_safetensors=None, **kw, **placed)
+    if not placed:
+        model = model.to(dev)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     if tokenizer.pad_token is None:

@@ -59,12 +59,17 @@ class ScoreConfig:
                             "diagonal of the normal equations")
     bound: float = option(10.0, "tuned mask values outside [-bound, bound] fall back to the "
                           "binary mask")
+    taylor_chunks: str = option("1", "Taylor passes over the scoring data, each gathering the "
+                                "gradients of L/N layers (about 1/N of the fp32 buffers; same "
+                                "costs); 'auto': the fewest that fit the device")
 
     def __post_init__(self):
         if not 0 < self.beta <= 1:
             raise ValueError(f"budget beta must be in (0, 1], got {self.beta}")
         if self.score_samples < 1 or self.score_batch_size < 1:
             raise ValueError("score_samples and score_batch_size must be >= 1")
+        if self.taylor_chunks != "auto" and not (str(self.taylor_chunks).isdigit() and int(self.taylor_chunks) >= 1):
+            raise ValueError(f"taylor_chunks must be a number >= 1 or 'auto', got {self.taylor_chunks!r}")
 
 
 # --------------------------------------------------------------------------- layers.json
@@ -154,8 +159,9 @@ class _Stages:
 
 # --------------------------------------------------------------------------- pipeline
 def score_key(warmup: Run, config: ScoreConfig) -> dict:
+    # taylor_chunks changes memory, not results: runs with any value share a key.
     return {"floe": __version__, "warmup": warmup.config, "warmup_run": warmup.id,
-            "score": to_dict(config)}
+            "score": {k: v for k, v in to_dict(config).items() if k != "taylor_chunks"}}
 
 
 def scoring_batches(warmup: Run, tokenizer, config: ScoreConfig) -> list[dict]:
@@ -178,12 +184,30 @@ def _masks_to_scores(tuned, keep_h, keep_n, shape):
     return comps, binary
 
 
+def taylor_chunk_count(model, config: ScoreConfig, batches: list[dict]) -> int:
+    """``config.taylor_chunks``, or for 'auto' the fewest passes whose planned peak fits the
+    device's free memory now (the weights, already loaded, counted back in)."""
+    if config.taylor_chunks != "auto":
+        return int(config.taylor_chunks)
+    from floe.models import memory
+    param = next(model.parameters())
+    dims = memory.dims_of(model.config)
+    budget = memory.HEADROOM * memory.free_memory_bytes(param.device) + dims.parameters * param.element_size()
+    tokens = max(b["input_ids"].numel() for b in batches)
+    chunks = memory.taylor_chunks_for(dims, tokens, param.element_size(), budget)
+    if chunks is None:
+        raise ValueError(f"Taylor scoring does not fit in {budget / memory.GIB:.1f} GiB even one layer "
+                         "per pass: lower --score-batch-size")
+    return chunks
+
+
 def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Stages,
                    seed: int, roles) -> tuple[dict, LayersJson]:
     """All FLoE stages on one adapted model. Returns (unit tensors, layers.json payload)."""
     shape = arch.shape_of(model.config)
-    with stages.stage("taylor", len(batches)) as progress:
-        cost_h, cost_n = taylor_costs(model, batches, progress)
+    chunks = taylor_chunk_count(model, config, batches)
+    with stages.stage("taylor", len(batches) * chunks) as progress:
+        cost_h, cost_n = taylor_costs(model, batches, progress, chunks=chunks)
     with stages.stage("fisher", len(batches)) as progress:
         tau_h, tau_n = mask_fisher(model, batches, progress)
     cost_h, cost_n, tau_h, tau_n = (t.float().cpu() for t in (cost_h, cost_n, tau_h, tau_n))
@@ -241,7 +265,8 @@ def _environment(model) -> dict:
 
 
 def run_score(warmup: Run, config: ScoreConfig, device: str = "auto", force: bool = False,
-              show_progress: bool = True, trust_remote_code: bool = False) -> Run:
+              show_progress: bool = True, trust_remote_code: bool = False,
+              device_map: str | None = None) -> Run:
     """Score a finished warm-up (or reuse the finished scoring of the same config)."""
     warmup.verify()
     run = run_for("score", score_key(warmup, config))
@@ -250,7 +275,8 @@ def run_score(warmup: Run, config: ScoreConfig, device: str = "auto", force: boo
         return run
     with run.hold():
         start = time.perf_counter()
-        model, tok = load_warmed_up(warmup, device, trust_remote_code=trust_remote_code)
+        model, tok = load_warmed_up(warmup, device, trust_remote_code=trust_remote_code,
+                                    device_map=device_map)
         batches = scoring_batches(warmup, tok, config)
         stages = _Stages(run, show_progress)
         cfg = warmup.config

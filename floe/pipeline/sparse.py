@@ -318,7 +318,7 @@ def _train_in_run(run: Run, model_cfg: ModelConfig, data: DataConfig, adapter: H
         import shutil
         shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
     model, tok = load_model(model_cfg.model, _process_device(model_cfg),
-                            trust_remote_code=model_cfg.trust_remote_code)
+                            trust_remote_code=model_cfg.trust_remote_code, device_map=model_cfg.device_map)
     split = load_split(data)
     rows = tokenize(tok, split.train, data.max_length)
     val = tokenize(tok, split.val, data.max_length) if split.val else []

@@ -37,7 +37,7 @@ def run_analysis(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
     """Warm-up + scoring, each reused when already done."""
     warm = run_warmup(model, data, adapter, training, force=force, show_progress=show_progress)
     return run_score(warm, score, model.device, force=force, show_progress=show_progress,
-                     trust_remote_code=model.trust_remote_code)
+                     trust_remote_code=model.trust_remote_code, device_map=model.device_map)
 
 
 def ranks_of(ranking: list[int]) -> list[int]:

@@ -39,6 +39,9 @@ class ModelConfig:
     device: str = option("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
     trust_remote_code: bool = option(False, "allow the model's own Python code (only for "
                                      "models you trust)")
+    device_map: str | None = option(None, "models larger than one device: auto (spread the layers "
+                                    "over the GPUs, then CPU, then disk), balanced, sequential, or "
+                                    'a JSON map like {"model.layers.30": "cpu"}')
 
 
 def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
@@ -66,7 +69,8 @@ def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
             import shutil
             shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
         model, tok = load_model(model_cfg.model, model_cfg.device,
-                                trust_remote_code=model_cfg.trust_remote_code)
+                                trust_remote_code=model_cfg.trust_remote_code,
+                                device_map=model_cfg.device_map)
         split = load_split(data)
         rows, val = tokenize(tok, split.train, data.max_length), tokenize(tok, split.val, data.max_length)
         if len(rows) < training.batch_size:
@@ -91,9 +95,11 @@ def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
     return run
 
 
-def load_warmed_up(run: Run, device: str = "auto", trust_remote_code: bool = False):
+def load_warmed_up(run: Run, device: str = "auto", trust_remote_code: bool = False,
+                   device_map: str | None = None):
     """The base model with the run's adapter (warm-up or sparse) attached, and its tokenizer."""
     run.verify()
-    model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code)
+    model, tok = load_model(run.config["model"]["model"], device, trust_remote_code=trust_remote_code,
+                            device_map=device_map)
     load_adapter(model, run.file(ADAPTER_DIR))  # eval mode, as load_model returns it
     return model, tok
