@@ -32,7 +32,8 @@ TRAIN_SECTIONS = ("model", "data", "adapter", "train")
 
 def target_modules_regex(model_config, layers: list[int], targets: list[str]) -> str:
     """A regex (peft fullmatches it) naming exactly the adapted modules, nothing else."""
-    names = [arch.module_name(model_config, k, role) for k in sorted(layers) for role in targets]
+    names = dict.fromkeys(arch.module_name(model_config, k, role)  # fused roles: one module
+                          for k in sorted(layers) for role in targets)
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
 
 
