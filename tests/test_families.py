@@ -199,7 +199,7 @@ def family_dirs(tmp_path_factory, smol_tokenizer):
     return make
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])  # llama: test_score, test_sparse
 def test_warmup_score_train_and_export(family, family_dirs, qa_file, tmp_path, capsys):
     from floe.cli import main
     from floe.models.load import load_model

@@ -75,7 +75,8 @@ def evaluate_model(model, tok, config: EvalConfig, val_rows: list[dict] | None =
         result.update(val_loss=loss, perplexity=math.exp(loss))
     for task in tqdm(config.tasks, desc="tasks", disable=not show_progress):
         result["tasks"].update(lm_eval_results(model, tok, [task], config.shots, config.limit,
-                                               config.eval_batch_size, config.context_length))
+                                               config.eval_batch_size, config.context_length,
+                                               show_progress))
     return result
 
 

@@ -181,18 +181,30 @@ def _task_result(logged: list[dict]) -> TaskResult:
             "loglikelihoods": [[float(r[0]) for r in s["filtered_resps"]] for s in logged]}
 
 
+def _wrapper(show_progress: bool):
+    """lm-eval's HF model wrapper; without progress, its per-request bar is off."""
+    from lm_eval.models.huggingface import HFLM
+    if show_progress:
+        return HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+    return QuietHFLM
+
+
 def lm_eval_results(model, tokenizer, tasks: list[str], shots: int = 5, limit: int = 0,
-                    batch_size: int = 8, max_length: int = 1024) -> dict[str, TaskResult]:
+                    batch_size: int = 8, max_length: int = 1024,
+                    show_progress: bool = False) -> dict[str, TaskResult]:
     """Run lm-eval on the in-memory ``model`` for floe's ``tasks``."""
     from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
 
     # Its per-task notes (custom datasets, a model object passed in, left truncation, which
     # --context-length documents) drown floe's progress.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     positions = getattr(model.config, "max_position_embeddings", None) or max_length
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-              max_length=min(max_length, positions))
+    lm = _wrapper(show_progress)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                 max_length=min(max_length, positions))
     built = {task: _build(task, shots, limit) for task in tasks}
     all_tasks = {name: t for objs, _ in built.values() for name, t in objs.items()}
     samples = {name: ids for _, s in built.values() for name, ids in s.items()}
