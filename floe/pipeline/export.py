@@ -71,6 +71,13 @@ targets {', '.join(adapter['targets'])} (from run `{payload['provenance']['train
 ## Load the adapter (HydraLoRA, with floe)
 
 ```python
+from floe.pipeline.generate import load_adapted
+model, tokenizer = load_adapted("path/to/this/folder")   # ready for model.generate(...)
+```
+
+or onto a model loaded your own way:
+
+```python
 from floe.models.load import load_model
 from floe.adapters.hydralora import load_adapter
 
@@ -85,6 +92,9 @@ floe train --config config.yaml
 ```
 
 ## Plain LoRA on the same layers (peft)
+
+(On fused projections, e.g. Phi-3's `qkv_proj` and `gate_up_proj`, peft adapts the whole
+fused module, where the HydraLoRA adapter updates only the targeted roles' rows.)
 
 ```python
 from peft import LoraConfig, get_peft_model
