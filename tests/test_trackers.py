@@ -57,3 +57,14 @@ def test_none_forwards_nothing(tmp_path):
 def test_wandb_without_the_package_is_one_clear_line(tiny_args, score_run, capsys):
     assert main(["train", *tiny_args, "--score-run", score_run, "--k", "1", "--report-to", "wandb"]) == 2
     assert "pip install wandb" in capsys.readouterr().err
+
+
+def test_trial_records_become_curves_over_trials_and_bookkeeping_does_not():
+    from floe.pipeline.trackers import _metrics, _step
+    trial = {"event": "progress", "stage": "search", "done": 3, "total": 8, "trial": 2,
+             "state": "COMPLETE", "r": 6, "value": 1.25, "time": 1.0}
+    assert _metrics(trial) == {"search/r": 6, "search/value": 1.25} and _step(trial) == 2
+    pruned = {**trial, "state": "PRUNED", "value": None}
+    assert _metrics(pruned) == {"search/r": 6}
+    scoring = {"event": "progress", "stage": "fisher", "done": 2, "total": 4}
+    assert _metrics(scoring) == {} and _step(scoring) is None
