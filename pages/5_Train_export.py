@@ -61,6 +61,8 @@ if trained:
     def live_loss():
         st.plotly_chart(training.loss_curve(train_run), key="loss")
     live_loss()
+    for name, where in training.tracker_logs(train_run).items():  # --report-to
+        st.caption(f"{name} logs of this run: `{where}`")
     if train_run.status == "done":
         st.dataframe(training.train_summary(train_run), hide_index=True)
         evals = training.eval_runs_for(train_run)

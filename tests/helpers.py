@@ -9,12 +9,23 @@ TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_laye
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 
 
+# Every supported family (floe.models.arch.ARCHITECTURES), made with transformers' own
+# config classes; FAMILY_OPTIONS sets what differs from the family's defaults so that its
+# peculiarity is exercised (Granite's multipliers default to 1).
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "olmo2", "granite"]
+FAMILY_OPTIONS = {
+    "gemma2": dict(sliding_window=16),
+    "gemma3_text": dict(sliding_window=16),
+    "granite": dict(residual_multiplier=0.5, embedding_multiplier=2.0, attention_multiplier=0.3,
+                    logits_scaling=2.0),
+}
+
+
 def tiny_config(family: str = "llama", **overrides):
     from transformers import AutoConfig
-    kw = {**TINY, **overrides}
-    if family == "gemma3_text":
-        kw.setdefault("head_dim", 8)
-        kw.setdefault("sliding_window", 16)
+    # head_dim explicitly: Qwen3 and Gemma default to a large one; pad id inside the vocab.
+    kw = {**TINY, "head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+          **FAMILY_OPTIONS.get(family, {}), **overrides}
     return AutoConfig.for_model(family, **kw)
 
 

@@ -1,4 +1,5 @@
-"""floe eval: held-out loss / perplexity and log-likelihood multiple choice."""
+"""floe eval: held-out loss / perplexity, and multiple choice through lm-eval checked against
+the definition item by item."""
 import json
 import math
 
@@ -7,73 +8,101 @@ import torch
 
 from floe.cli import main
 from floe.models.load import load_model
-from floe.pipeline import evaluate
 from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf
-from floe.pipeline.evaluate import EvalConfig, loglikelihoods, score_items, task_items
+from floe.pipeline.evaluate import EvalConfig
+from floe.pipeline.lmeval import lm_eval_results
 
 
-def _reference_loglikelihood(model, tok, context, continuation):
-    """Plain unbatched forward over context + continuation."""
+def reference_loglikelihood(model, tok, context, continuation):
+    """The definition (what floe's hand-written scorer computed before lm-eval): one
+    unbatched forward pass over context + continuation, context and continuation tokenised
+    apart, summed log p of the continuation tokens; too long a sequence loses its start."""
     ctx = tok(context)["input_ids"]
     cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    seq = (ctx + cont)[-(model.config.max_position_embeddings + 1):]  # cut from the left
     with torch.no_grad():
-        logits = model(torch.tensor([ctx + cont])).logits[0, :-1].float()
-    logprobs = torch.log_softmax(logits, -1)[len(ctx) - 1:]
+        logits = model(torch.tensor([seq[:-1]])).logits[0].float()
+    logprobs = torch.log_softmax(logits, -1)[-len(cont):]
     return float(logprobs.gather(-1, torch.tensor(cont)[:, None]).sum())
 
 
-def test_batched_scores_equal_one_at_a_time_forward_passes(tiny_model_dir):
+def _mmlu_question(r) -> str:
+    choices = "".join(f"\n{'ABCD'[i]}. {c}" for i, c in enumerate(r["choices"]))
+    return r["question"].strip() + choices + "\nAnswer:"
+
+
+def reference_requests(task: str, limit: int, shots: int = 0) -> list[tuple[list[tuple[str, str]], int]]:
+    """The (context, continuation) pairs and gold index of each sampled item, written out
+    from the benchmark rows by hand (lm-eval's prompts, as floe's old scorer built them)."""
+    from floe.pipeline.lmeval import sample_indices
+    if task == "arc-easy":
+        rows = [r for r in _hf("ai2_arc/ARC-Easy/validation") if r["answerKey"] in r["choices"]["label"]]
+        items = [([(f"Question: {r['question']}\nAnswer:", f" {t}") for t in r["choices"]["text"]],
+                  r["choices"]["label"].index(r["answerKey"])) for r in rows]
+    elif task == "winogrande":
+        items = []
+        for r in _hf("winogrande/winogrande_xl/validation"):
+            before, after = r["sentence"].split("_", 1)
+            items.append(([(before + o, " " + after.strip()) for o in (r["option1"], r["option2"])],
+                          int(r["answer"]) - 1))
+    elif task == "mmlu-legal":
+        items = []
+        for subject in LEGAL_SUBJECTS:
+            dev = list(_hf(f"hails/mmlu_no_train/{subject}/dev"))[:shots]
+            head = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+            prefix = head + "".join(f"{_mmlu_question(r)} {'ABCD'[r['answer']]}\n\n" for r in dev)
+            items += [([(prefix + _mmlu_question(r), f" {x}") for x in "ABCD"], r["answer"])
+                      for r in _hf(f"hails/mmlu_no_train/{subject}/test")]
+    return [items[i] for i in sample_indices(len(items), limit)]
+
+
+@pytest.mark.parametrize("task, limit, shots", [("arc-easy", 50, 0), ("winogrande", 50, 0), ("mmlu-legal", 6, 2)])
+def test_lm_eval_agrees_item_by_item_with_the_definition(tiny_model_dir, task, limit, shots):
+    """Parity: lm-eval's per-choice log-likelihoods and decisions equal a plain unbatched
+    forward pass on the same prompts (the old scorer's definition), item by item."""
     model, tok = load_model(str(tiny_model_dir), "cpu")
-    items = (task_items("arc-easy", limit=3) + task_items("winogrande", limit=3)
-             + task_items("piqa", limit=2) + task_items("mmlu", shots=0, limit=2))
-    requests = [r for item in items for r in item["requests"]]
-    batched = loglikelihoods(model, tok, requests, batch_size=5)
-    reference = [_reference_loglikelihood(model, tok, c, x) for c, x in requests]
-    assert batched == pytest.approx(reference, abs=1e-3)
-    # Different continuations get different scores (no mix-up of rows or positions).
-    assert len({round(s, 4) for s in batched}) > len(batched) // 2
+    got = lm_eval_results(model, tok, [task], shots=shots, limit=limit, batch_size=7)[task]
+    items = reference_requests(task, limit, shots)
+    want = [[reference_loglikelihood(model, tok, c, x) for c, x in requests] for requests, _ in items]
+    assert got["n"] == len(items) == limit
+    for ours, theirs in zip(got["loglikelihoods"], want):
+        assert ours == pytest.approx(theirs, abs=1e-3)
+    correct = [int(max(range(len(ll)), key=ll.__getitem__) == gold) for ll, (_, gold) in zip(want, items)]
+    if task == "mmlu-legal":  # long k-shot prompts: some are cut to the tiny model's 512 positions
+        assert any(len(tok(c)["input_ids"]) > 512 for requests, _ in items for c, _ in requests)
+    assert got["correct"] == correct and got["acc"] == pytest.approx(sum(correct) / limit)
+    p = got["acc"]
+    assert got["acc_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (limit - 1)))
+    assert len({round(x, 4) for ll in want for x in ll}) > limit  # scores differ: no mix-up
 
 
-def test_accuracy_and_length_normalised_accuracy(monkeypatch):
-    # First item: the long right answer has the lower total (-8 < -6) but the higher
-    # per-byte log-likelihood (-8/27 > -6/3): acc misses it, acc_norm gets it.
-    items = [{"requests": [("q", " a much longer right answer"), ("q", " no")], "gold": 0},
-             {"requests": [("q", " yes"), ("q", " no")], "gold": 0}]
-    fake = {" a much longer right answer": -8.0, " no": -6.0, " yes": -1.0}
-    monkeypatch.setattr(evaluate, "loglikelihoods",
-                        lambda model, tok, requests, *a, **k: [fake[c] for _, c in requests])
-    result = score_items(None, None, items)
-    assert result["correct"] == [0, 1] and result["acc"] == 0.5
-    assert result["acc_norm"] == 1.0 and result["n"] == 2
-
-
-def test_mmlu_prompts_are_k_shot_from_dev_and_answers_are_letters():
-    items = task_items("mmlu", shots=5)
-    assert len(items) == 14042  # the paper's MMLU test count
-    context, continuation = items[0]["requests"][0]
-    dev = list(_hf("hails/mmlu_no_train/abstract_algebra/dev"))
-    assert context.startswith("The following are multiple choice questions (with answers) about "
-                              "abstract algebra.")
-    assert all(row["question"].strip() in context for row in dev)
-    assert context.count("\nAnswer:") == 6 and context.endswith("Answer:")
-    assert [c for _, c in items[0]["requests"]] == [" A", " B", " C", " D"]
-    zero_shot = task_items("mmlu", shots=0)[0]["requests"][0][0]
-    assert zero_shot.count("Answer:") == 1
+def test_acc_norm_divides_by_the_characters_of_the_choice(tiny_model_dir):
+    model, tok = load_model(str(tiny_model_dir), "cpu")
+    got = lm_eval_results(model, tok, ["arc-easy"], limit=20)["arc-easy"]
+    items = reference_requests("arc-easy", 20)
+    # lm-eval's acc_norm: per character of the choice (without the space before it)
+    norm = [int(max(range(len(ll)), key=lambda i: ll[i] / len(req[i][1][1:])) == gold)
+            for ll, (req, gold) in zip(got["loglikelihoods"], items)]
+    assert got["acc_norm"] == pytest.approx(sum(norm) / 20)
 
 
 @pytest.mark.parametrize("task, subjects", [("mmlu-medical", MEDICAL_SUBJECTS),
-                                            ("mmlu-legal", LEGAL_SUBJECTS)])
-def test_domain_groups_are_the_papers_subjects(task, subjects):
-    expected = sum(len(_hf(f"hails/mmlu_no_train/{s}/test")) for s in subjects)
-    assert len(task_items(task, shots=0)) == expected
+                                            ("mmlu-legal", LEGAL_SUBJECTS), ("mmlu", None)])
+def test_mmlu_tasks_are_the_papers_subjects(task, subjects):
+    from floe.pipeline.lmeval import task_configs
+    configs = task_configs(task, shots=5)
+    names = [c["task"].removeprefix("floe_mmlu_") for c in configs]
+    if subjects is not None:
+        assert names == list(subjects)
+    assert len(names) == (len(subjects) if subjects else 57)
+    assert all(c["num_fewshot"] == 5 and c["fewshot_split"] == "dev" for c in configs)
 
 
 def test_limit_is_a_seeded_sample_shared_by_every_model():
-    full = task_items("hellaswag")
-    sample = task_items("hellaswag", limit=20)
-    assert len(sample) == 20 and sample == task_items("hellaswag", limit=20)
-    assert all(item in full for item in sample) and sample != full[:20]
-    assert all(0 <= it["gold"] < len(it["requests"]) for it in sample)
+    from floe.pipeline.lmeval import sample_indices
+    sample = sample_indices(10042, 20)
+    assert len(sample) == 20 and sample == sample_indices(10042, 20) == sorted(sample)
+    assert sample != list(range(20)) and sample_indices(5, 0) == sample_indices(5, 9) == list(range(5))
 
 
 def test_eval_base_and_adapter_from_the_cli(tiny_args, trained_run, capsys):
@@ -81,6 +110,7 @@ def test_eval_base_and_adapter_from_the_cli(tiny_args, trained_run, capsys):
     assert main(["eval", "--train-run", trained_run.id, *args]) == 0
     adapted = json.loads(capsys.readouterr().out)
     assert adapted["tasks"]["arc-easy"]["n"] == 4 and adapted["tasks"]["winogrande"]["n"] == 4
+    assert {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"} <= set(adapted["tasks"]["arc-easy"])
     assert adapted["perplexity"] == pytest.approx(math.exp(adapted["val_loss"]))
     # The adapter's held-out loss is the one its training measured on the same split.
     summary = trained_run.read_json("train.json")

@@ -16,6 +16,7 @@ from floe.method.normal_equations import (
     solve_ridge,
 )
 from floe.method.tune import tune_mask_sets, tune_masks
+from floe.models import arch
 
 L, H, H_KV, D, N, HIDDEN = 3, 4, 2, 8, 48, 32
 
@@ -140,13 +141,14 @@ def random_keep(seed: int):
 
 def measured_errors(model, batches, head_values, neuron_values, k):
     """Errors of layer k measured by running the full model with masks (earlier layers and
-    layer k at the given values) against the unmasked model, on real tokens. Llama: the
-    residual stream after attention and after the FFN; Gemma 3 (post-norm): the o_proj and
-    down_proj outputs. Reaches into the models' modules (tests only)."""
+    layer k at the given values) against the unmasked model, on real tokens. Llama and the
+    other additive families: the residual stream after attention and after the FFN;
+    post-norm families (Gemma, OLMo-2): the o_proj and down_proj outputs. Reaches into the
+    models' modules (tests only)."""
     model.eval()  # adapter dropout off, as tune_masks runs it
     layer = model.model.layers[k]
     grabbed = {}
-    if model.config.model_type == "llama":
+    if not arch.has_post_norms(model.config):
         hooks = [layer.post_attention_layernorm.register_forward_pre_hook(
                      lambda m, a: grabbed.__setitem__("h", a[0])),
                  layer.register_forward_hook(lambda m, a, out: grabbed.__setitem__("out", out))]
@@ -197,10 +199,38 @@ def tiny_adapted_gemma3():
     return model.train()
 
 
+def tiny_adapted_family(family: str):
+    from helpers import tiny_model
+    model = tiny_model(family, vocab_size=64, hidden_size=HIDDEN, intermediate_size=N,
+                       num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=H_KV,
+                       head_dim=D).double()
+    apply_hydralora(model, HydraLoraConfig(r=4, experts=3, targets=list(arch.ROLES)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model.train()
+
+
 @pytest.mark.parametrize("make_model", [tiny_adapted_model, tiny_adapted_gemma3])
 def test_tuned_error_never_exceeds_binary_and_matches_measurement(make_model):
-    model = make_model()
+    check_tuned_errors(make_model(), [calibration(1), calibration(2, B=3, T=10)])
+
+
+# Every other family (Granite: residual multiplier; OLMo-2, Gemma 2: post-norms; Phi-3: fused
+# q/k/v and gate/up, all adapted). Right padding only: Gemma 2's eager fp64 mask gives NaN
+# rows under left padding (floe pads right).
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "olmo2", "granite"])
+def test_tuned_error_never_exceeds_binary_in_every_family(family):
     batches = [calibration(1), calibration(2, B=3, T=10)]
+    for b in batches:
+        b["attention_mask"][1] = 1
+        b["attention_mask"][1, 8:] = 0
+        b["labels"] = torch.where(b["attention_mask"].bool(), b["input_ids"], IGNORE_INDEX)
+    check_tuned_errors(tiny_adapted_family(family), batches)
+
+
+def check_tuned_errors(model, batches):
     keep_h, keep_n = random_keep(0)
     steps = []
     res = tune_masks(model, batches, keep_h, keep_n, damping=1e-4,

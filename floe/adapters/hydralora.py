@@ -3,6 +3,10 @@
 y = W x + (alpha / r) * sum_i w_i(x) * B_i (A x'),  w = softmax(R x'),  x' = dropout(x);
 the router reads the same (dropped-out) input as A, in the same matmul; softmax in fp32.
 
+On a fused projection (Phi-3's qkv_proj, gate_up_proj) each targeted role gets its own
+adapter updating only that role's output rows (``arch.role_rows``), as on a model with
+separate projections; adapters of the roles sharing a module wrap one another.
+
 A self-contained wrapper rather than a peft tuner: peft's custom-module hook keys on the
 base layer's class (it would reroute every nn.Linear) and its LoRA layer API carries
 DoRA/rsLoRA arguments that shift between releases. peft is still the reference: with
@@ -27,7 +31,8 @@ from floe.store.config import option, to_dict
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "HydraLoraConfig", "HydraLoraLinear",
            "adapted_layers", "adapter_state_dict", "adapters_disabled", "apply_hydralora",
-           "load_adapter", "read_adapter_config", "save_adapter", "trainable_parameters"]
+           "base_layer", "load_adapter", "read_adapter_config", "role_adapter", "save_adapter",
+           "trainable_parameters"]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -60,17 +65,24 @@ class HydraLoraConfig:
 
 
 class HydraLoraLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a HydraLoRA update; starts equal to the base layer."""
+    """A frozen ``nn.Linear`` plus a HydraLoRA update; starts equal to the base layer.
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, experts: int):
+    ``rows`` (start, stop): the update covers only these output rows of the base (one
+    role of a fused projection); None: all of them.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, experts: int,
+                 rows: tuple[int, int] | None = None):
         super().__init__()
         self.base = base
         self.r, self.experts, self.scaling = r, experts, alpha / r
+        self.rows = rows
+        out = base.out_features if rows is None else rows[1] - rows[0]
         # Low-precision bases keep fp32 adapters (as peft does) so small updates survive.
         dtype = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
         kw = dict(device=execution_device(base), dtype=dtype)  # not meta when offloaded
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
-        self.lora_B = nn.Parameter(torch.zeros(experts, base.out_features, r, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(experts, out, r, **kw))
         self.lora_router = (nn.Parameter(torch.empty(experts, base.in_features, **kw))
                             if experts > 1 else None)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -112,12 +124,34 @@ class HydraLoraLinear(nn.Module):
             w = torch.softmax(logits.float(), dim=-1).to(h.dtype)  # fp32 softmax
             # sum_i w_i B_i h == [w_1 h, ..., w_M h] @ [B_1^T; ...; B_M^T]: one matmul.
             mixed = (w.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)
-            delta = mixed @ self.lora_B.transpose(1, 2).reshape(-1, self.base.out_features)
-        return y + (delta * self.scaling).to(y.dtype)
+            delta = mixed @ self.lora_B.transpose(1, 2).reshape(-1, self.lora_B.shape[1])
+        delta = (delta * self.scaling).to(y.dtype)
+        if self.rows is not None:  # zero outside this role's rows of the fused output
+            delta = nn.functional.pad(delta, (self.rows[0], self.out_features - self.rows[1]))
+        return y + delta
 
     def expert_updates(self) -> torch.Tensor:
-        """Delta W_i = (alpha/r) B_i A for every expert, shape (M, out, in)."""
+        """Delta W_i = (alpha/r) B_i A for every expert, shape (M, out, in) (out: the rows)."""
         return self.scaling * self.lora_B @ self.lora_A
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    """The pretrained linear inside any adapters wrapped around it."""
+    while isinstance(module, HydraLoraLinear):
+        module = module.base
+    return module
+
+
+def role_adapter(model: nn.Module, layer: int, role: str) -> HydraLoraLinear | None:
+    """The adapter of ``role`` in ``layer`` (None if that role is not adapted)."""
+    rows = arch.role_rows(model.config, role)
+    want = None if rows is None else (rows.start, rows.stop)
+    module = arch.projection(model, layer, role)
+    while isinstance(module, HydraLoraLinear):
+        if module.rows == want:
+            return module
+        module = module.base
+    return None
 
 
 def _adapted_modules(model: nn.Module):
@@ -148,12 +182,13 @@ def apply_hydralora(model: nn.Module, config: HydraLoraConfig) -> list[str]:
             path = arch.role_suffix(model.config, role)
             parent_path, _, attr = path.rpartition(".")
             parent = block.get_submodule(parent_path) if parent_path else block
-            base = getattr(parent, attr)
-            wrapper = HydraLoraLinear(base, config.r, config.alpha, config.dropout, config.experts)
+            rows = arch.role_rows(model.config, role)
+            wrapper = HydraLoraLinear(getattr(parent, attr), config.r, config.alpha, config.dropout,
+                                      config.experts, None if rows is None else (rows.start, rows.stop))
             # New modules start in training mode: follow the model's (no dropout in eval).
             setattr(parent, attr, wrapper.train(model.training))
             names.append(arch.module_name(model.config, k, role))
-    return names
+    return list(dict.fromkeys(names))
 
 
 def adapted_layers(model: nn.Module) -> list[int]:

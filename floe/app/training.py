@@ -18,11 +18,12 @@ from floe.pipeline.evaluate import SUMMARY as EVAL
 from floe.pipeline.evaluate import headline
 from floe.pipeline.sparse import SUMMARY as TRAIN
 from floe.pipeline.sparse import TrainJson
+from floe.pipeline.trackers import tracker_logs
 from floe.store.runs import Run, list_runs, open_run
 
 __all__ = ["adapter_parameters", "chosen_layers", "eval_runs_for", "eval_table", "export_downloads",
            "export_folder", "loss_curve", "memory_estimate", "model_facts", "selection_file",
-           "train_runs_for", "train_summary", "trainable_parameters"]
+           "tracker_logs", "train_runs_for", "train_summary", "trainable_parameters"]
 
 
 def chosen_layers(run: Run, policy: str, k: int) -> list[int]:
@@ -144,11 +145,13 @@ def eval_runs_for(train_run: Run, root: Path | None = None) -> list[Run]:
 
 
 def eval_table(runs: list[Run]) -> pd.DataFrame:
-    """Headline metrics of eval runs, one row each."""
+    """Headline metrics of eval runs (lm-eval's acc, acc_norm and their stderr), one row each."""
     rows = []
     for run in runs:
         with skip_corrupt():
-            rows.append({"run": run.id, **headline(run_json(run, EVAL))})
+            result = run_json(run, EVAL)
+            rows.append({"run": run.id, "scorer": result.get("scorer", "floe (before lm-eval)"),
+                         **headline(result, stderr=True)})
     return pd.DataFrame(rows)
 
 

@@ -15,6 +15,7 @@ from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
 from floe.cli.plan import COMMANDS as _PLAN
 from floe.cli.plan import with_plan_check
+from floe.pipeline.trackers import TrackConfig, tracking
 from floe.store.config import Option
 
 __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "out", None):
         os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
     try:
-        result = COMMANDS[args.command].run(args)
+        with tracking(TrackConfig(getattr(args, "report_to", "none"))):
+            result = COMMANDS[args.command].run(args)
     except (ValueError, OSError, RuntimeError) as e:
         # Errors the user can fix (bad options, data, paths, permissions, a full disk, a
         # locked or corrupt run) get one clear line, not a traceback. DataError is a ValueError.

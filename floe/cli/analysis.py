@@ -7,6 +7,7 @@ from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli.options import COMMON, Command, configs, from_namespace, text_flag
 from floe.pipeline.data import DataConfig
 from floe.pipeline.score import ScoreConfig
+from floe.pipeline.trackers import TrackConfig
 from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 
@@ -56,7 +57,7 @@ def _analyze(args) -> dict:
             "layer_scores": {r: s["layer_scores"] for r, s in per_ratio.items()}}
 
 
-_WARMUP = configs(ModelConfig, DataConfig, HydraLoraConfig, TrainConfig)
+_WARMUP = configs(ModelConfig, DataConfig, HydraLoraConfig, TrainConfig, TrackConfig)
 COMMANDS = {
     "warmup": Command("fine-tune a full-layer HydraLoRA model on a sample of the data",
                       (*_WARMUP, *COMMON), _warmup),

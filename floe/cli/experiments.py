@@ -11,8 +11,10 @@ from floe.cli.options import COMMON, Command, configs, from_namespace, given, te
 from floe.pipeline.compare import CompareConfig
 from floe.pipeline.data import DataConfig
 from floe.pipeline.evaluate import EvalConfig
+from floe.pipeline.generate import GenerateConfig
 from floe.pipeline.ranksearch import RankSearchConfig
 from floe.pipeline.sparse import SparseConfig
+from floe.pipeline.trackers import TrackConfig
 from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 
@@ -85,7 +87,8 @@ def _eval(args) -> dict:
                          force=args.force, show_progress=not args.quiet)
     result = run.read_json(SUMMARY)
     return {"run": run.id, "path": str(run.path), **headline(result),
-            "tasks": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in result["tasks"].items()}}
+            "tasks": {t: {k: v for k, v in r.items() if k not in ("correct", "loglikelihoods")}
+                      for t, r in result["tasks"].items()}}
 
 
 # --------------------------------------------------------------------------- compare
@@ -113,16 +116,24 @@ def _export(args) -> dict:
                                                 for p in target.rglob("*") if p.is_file())}
 
 
+# --------------------------------------------------------------------------- generate
+def _generate(args) -> dict:
+    from floe.pipeline.generate import generate_pair, load_adapted
+    model, tokenizer = load_adapted(args.adapter, given(args).get("model"),
+                                    from_namespace(ModelConfig, args).device)
+    return generate_pair(model, tokenizer, from_namespace(GenerateConfig, args))
+
+
 _TRAINING = configs(ModelConfig, DataConfig, HydraLoraConfig, TrainConfig)
 COMMANDS = {
     "train": Command(
         "sparse HydraLoRA fine-tuning on the top-k layers of a ranking or a layer list",
         (text_flag("config", "a config.yaml written by floe export (options given here override it)"),
-         *_TRAINING, *configs(SparseConfig), LAYERS, *COMMON), _train),
+         *_TRAINING, *configs(SparseConfig), LAYERS, *configs(TrackConfig), *COMMON), _train),
     "search-rank": Command(
         "Optuna TPE search of the adapter rank on the chosen layers",
         (*configs(ModelConfig, DataConfig), *configs(HydraLoraConfig, skip=("r",)), *configs(TrainConfig),
-         *configs(RankSearchConfig), *configs(SparseConfig), LAYERS, *COMMON), _search),
+         *configs(RankSearchConfig), *configs(SparseConfig), LAYERS, *configs(TrackConfig), *COMMON), _search),
     "eval": Command(
         "held-out loss/perplexity and benchmark accuracy of the base model or an adapter",
         (text_flag("train_run", "evaluate the adapter of this train run (its model and held-out data "
@@ -133,7 +144,12 @@ COMMANDS = {
         "layer-selection policies x layer counts x seeds, with 95 percent t-intervals (Table 2)",
         (text_flag("score_run", "the score run whose rankings are compared", required=True),
          *configs(ModelConfig), *configs(DataConfig), *configs(HydraLoraConfig), *configs(TrainConfig),
-         *configs(EvalConfig), *configs(CompareConfig), *COMMON), _compare),
+         *configs(EvalConfig), *configs(CompareConfig), *configs(TrackConfig), *COMMON), _compare),
+    "generate": Command(
+        "greedy completion of a prompt by the base model and by the model with a trained adapter",
+        (text_flag("adapter", "an export folder, a train run id, or an adapter folder (then give --model)",
+                   required=True), *configs(ModelConfig, skip=("trust_remote_code",)),
+         *configs(GenerateConfig), *COMMON), _generate),
     "export": Command(
         "config.yaml, peft LoraConfig and adapter weights of a trained run",
         (text_flag("train_run", "the finished train run to export", required=True),

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from floe.adapters.hydralora import HydraLoraLinear
+from floe.adapters.hydralora import base_layer
 from floe.models import arch
 
 __all__ = ["IGNORE_INDEX", "MaskGradients", "batch_to", "capture_mask_gradients", "eval_mode",
@@ -96,9 +96,9 @@ def per_sample_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torc
 
 
 def pretrained_linear(model: nn.Module, layer: int, role: str) -> nn.Linear:
-    """The pretrained linear of ``role`` in ``layer``: the base of a HydraLoRA wrapper."""
-    module = arch.projection(model, layer, role)
-    return module.base if isinstance(module, HydraLoraLinear) else module
+    """The pretrained linear of ``role`` in ``layer``: the base of its HydraLoRA wrappers
+    (for a fused role, the whole fused linear: ``arch.role_rows`` says which rows)."""
+    return base_layer(arch.projection(model, layer, role))
 
 
 def scale_units(x: torch.Tensor, values: torch.Tensor, unit_size: int) -> torch.Tensor:

@@ -9,7 +9,9 @@ owns:
                of the rows of k_proj and v_proj of its K/V head (group = H / H_kv);
     neuron j:  row j of gate_proj and up_proj, column j of down_proj.
 
-Biases (Qwen2's q/k/v) are not counted: a unit owns its weights.
+Biases (Qwen2's q/k/v) are not counted: a unit owns its weights. In a fused projection
+(Phi-3's qkv_proj, gate_up_proj) each role is its block of rows (``arch.role_rows``): the
+gradient is gathered once per module and each role reduces its own rows.
 
 How the gradient is gathered. The product needs the data-summed gradient G of each
 projection, so G must be kept until the last batch (|.| is not linear; per-layer passes
@@ -49,7 +51,6 @@ from floe.method.masks import (
     steps_of,
 )
 from floe.models import arch
-from floe.models.dispatch import weight_of
 
 __all__ = ["ROW_OWNED", "GradientSums", "average_costs", "capture_weight_gradients", "layer_chunks",
            "taylor_costs"]
@@ -58,10 +59,17 @@ ROW_OWNED = ("q", "k", "v", "gate", "up")  # a unit owns rows of these, columns 
 
 
 class GradientSums:
-    """Data-summed weight gradients of the 7 projections of every layer, in fp32 buffers."""
+    """Data-summed weight gradients of the projections of every layer, in fp32 buffers,
+    keyed by (layer, module path): one buffer per fused module."""
 
     def __init__(self):
         self.sums: dict[tuple[int, str], torch.Tensor] = {}
+
+    def of_role(self, model: nn.Module, layer: int, role: str) -> torch.Tensor:
+        """The role's rows of its module's buffer (a view)."""
+        grad = self.sums[(layer, arch.role_suffix(model.config, role))]
+        rows = arch.role_rows(model.config, role)
+        return grad if rows is None else grad[rows]
 
     def _accumulate(self, key: tuple[int, str], x: torch.Tensor, grad_out: torch.Tensor):
         x2, g2 = x.flatten(0, -2).to(grad_out.device), grad_out.flatten(0, -2)
@@ -100,10 +108,11 @@ def capture_weight_gradients(model: nn.Module, layers: range | None = None) -> I
     handles = [arch.decoder_layers(model)[layers[0]].register_forward_pre_hook(_make_leaf,
                                                                                 with_kwargs=True)]
     try:
+        paths = {arch.role_suffix(model.config, role): role for role in arch.ROLES}
         for k in layers:
-            for role in arch.ROLES:
+            for path, role in paths.items():  # a fused module once
                 handles.append(pretrained_linear(model, k, role).register_forward_hook(
-                    sums.hook((k, role))))
+                    sums.hook((k, path))))
         yield sums
     finally:
         for handle in handles:
@@ -120,12 +129,13 @@ def _reduce_layer(model: nn.Module, sums: GradientSums, layer: int,
                   shape: arch.Shape) -> tuple[torch.Tensor, torch.Tensor]:
     unit = {}
     for role in arch.ROLES:
-        grad = sums.sums.pop((layer, role))  # freed once reduced
-        weight = weight_of(pretrained_linear(model, layer, role))  # offloaded ones too
-        saliency = grad.mul_(weight.to(grad.device)).abs_()
+        grad = sums.of_role(model, layer, role)  # in place: roles own disjoint rows
+        saliency = grad.mul_(arch.role_weight(model, layer, role).to(grad.device)).abs_()
         unit_size = 1 if role in ("gate", "up", "down") else shape.head_dim
         unit[role] = _owned_sums(saliency, role, unit_size)
         del grad, saliency
+    for path in {arch.role_suffix(model.config, role) for role in arch.ROLES}:
+        del sums.sums[(layer, path)]  # freed once reduced
     # Each K/V head is shared by `group` query heads: each gets 1/group of it.
     kv_share = (unit["k"] + unit["v"]).repeat_interleave(shape.group) / shape.group
     heads = unit["q"] + unit["o"] + kv_share

@@ -31,7 +31,8 @@ mask, so per layer error_tuned <= error_binary always.
 Post-norm architectures (Gemma 3: RMSNorm on each sub-layer output before the residual
 add) make l non-linear in m; there the fit is done on the pre-norm sub-layer output,
 min ||o(x'; m) - o(x; 1)||^2 with o the o_proj / down_proj output, without the residual
-term (``arch.has_post_norms``).
+term (``arch.has_post_norms``). Granite scales each sub-layer's output by s before the
+residual add (x + s l(x; m)); there A's columns are s W_u a_u (``arch.residual_scale``).
 
 Data flow and memory. One forward pass per batch records every decoder layer's call
 arguments (rotary embeddings, attention masks: shared tensors, so cheap) and the layer-0
@@ -202,15 +203,24 @@ def _real(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ one layer's steps
 
 
+def _residual_weight(model, k: int, role: str, additive: bool) -> torch.Tensor:
+    """The pretrained o_proj / down_proj weight as it enters the residual stream (times
+    the residual scale s where the fit is on the residual stream)."""
+    weight = weight_of(pretrained_linear(model, k, role))  # offloaded ones too
+    scale = arch.residual_scale(model.config)
+    return weight * scale if additive and scale != 1.0 else weight
+
+
 def _clean_targets(model, k, recorded, clean, additive):
     """Run layer k of the unmasked model: the attention and FFN targets (real tokens), and
     ``clean`` advanced to the next layer's input."""
     attn_targets, ffn_targets = [], []
+    scale = arch.residual_scale(model.config)
     with _layer_hooks(model, k) as seen:
         for b, r in enumerate(recorded):
             out = _run_layer(model, k, clean[b], r.calls[k])
-            if additive:  # x + l_attn(x; 1) and h + l_ffn(h; 1)
-                attn, ffn = _stat(clean[b]) + seen["o_out"], out
+            if additive:  # x + s l_attn(x; 1) and h + s l_ffn(h; 1)
+                attn, ffn = _stat(clean[b]) + scale * seen["o_out"], out
             else:         # the pre-norm sub-layer outputs
                 attn, ffn = seen["o_out"], seen["down_out"]
             attn_targets.append(_real(attn, r.tokens))
@@ -223,11 +233,12 @@ def _fit_heads(model, k, recorded, masked, targets, keep, additive, damping, bou
     """Layer k's head values. a(x') does not depend on this layer's head masks, so the
     masked runs stop at o_proj."""
     shape = arch.shape_of(model.config)
-    equations = NormalEquations(weight_of(pretrained_linear(model, k, "o")), keep, shape.head_dim)
+    equations = NormalEquations(_residual_weight(model, k, "o", additive), keep, shape.head_dim)
+    scale = arch.residual_scale(model.config)
     with _layer_hooks(model, k, head_values=keep.float(), stop_after_attention=True) as seen:
         for b, r in enumerate(recorded):
             _run_layer(model, k, masked[b], r.calls[k])
-            binary = _stat(masked[b]) + seen["o_out"] if additive else seen["o_out"]
+            binary = _stat(masked[b]) + scale * seen["o_out"] if additive else seen["o_out"]
             equations.add(_real(seen["o_in"], r.tokens), targets[b] - _real(binary, r.tokens))
     return equations.solve(damping, bound)
 
@@ -237,9 +248,9 @@ def _fit_neurons(model, k, recorded, masked, targets, heads, keep, additive, dam
     is advanced in place to the next layer's input x' (both components tuned).
 
     Additive architectures: the layer output is affine in the neuron values, so the tuned
-    output is the binary run's plus (a * (m - binary)) @ W2^T; no second run of the layer.
+    output is the binary run's plus (a * (m - binary)) @ (s W2)^T; no second run of the layer.
     """
-    down = weight_of(pretrained_linear(model, k, "down"))  # offloaded ones too
+    down = _residual_weight(model, k, "down", additive)
     equations = NormalEquations(down, keep, 1)
     outputs, inputs = [], []
     with _layer_hooks(model, k, head_values=heads, neuron_values=keep.float()) as seen:

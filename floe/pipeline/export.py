@@ -32,7 +32,8 @@ TRAIN_SECTIONS = ("model", "data", "adapter", "train")
 
 def target_modules_regex(model_config, layers: list[int], targets: list[str]) -> str:
     """A regex (peft fullmatches it) naming exactly the adapted modules, nothing else."""
-    names = [arch.module_name(model_config, k, role) for k in sorted(layers) for role in targets]
+    names = dict.fromkeys(arch.module_name(model_config, k, role)  # fused roles: one module
+                          for k in sorted(layers) for role in targets)
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
 
 
@@ -70,6 +71,13 @@ targets {', '.join(adapter['targets'])} (from run `{payload['provenance']['train
 ## Load the adapter (HydraLoRA, with floe)
 
 ```python
+from floe.pipeline.generate import load_adapted
+model, tokenizer = load_adapted("path/to/this/folder")   # ready for model.generate(...)
+```
+
+or onto a model loaded your own way:
+
+```python
 from floe.models.load import load_model
 from floe.adapters.hydralora import load_adapter
 
@@ -84,6 +92,9 @@ floe train --config config.yaml
 ```
 
 ## Plain LoRA on the same layers (peft)
+
+(On fused projections, e.g. Phi-3's `qkv_proj` and `gate_up_proj`, peft adapts the whole
+fused module, where the HydraLoRA adapter updates only the targeted roles' rows.)
 
 ```python
 from peft import LoraConfig, get_peft_model

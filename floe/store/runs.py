@@ -26,12 +26,26 @@ from floe.store.config import config_hash
 
 __all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "LOCK", "PROGRESS", "PROJECT_DIR", "RUNNING", "STATE",
            "CorruptRunError", "Run", "RunLockedError", "atomic_save_tensors", "atomic_write_bytes",
-           "atomic_write_json", "cache_root", "list_runs", "open_run", "read_json", "run_for",
-           "safe_name"]
+           "atomic_write_json", "cache_root", "list_runs", "log_listener", "open_run", "read_json",
+           "run_for", "safe_name"]
 
 CONFIG, STATE, PROGRESS, LOCK = "config.json", "state.json", "progress.jsonl", ".lock"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# Called with (run, record) after each Run.log in this process (experiment trackers).
+_LISTENERS: list = []
+
+
+@contextlib.contextmanager
+def log_listener(listener):
+    """While inside, ``listener(run, record)`` sees every progress record any run logs."""
+    _LISTENERS.append(listener)
+    try:
+        yield listener
+    finally:
+        _LISTENERS.remove(listener)
 
 
 # The checkout holding floe/, app.py and cache/ (this file is floe/store/runs.py).
@@ -171,6 +185,8 @@ class Run:
         with open(self.file(PROGRESS), "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
             f.flush()
+        for listener in _LISTENERS:
+            listener(self, record)
 
     def progress(self) -> list[dict]:
         """The progress log; a torn last line (killed mid-write) is skipped."""
