@@ -9,16 +9,18 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from floe.cli.analysis import COMMANDS as _ANALYSIS
 from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
+from floe.cli.runs import COMMANDS as _RUNS
 from floe.store.config import Option
 
 __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
 
 EXIT_USAGE = 2
-COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS}
+COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS, **_RUNS}
 
 
 def command_options(name: str) -> list[Option]:
@@ -38,7 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"floe: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line  # one line each
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", None):
         os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
