@@ -102,7 +102,7 @@ def test_a_truncated_checkpoint_is_reported_and_force_repairs_it(cache, capsys, 
     assert cli(capsys, *args)[0] == 0
     (run,) = list_runs()
     run.update_state(status="running")  # killed: stale, resumes from its checkpoint
-    weights = run.file("checkpoint/trainable.safetensors")
+    weights = run.file("checkpoint") / run.read_json("checkpoint/step.json")["files"]["trainable"]
     weights.write_bytes(weights.read_bytes()[:100])
     code, err = cli(capsys, *args)
     assert code == 2 and "damaged or truncated" in one_line_error(err)

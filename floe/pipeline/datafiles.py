@@ -44,10 +44,13 @@ def _check_text_file(path: Path) -> str:
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     try:
-        return raw.decode("utf-8-sig")  # a byte-order mark is not part of the data
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the data
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
                         "save it as UTF-8") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: holds NUL bytes: a binary file, not text")
+    return text
 
 
 def _json_object(path: Path, text: str, where: str) -> dict:

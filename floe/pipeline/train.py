@@ -76,14 +76,21 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int,
                     losses: list[float] | None = None) -> None:
-    """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state, then a
-    marker last (with the losses so far, so a resumed run reports every step)."""
-    atomic_save_tensors(folder / "trainable.safetensors", _trainable(model))
+    """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state in files
+    named by step, then the marker step.json naming them (with the losses so far, so a
+    resumed run reports every step), then the previous step's files are removed. A kill at
+    any point leaves the marker naming one complete checkpoint."""
+    files = {"trainable": f"trainable-{step}.safetensors", "optimizer": f"optimizer-{step}.pt",
+             "rng": f"rng-{step}.safetensors"}
+    atomic_save_tensors(folder / files["trainable"], _trainable(model))
     state = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
-    atomic_write_bytes(folder / "optimizer.pt", state.getvalue())
-    atomic_save_tensors(folder / "rng.safetensors", _rng_states())
-    atomic_write_json(folder / "step.json", {"step": step, "losses": list(losses or [])})
+    atomic_write_bytes(folder / files["optimizer"], state.getvalue())
+    atomic_save_tensors(folder / files["rng"], _rng_states())
+    atomic_write_json(folder / "step.json", {"step": step, "losses": list(losses or []), "files": files})
+    for old in folder.iterdir():
+        if old.name != "step.json" and old.name not in files.values():
+            old.unlink(missing_ok=True)
 
 
 def _rng_states() -> dict[str, torch.Tensor]:
@@ -120,7 +127,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> Resumed:
     if not (folder / "step.json").exists():
         return {"step": 0, "losses": [], "rng": {}}
     marker = read_json(folder / "step.json")
-    tensors = load_tensors(folder / "trainable.safetensors")
+    # Checkpoints of 0.2.0 have fixed names (and were not atomic as a whole).
+    files = marker.get("files") or {"trainable": "trainable.safetensors", "optimizer": "optimizer.pt",
+                                    "rng": "rng.safetensors"}
+    tensors = load_tensors(folder / files["trainable"])
     params = _trainable(model)
     if set(tensors) != set(params):
         raise ValueError(f"checkpoint in {folder} was written for other trainable parameters; "
@@ -130,12 +140,12 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> Resumed:
             params[name].copy_(value)
     # Our own file, and weights_only refuses anything but tensors and plain containers.
     try:
-        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        state = torch.load(folder / files["optimizer"], weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, OSError) as e:
-        raise CorruptRunError(f"{folder / 'optimizer.pt'} is damaged ({e}); recompute with --force") from None
+        raise CorruptRunError(f"{folder / files['optimizer']} is damaged ({e}); recompute with --force") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_tensors(folder / "rng.safetensors") if (folder / "rng.safetensors").exists() else {}
+    rng = load_tensors(folder / files["rng"]) if (folder / files["rng"]).exists() else {}
     return {"step": int(marker["step"]), "losses": list(marker.get("losses", [])), "rng": rng}
 
 
