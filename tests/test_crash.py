@@ -201,7 +201,7 @@ def test_training_search_compare_and_export_survive_kills(crash_setup):
     points = trace(ref, *train_cmd)
     reference = digest(only_run(ref, "train").path, VOLATILE)
     trials = _cache(base, "train")
-    for point in kill_points(points, {"train": 4}, 2, rng):
+    for point in kill_points(points, {"train": 3}, 2, rng):
         check_point("sparse training", point, trials, train_cmd, "train", reference)
 
     _check_export(base, ref, rng)
@@ -241,7 +241,7 @@ def _check_rank_search(base: Path, common: tuple, rng: random.Random) -> None:
     ref = _cache(base, "ref-search")
     points = trace(ref, *cmd)
     reference = {r.config["adapter"]["r"]: digest(r.path, VOLATILE) for r in list_runs(ref) if r.kind == "train"}
-    for n, point in enumerate(kill_points(points, {"train": 3}, 0, rng)):
+    for n, point in enumerate(kill_points(points, {"train": 2}, 0, rng)):
         cache = _cache(base, f"search{n}")
         code, _ = floe(cache, *cmd, env={"FLOE_CRASH_AT": point})
         assert code == -signal.SIGKILL
@@ -274,7 +274,7 @@ def _check_compare(base: Path, common: tuple, rng: random.Random) -> None:
     reference = digest(only_run(ref, "compare").path, VOLATILE)
     trials = _cache(base, "compare")
     _copy_runs(ref, trials, ("score",))
-    for point in kill_points(points, {"compare": 2, "train": 1}, 1, rng):
+    for point in kill_points(points, {"compare": 2}, 1, rng):
         check_point("compare cell", point, trials, cmd, "compare", reference)
         for run in list_runs(trials):  # every cell computed again from scratch next time
             if run.kind != "score":

@@ -11,7 +11,7 @@ __all__ = ["COMMANDS", "run_rows"]
 
 def run_rows(root=None) -> list[dict]:
     """One row per run folder: id, kind, status (``corrupt`` when unreadable), size, date."""
-    from floe.store.runs import CONFIG, Run, cache_root, health
+    from floe.store.runs import Run, cache_root, health
     folder = (root or cache_root()) / "runs"
     rows = []
     for path in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if folder.exists() else []:
@@ -20,7 +20,7 @@ def run_rows(root=None) -> list[dict]:
         run = Run(path)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         rows.append({"run": run.id, "kind": run.kind,
-                     "status": health(run) if run.file(CONFIG).exists() else "corrupt",
+                     "status": health(run),
                      "mb": round(size / 2 ** 20, 2),
                      "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))})
     return rows

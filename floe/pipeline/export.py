@@ -7,6 +7,10 @@ An export folder holds
 - ``peft/adapter_config.json``: a peft ``LoraConfig`` whose ``target_modules`` regex names
   exactly the adapted modules, for users of plain LoRA;
 - ``README.md``: how to load it; ``floe_export.json``: what it came from.
+
+The folder is built under a new temp name beside the target and renamed into place, so a
+killed export leaves no half folder, and ``--force`` replaces an old export only once the
+new one is complete (nothing else is ever deleted).
 """
 from __future__ import annotations
 

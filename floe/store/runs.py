@@ -323,7 +323,9 @@ def reuse_finished(run: Run, force: bool) -> bool:
 def health(run: Run) -> str:
     """The status of a run for listing and cleaning: new/running/done/failed/cancelled/
     stale, or ``corrupt`` when its config or state cannot be read or a finished run's
-    artifacts do not match their checksums."""
+    artifacts do not match their checksums (or a crash left the folder without a config)."""
+    if not run.file(CONFIG).exists():
+        return "corrupt"
     try:
         run.config  # noqa: B018 (read to check)
         status = run.status
@@ -362,7 +364,7 @@ def collect_garbage(root: Path | None = None, dry_run: bool = False) -> list[tup
         if not path.is_dir():
             continue
         run = Run(path)
-        why = health(run) if run.file(CONFIG).exists() else "corrupt"
+        why = health(run)
         if run.is_locked():
             continue
         if why in GARBAGE:
