@@ -3,10 +3,10 @@ import streamlit as st
 
 from floe.app import common, pickers
 from floe.app import widgets as ui
-from floe.app.runs import runs_table
+from floe.app.runs import runs_table, status_of
 from floe.pipeline.data import DataError
 from floe.store import jobs
-from floe.store.runs import list_runs
+from floe.store.runs import collect_garbage, list_runs
 
 ui.page("Runs", "Every analysis, training and rank search is a run in cache/runs. Long work "
         "runs in the background as `floe` commands: close the tab, come back later.")
@@ -31,9 +31,9 @@ else:
                                 "error": st.column_config.TextColumn(width="medium")})
     by_id = {r.id: r for r in runs}
     picked = [by_id[i] for i in st.multiselect(
-        "Select runs to resume or delete", list(by_id), format_func=lambda i: f"{i} · {by_id[i].status}")]
-    resume_col, delete_col, confirm_col = st.columns([1, 1, 3])
-    stopped = [r for r in picked if r.status in ("stale", "cancelled", "failed")]
+        "Select runs to resume or delete", list(by_id), format_func=lambda i: f"{i} · {status_of(by_id[i])}")]
+    resume_col, delete_col, confirm_col, gc_col = st.columns([1, 1, 3, 2])
+    stopped = [r for r in picked if status_of(r) in ("stale", "cancelled", "failed")]
     if resume_col.button("Resume", disabled=not stopped, icon=":material/replay:",
                          help="queue the job that made a stopped run again; it continues from "
                               "its last checkpoint"):
@@ -50,6 +50,11 @@ else:
     sure = confirm_col.checkbox("yes, delete the selected runs and their files", disabled=not picked)
     if delete_col.button("Delete", disabled=not (picked and sure), icon=":material/delete:"):
         ui.delete_runs(picked)
+        st.rerun()
+    if gc_col.button("Clean up", icon=":material/cleaning_services:",
+                     help="delete every failed, stale or corrupt run (floe runs gc)"):
+        cleaned = collect_garbage()
+        st.toast(f"Deleted {len(cleaned)} run(s): {', '.join(i for i, _ in cleaned) or 'none'}")
         st.rerun()
 
 # --------------------------------------------------------------------------- new analysis

@@ -114,6 +114,31 @@ def test_runs_table_lists_runs_and_deletes_the_selected_one(cache, model):
     assert not score.path.exists() and [r.kind for r in list_runs()] == ["warmup"]
 
 
+def test_a_corrupt_state_is_listed_deleted_and_cleaned_up(cache, model):
+    """A crash or a full disk can leave state.json unreadable: the Runs page still shows the
+    run (as corrupt), deletes it, and "Clean up" removes failed, stale and corrupt runs."""
+    score = fx.make_score_run(cache, model)
+    broken = run_for("warmup", {"model": {"model": "x"}, "data": {"data": "general", "ratio": 1.0}})
+    broken.file("state.json").write_text('{"status": "runn')
+    failed = run_for("warmup", {"model": {"model": "y"}, "data": {"data": "general", "ratio": 1.0}})
+    failed.update_state(status="failed", error="ValueError: typo")
+    at = open_page()
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == broken.id, "status"].item() == "corrupt"
+    at.multiselect[0].select(broken.id).run()
+    assert not at.exception
+    next(b for b in at.button if b.label == "Clean up").click().run()
+    assert not at.exception
+    assert sorted(r.id for r in list_runs()) == sorted([score.id, score.config["warmup_run"]])
+
+
+def test_the_remote_code_checkbox_is_hidden_unless_the_server_allows_it(cache, monkeypatch):
+    monkeypatch.delenv("FLOE_ALLOW_REMOTE_CODE", raising=False)
+    assert "--trust-remote-code" not in [c.label for c in open_page().checkbox]
+    monkeypatch.setenv("FLOE_ALLOW_REMOTE_CODE", "1")
+    assert "--trust-remote-code" in [c.label for c in open_page().checkbox]
+
+
 def test_a_stopped_run_is_resumed_through_its_job(cache):
     run = run_for("warmup", {"model": {"model": "x"}, "data": {"data": "general", "ratio": 1.0}})
     run.update_state(status="cancelled", error="cancelled")

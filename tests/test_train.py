@@ -68,6 +68,33 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch, drop
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+@pytest.mark.parametrize("kill_at", [3, 6])  # mid-epoch (the loader's seed), and after a boundary
+def test_a_resumed_run_equals_an_uninterrupted_one_exactly(tmp_path, monkeypatch, kill_at):
+    """Same losses bit for bit, same adapter bytes, and the summary keeps every step's loss."""
+    cfg = TrainConfig(lr=5e-3, epochs=2, batch_size=8, checkpoint_every=1, warmup_ratio=0.0)
+    reference = _adapted(dropout=0.3)
+    expected = train(reference, _rows(), cfg, pad_id=0, show_progress=False)
+
+    run = run_for("test", {"case": "exact-resume", "dir": str(tmp_path), "kill": kill_at})
+    original_log = type(run).log
+
+    def dying_log(self, **record):
+        if record.get("step") == kill_at:
+            raise KeyboardInterrupt
+        original_log(self, **record)
+
+    monkeypatch.setattr(type(run), "log", dying_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(_adapted(dropout=0.3), _rows(), cfg, pad_id=0, run=run, show_progress=False)
+    monkeypatch.setattr(type(run), "log", original_log)
+    resumed = _adapted(dropout=0.3)
+    summary = train(resumed, _rows(), cfg, pad_id=0, run=run, show_progress=False)
+    assert summary["resumed_from"] == kill_at - 1
+    assert summary["losses"] == expected["losses"]  # exact, and the steps before the resume too
+    ours, ref = adapter_state_dict(resumed), adapter_state_dict(reference)
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
 def test_progress_log_has_the_fields_the_app_reads(tmp_path):
     run = run_for("test", {"case": "log", "dir": str(tmp_path)})
     train(_adapted(), _rows(16), TrainConfig(batch_size=8), pad_id=0, run=run, show_progress=False)
@@ -81,6 +108,9 @@ def test_bad_train_config():
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match="warmup_ratio"):
         TrainConfig(warmup_ratio=1.0)
+    for bad in ({"max_steps": -1}, {"checkpoint_every": -1}, {"seed": -1}):
+        with pytest.raises(ValueError, match=">= 0|seed must be"):
+            TrainConfig(**bad)
     frozen = tiny_model().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         train(frozen, _rows(8), TrainConfig(), pad_id=0, show_progress=False)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from floe.models import arch
@@ -55,6 +54,8 @@ class HydraLoraConfig:
             raise ValueError(f"rank r must be >= 1, got {self.r}")
         if self.experts < 1:
             raise ValueError(f"experts must be >= 1, got {self.experts}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0 (alpha 0 turns the adapter off), got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         bad = [t for t in self.targets if t not in arch.ROLES]
@@ -246,7 +247,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> HydraLoraConfig:
     """Attach the saved adapter in ``folder`` to a base model and load its weights."""
     config = read_adapter_config(folder)
     apply_hydralora(model, config)
-    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    from floe.store.runs import load_tensors  # CorruptRunError, not SafetensorError, if truncated
+    tensors = load_tensors(Path(folder) / ADAPTER_WEIGHTS)
     own = dict(model.named_parameters())
     expected = set(adapter_state_dict(model))
     if set(tensors) != expected:

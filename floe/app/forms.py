@@ -2,19 +2,29 @@
 floe.cli.command_options) and the arguments that carry a form's changed values."""
 from __future__ import annotations
 
+import os
+
 from floe.cli import command_options
 from floe.store.config import Option
 
-__all__ = ["FORM_SKIP", "cli_args", "form_options", "is_switch"]
+__all__ = ["FORM_SKIP", "REMOTE_CODE_ENV", "cli_args", "form_options", "is_switch", "remote_code_allowed"]
 
 # Set by the page itself (model and data pickers) or meaningless in a background job.
 FORM_SKIP = ("model", "data", "json", "quiet", "out")
+REMOTE_CODE_ENV = "FLOE_ALLOW_REMOTE_CODE"
+
+
+def remote_code_allowed() -> bool:
+    """Whoever started the server allowed models' own Python code (``scripts/app.sh
+    --allow-remote-code``); a browser alone never can: the app has no login."""
+    return os.environ.get(REMOTE_CODE_ENV, "") == "1"
 
 
 def form_options(command: str, skip: tuple[str, ...] = ()) -> list[Option]:
     """The options of ``floe <command>`` a form shows, in ``--help`` order: the general
-    ones first, then one group per config."""
-    shown = [o for o in command_options(command) if o.dest not in FORM_SKIP + skip]
+    ones first, then one group per config (trust_remote_code only where the server allows it)."""
+    hidden = FORM_SKIP + skip + (() if remote_code_allowed() else ("trust_remote_code",))
+    shown = [o for o in command_options(command) if o.dest not in hidden]
     return sorted(shown, key=lambda o: o.from_config)
 
 

@@ -73,13 +73,20 @@ def upload_path(name: str, data: bytes, root: Path | None = None) -> Path:
 
 
 def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
-    """Size-check and store an uploaded data file (same content, same path)."""
+    """Size-check, store and check an uploaded data file (same content, same path); a file
+    that cannot be used raises DataError and is not kept."""
+    from floe.pipeline.data import DataError
     from floe.store.runs import atomic_write_bytes
     if len(data) > MAX_UPLOAD_MB * 2 ** 20:
         raise ValueError(f"{Path(name).name} is {len(data) / 2 ** 20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
     path = upload_path(name, data, root)
     if not path.exists():
         atomic_write_bytes(path, data)
+    try:
+        check_data_file(str(path))
+    except DataError as e:
+        path.unlink(missing_ok=True)
+        raise DataError(str(e).replace(str(path), Path(name).name)) from None
     return path
 
 
@@ -94,8 +101,6 @@ def _examples(path: str, stamp: int) -> tuple[int, pd.DataFrame]:
 
 def check_data_file(path: str) -> tuple[int, pd.DataFrame]:
     """(number of usable examples, a preview) of a data file, or floe.pipeline.data.DataError."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        from floe.pipeline.data import DataError
-        raise DataError(f"data file {p} does not exist")
-    return _examples(str(p.resolve()), p.stat().st_mtime_ns)
+    from floe.pipeline.data import data_file
+    p = data_file(path)  # a directory, a missing file or a device: a message saying which
+    return _examples(str(p), p.stat().st_mtime_ns)

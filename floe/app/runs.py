@@ -11,7 +11,7 @@ from floe.app.common import describe
 from floe.store import jobs
 from floe.store.runs import CorruptRunError, Run
 
-__all__ = ["format_record", "job_view", "progress_of", "runs_table"]
+__all__ = ["format_record", "job_view", "progress_of", "runs_table", "status_of"]
 
 
 def _when(state: dict) -> str:
@@ -25,10 +25,19 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         state = _safe_state(run)
         rows.append({"run": run.id, "kind": run.kind, **describe(run),
-                     "status": run.status if state else "corrupt", "date": _when(state or {}),
+                     "status": status_of(run), "date": _when(state or {}),
                      "error": (state or {}).get("error") or ""})
     columns = ["run", "kind", "model", "data", "ratio", "budget", "detail", "status", "date", "error"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def status_of(run: Run) -> str:
+    """The run's status, or ``corrupt`` when its state cannot be read (never raises: the
+    Runs page is where such a run is deleted)."""
+    try:
+        return run.status
+    except (CorruptRunError, OSError):
+        return "corrupt"
 
 
 def _safe_state(run: Run) -> dict | None:

@@ -9,12 +9,14 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from floe.cli.analysis import COMMANDS as _ANALYSIS
 from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
 from floe.cli.plan import COMMANDS as _PLAN
 from floe.cli.plan import with_plan_check
+from floe.cli.runs import COMMANDS as _RUNS
 from floe.pipeline.trackers import TrackConfig, tracking
 from floe.store.config import Option
 
@@ -22,8 +24,8 @@ __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
 
 EXIT_USAGE = 2
 # Commands that load a model check the memory plan first (floe.cli.plan).
-COMMANDS: dict[str, Command] = {name: with_plan_check(name, command)
-                                for name, command in {**_ANALYSIS, **_EXPERIMENTS, **_PLAN}.items()}
+COMMANDS: dict[str, Command] = {name: with_plan_check(name, command) for name, command in
+                                {**_ANALYSIS, **_EXPERIMENTS, **_PLAN, **_RUNS}.items()}
 
 
 def command_options(name: str) -> list[Option]:
@@ -43,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"floe: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line  # one line each
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", None):
         os.environ["FLOE_CACHE"] = os.path.abspath(args.out)

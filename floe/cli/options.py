@@ -8,8 +8,10 @@ import dataclasses
 
 from floe.store.config import Option, options_of
 
-__all__ = ["COMMON", "Command", "add_options", "configs", "flag", "from_namespace", "given",
-           "text_flag"]
+__all__ = ["COMMON", "POSITIONAL", "Command", "add_options", "configs", "flag", "from_namespace", "given",
+           "positional", "text_flag"]
+
+POSITIONAL = "positional arguments"
 
 
 def flag(dest: str, help: str) -> Option:
@@ -20,6 +22,12 @@ def flag(dest: str, help: str) -> Option:
 def text_flag(dest: str, help: str, default=None, parse=None, required: bool = False) -> Option:
     """A CLI-only option taking a value."""
     return Option(dest=dest, help=help, default=default, parse=parse, required=required)
+
+
+def positional(dest: str, help: str, choices: tuple = (), many: bool = False) -> Option:
+    """A CLI-only positional argument (``floe runs gc``); ``many``: any number of values."""
+    return Option(dest=dest, help=help, default=[] if many else None, choices=tuple(choices),
+                  kind="choice" if choices else "text", group=POSITIONAL)
 
 
 COMMON = [flag("json", "print a machine-readable summary"),
@@ -54,6 +62,11 @@ def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
     the class default) and show that default in their help."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for opt in options:
+        if opt.group == POSITIONAL:
+            many = isinstance(opt.default, list)
+            parser.add_argument(opt.dest, help=opt.help, choices=opt.choices or None,
+                                nargs="*" if many else None, **({"default": []} if many else {}))
+            continue
         if not opt.from_config:
             if opt.kind == "flag":
                 parser.add_argument(opt.flag, action="store_true", help=opt.help)

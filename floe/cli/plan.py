@@ -6,7 +6,7 @@ import dataclasses
 
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli.options import COMMON, Command, configs, flag, from_namespace, given, text_flag
-from floe.pipeline.data import DataConfig
+from floe.pipeline.data import DataConfig, data_config
 from floe.pipeline.score import ScoreConfig
 from floe.pipeline.sparse import SparseConfig
 from floe.pipeline.train import TrainConfig
@@ -60,7 +60,7 @@ def _warm_configs(run_id: str):
     """The configs a warm-up run was made with (for ``floe score``'s check)."""
     from floe.store.runs import open_run
     cfg = open_run(run_id).config
-    return (ModelConfig(model=cfg["model"]["model"]), DataConfig(**cfg["data"]),
+    return (ModelConfig(model=cfg["model"]["model"]), data_config(cfg["data"]),
             HydraLoraConfig(**{**cfg["adapter"], "layers": None}), TrainConfig(**cfg["train"]))
 
 

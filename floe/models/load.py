@@ -47,7 +47,12 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``--device`` if given, else CUDA when present, else CPU."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for, but CUDA is not available here")
     return dev
@@ -121,6 +126,9 @@ def resolve_model_path(spec: str) -> str:
         return str(convert_embedded(spec))
     path = Path(spec).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file; --model takes a model folder (one with "
+                                     "config.json), an embedded name or a hub id")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json")
         return str(path.resolve())
@@ -136,6 +144,7 @@ def model_fingerprint(spec: str) -> dict:
         return {"model": spec, **json.loads((folder / _MARKER).read_text())}
     path = Path(spec).expanduser()
     if path.exists():
+        resolve_model_path(spec)  # a file or a folder without config.json: a clear error
         files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".json", ".bin"})
         sig = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
         return {"model": str(path.resolve()), "files_sig": hashlib.sha256(

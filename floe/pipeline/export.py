@@ -7,11 +7,17 @@ An export folder holds
 - ``peft/adapter_config.json``: a peft ``LoraConfig`` whose ``target_modules`` regex names
   exactly the adapted modules, for users of plain LoRA;
 - ``README.md``: how to load it; ``floe_export.json``: what it came from.
+
+The folder is built under a new temp name beside the target and renamed into place, so a
+killed export leaves no half folder, and ``--force`` replaces an old export only once the
+new one is complete (nothing else is ever deleted).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -105,31 +111,62 @@ model = get_peft_model(model, config)
 
 
 def prepare_target(target: Path, force: bool) -> None:
-    """Refuse to overwrite anything without force, and anything but an export even with it."""
-    if not target.exists():
+    """Refuse to overwrite anything without force, and anything but an export even with it
+    (nothing is deleted here: the old export is swapped out once the new one is built)."""
+    if not target.exists() and not target.is_symlink():
         return
     if not force:
         raise FileExistsError(f"export target {target} already exists; use --force to replace it")
-    if target.is_dir() and ((target / MARKER).is_file() or not any(target.iterdir())):
-        shutil.rmtree(target)
+    if target.is_dir() and not target.is_symlink() and ((target / MARKER).is_file() or not any(target.iterdir())):
         return
     raise FileExistsError(f"export target {target} exists and is not a floe export; "
                           "refusing to replace it even with --force")
 
 
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Put the finished ``tmp`` at ``target``; an old export there is moved aside first and
+    deleted only once the new one is in place."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        target.rename(old / target.name)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:
+            (old / target.name).rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def export(train_run: str, target: str | Path, force: bool = False) -> Path:
     """Write the export folder of a finished train run; returns its path."""
-    from transformers import AutoConfig
-
-    from floe.models.load import resolve_model_path
-
     run = open_run(train_run)
     run.verify()
     target = Path(target).expanduser().resolve()
     prepare_target(target, force)
     payload = reproduction_config(run)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True)
+    # Our own, new temp folder: a sibling of the same name belongs to someone else.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; an export is as any new folder
+    try:
+        _build(run, payload, tmp)
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _build(run: Run, payload: dict, tmp: Path) -> None:
+    from transformers import AutoConfig
+
+    from floe.models.load import resolve_model_path
     (tmp / "adapter").mkdir(parents=True)
     for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         shutil.copy2(run.file(ADAPTER_DIR) / name, tmp / "adapter" / name)
@@ -142,8 +179,6 @@ def export(train_run: str, target: str | Path, force: bool = False) -> Path:
     atomic_write_bytes(tmp / "README.md", _readme(payload, peft_config.target_modules).encode())
     atomic_write_json(tmp / MARKER, {"train_run": run.id, "layers": payload["layers"],
                                      "floe": __version__})
-    tmp.rename(target)
-    return target
 
 
 def read_config(path: str | Path) -> dict:

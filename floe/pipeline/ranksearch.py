@@ -210,6 +210,8 @@ def run_rank_search(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLora
     local = search.storage is None
     url = search.storage or f"sqlite:///{run.file(STUDY_DB)}"
     name = search.study_name or run.id
+    if force and local:
+        run.clear_corrupt()
     # Several workers share a study through --storage; only a local study is exclusive.
     with (run.hold() if local else contextlib.nullcontext(run)):
         if force and local:  # a fresh study; the trials' training runs stay cached

@@ -34,11 +34,11 @@ from floe.method.search import greedy_masks
 from floe.method.taylor import average_costs, taylor_costs
 from floe.method.tune import tune_mask_sets
 from floe.models import arch
-from floe.pipeline.data import DataConfig, load_split, tokenize
 from floe.pipeline.data import batches as make_batches
+from floe.pipeline.data import data_config, load_split, tokenize
 from floe.pipeline.warmup import load_warmed_up
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, atomic_save_tensors, open_run, run_for
+from floe.store.runs import Run, atomic_save_tensors, open_run, reuse_finished, run_for
 
 __all__ = ["LayersJson", "ScoreConfig", "compute_scores", "load_layers", "load_units", "open_score_run",
            "run_score", "summary"]
@@ -70,6 +70,8 @@ class ScoreConfig:
             raise ValueError("score_samples and score_batch_size must be >= 1")
         if self.taylor_chunks != "auto" and not (str(self.taylor_chunks).isdigit() and int(self.taylor_chunks) >= 1):
             raise ValueError(f"taylor_chunks must be a number >= 1 or 'auto', got {self.taylor_chunks!r}")
+        if not (self.damping >= 0 and self.bound > 0):  # also refuses nan
+            raise ValueError(f"need damping >= 0 and bound > 0, got {self.damping} and {self.bound}")
 
 
 # --------------------------------------------------------------------------- layers.json
@@ -168,7 +170,7 @@ def scoring_batches(warmup: Run, tokenizer, config: ScoreConfig) -> list[dict]:
     """The first ``score_samples`` examples of the warm-up's own sample, length-sorted so
     batches carry little padding (sums over samples do not depend on the order)."""
     cfg = warmup.config
-    data = DataConfig(**cfg["data"])
+    data = data_config(cfg["data"])
     rows = tokenize(tokenizer, load_split(data).train[:config.score_samples], data.max_length)
     if len(rows) < min(config.score_batch_size, config.score_samples):
         raise ValueError(f"the sample has {len(rows)} usable examples, fewer than the scoring "
@@ -270,8 +272,7 @@ def run_score(warmup: Run, config: ScoreConfig, device: str = "auto", force: boo
     """Score a finished warm-up (or reuse the finished scoring of the same config)."""
     warmup.verify()
     run = run_for("score", score_key(warmup, config))
-    if run.status == DONE and not force:
-        run.verify()
+    if reuse_finished(run, force):
         return run
     with run.hold():
         start = time.perf_counter()

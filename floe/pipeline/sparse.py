@@ -24,13 +24,13 @@ from floe import __version__
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from floe.models import arch
 from floe.models.load import load_model, model_fingerprint, resolve_device
-from floe.pipeline.data import DataConfig, load_split, tokenize
+from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
 from floe.pipeline.policies import POLICIES, check_policy, ranking_for
 from floe.pipeline.score import load_layers, open_score_run
 from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
 from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, RunLockedError, read_json, run_for
+from floe.store.runs import DONE, Run, RunLockedError, read_json, reuse_finished, run_for
 
 __all__ = ["ADAPTER_DIR", "SUMMARY", "PeakMemory", "ReportingRun", "RunStoppedError",
            "SparseConfig", "TrainJson", "check_same_model", "layer_scores", "load_trained",
@@ -212,7 +212,7 @@ def train_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig
                  "k": len(adapter.layers), "score_run": sparse.score_run}
     if sparse._own_random_draw and sparse.layers is None:
         selection["random_seed"] = sparse.random_seed
-    return {"floe": __version__, "model": model_fingerprint(model_cfg.model), "data": to_dict(data),
+    return {"floe": __version__, "model": model_fingerprint(model_cfg.model), "data": data_key(data),
             "adapter": to_dict(adapter), "train": to_dict(training), "selection": selection}
 
 
@@ -293,8 +293,7 @@ def run_sparse_training(model_cfg: ModelConfig, data: DataConfig, adapter: Hydra
     prune); ``wait_if_locked`` waits for a concurrent process computing the same run.
     """
     run, adapter = sparse_run(model_cfg, data, adapter, training, sparse)
-    if run.status == DONE and not force:
-        run.verify()
+    if reuse_finished(run, force):
         return run
     main = _distributed()[0] == 0
     run = ReportingRun(run.path, on_record=on_record)

@@ -8,12 +8,12 @@ from typing import TypedDict
 
 from floe import __version__
 from floe.adapters.hydralora import HydraLoraConfig
-from floe.pipeline.data import DataConfig
+from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.score import ScoreConfig, load_layers, run_score
 from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig, run_warmup
 from floe.store.config import to_dict
-from floe.store.runs import DONE, Run, run_for
+from floe.store.runs import Run, reuse_finished, run_for
 
 __all__ = ["STABILITY", "StabilityJson", "load_stability", "ranks_of", "run_analysis", "run_study",
            "stability_payload"]
@@ -73,13 +73,12 @@ def run_study(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
     for r in ratios:
         if not 0 < r <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {r}")
-    key = {"floe": __version__, "model": to_dict(model), "data": to_dict(data),
+    key = {"floe": __version__, "model": to_dict(model), "data": data_key(data),
            "adapter": to_dict(adapter), "train": to_dict(training), "score": to_dict(score),
            "ratios": sorted(ratios, reverse=True)}
     key["model"].pop("device")
     study = run_for("study", key)
-    if study.status == DONE and not force:
-        study.verify()
+    if reuse_finished(study, force):
         return study
     with study.hold():
         runs = {}

@@ -8,6 +8,7 @@ unchanged under ``accelerate launch`` on several GPUs (or CPU processes).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -15,15 +16,22 @@ from pathlib import Path
 from typing import TypedDict
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from floe.pipeline.data import collate
 from floe.store.config import option
-from floe.store.runs import Run, atomic_save_tensors, atomic_write_bytes, atomic_write_json, read_json
+from floe.store.runs import (
+    CorruptRunError,
+    Run,
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainSummary", "epoch_loader", "load_checkpoint",
+__all__ = ["CHECKPOINT", "Resumed", "TrainConfig", "TrainSummary", "epoch_loader", "load_checkpoint",
            "save_checkpoint", "total_steps", "train", "validation_loss"]
 
 CHECKPOINT = "checkpoint"
@@ -48,6 +56,12 @@ class TrainConfig:
             raise ValueError("lr must be > 0; batch_size, grad_accum and epochs must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps < 0 or self.checkpoint_every < 0 or self.weight_decay < 0:
+            raise ValueError("max_steps and checkpoint_every must be >= 0 (0: no limit, only at the "
+                             f"end) and weight_decay >= 0, got {self.max_steps}, "
+                             f"{self.checkpoint_every} and {self.weight_decay}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
 
 
 def total_steps(n_rows: int, config: TrainConfig, world_size: int = 1) -> int:
@@ -60,15 +74,23 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
-    """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state, then a
-    marker last."""
-    atomic_save_tensors(folder / "trainable.safetensors", _trainable(model))
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int,
+                    losses: list[float] | None = None) -> None:
+    """Trainable tensors and RNG states (safetensors) + optimizer/scheduler state in files
+    named by step, then the marker step.json naming them (with the losses so far, so a
+    resumed run reports every step), then the previous step's files are removed. A kill at
+    any point leaves the marker naming one complete checkpoint."""
+    files = {"trainable": f"trainable-{step}.safetensors", "optimizer": f"optimizer-{step}.pt",
+             "rng": f"rng-{step}.safetensors"}
+    atomic_save_tensors(folder / files["trainable"], _trainable(model))
     state = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
-    atomic_write_bytes(folder / "optimizer.pt", state.getvalue())
-    atomic_save_tensors(folder / "rng.safetensors", _rng_states())
-    atomic_write_json(folder / "step.json", {"step": step})
+    atomic_write_bytes(folder / files["optimizer"], state.getvalue())
+    atomic_save_tensors(folder / files["rng"], _rng_states())
+    atomic_write_json(folder / "step.json", {"step": step, "losses": list(losses or []), "files": files})
+    for old in folder.iterdir():
+        if old.name != "step.json" and old.name not in files.values():
+            old.unlink(missing_ok=True)
 
 
 def _rng_states() -> dict[str, torch.Tensor]:
@@ -80,21 +102,35 @@ def _rng_states() -> dict[str, torch.Tensor]:
     return states
 
 
-def _restore_rng_states(path: Path) -> None:
-    if not path.exists():  # checkpoints of earlier versions
+def _restore_rng_states(states: dict[str, torch.Tensor]) -> None:
+    if not states:  # checkpoints of earlier versions
         return
-    states = load_file(str(path))
+    states = dict(states)
     torch.set_rng_state(states.pop("cpu"))
     cuda = [states[f"cuda{i}"] for i in range(len(states))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
-    """Restore a checkpoint written by ``save_checkpoint``; returns its step (0 if none)."""
+class Resumed(TypedDict):
+    """What ``load_checkpoint`` restored: the step, the losses up to it, and the RNG states
+    (restored by the caller at the point where the uninterrupted run had them)."""
+
+    step: int
+    losses: list[float]
+    rng: dict
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> Resumed:
+    """Restore parameters and optimizer from a checkpoint written by ``save_checkpoint``
+    (step 0 if none). A damaged checkpoint raises CorruptRunError: ``--force`` starts over."""
     if not (folder / "step.json").exists():
-        return 0
-    tensors = load_file(str(folder / "trainable.safetensors"))
+        return {"step": 0, "losses": [], "rng": {}}
+    marker = read_json(folder / "step.json")
+    # Checkpoints of 0.2.0 have fixed names (and were not atomic as a whole).
+    files = marker.get("files") or {"trainable": "trainable.safetensors", "optimizer": "optimizer.pt",
+                                    "rng": "rng.safetensors"}
+    tensors = load_tensors(folder / files["trainable"])
     params = _trainable(model)
     if set(tensors) != set(params):
         raise ValueError(f"checkpoint in {folder} was written for other trainable parameters; "
@@ -103,11 +139,14 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
         for name, value in tensors.items():
             params[name].copy_(value)
     # Our own file, and weights_only refuses anything but tensors and plain containers.
-    state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(folder / files["optimizer"], weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CorruptRunError(f"{folder / files['optimizer']} is damaged ({e}); recompute with --force") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _restore_rng_states(folder / "rng.safetensors")
-    return int(read_json(folder / "step.json")["step"])
+    rng = load_tensors(folder / files["rng"]) if (folder / files["rng"]).exists() else {}
+    return {"step": int(marker["step"]), "losses": list(marker.get("losses", [])), "rng": rng}
 
 
 def epoch_loader(rows: list[dict], config: TrainConfig, epoch: int, pad_id: int) -> DataLoader:
@@ -138,7 +177,8 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
     steps = total_steps(len(rows), config, accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     ckpt = run.file(CHECKPOINT) if run is not None else None
-    start = load_checkpoint(ckpt, model, optimizer, scheduler) if ckpt else 0
+    resumed = load_checkpoint(ckpt, model, optimizer, scheduler) if ckpt else {"step": 0, "losses": [], "rng": {}}
+    start = resumed["step"]
     # The scheduler stays unprepared: accelerate would step a prepared one once per process,
     # decaying the learning rate num_processes times too fast under DDP.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -149,7 +189,7 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
                dynamic_ncols=True)
     if run is not None and main:
         run.log(event="start", stage=stage, total_steps=steps, resumed_from=start)
-    step, losses, tokens, t0 = start, [], 0, time.time()
+    step, losses, tokens, t0 = start, list(resumed["losses"])[:start], 0, time.time()
     micro_per_epoch = math.ceil(len(rows) / (config.batch_size * accelerator.num_processes))
     done_micro = start * config.grad_accum
     for epoch in range(done_micro // micro_per_epoch, config.epochs):
@@ -158,8 +198,17 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
         loader = accelerator.prepare(epoch_loader(rows, config, epoch, pad_id))
         skip = done_micro - epoch * micro_per_epoch if epoch == done_micro // micro_per_epoch else 0
         epoch_batches = accelerator.skip_first_batches(loader, skip) if skip > 0 else loader
+        if step >= steps:  # killed after its last step: nothing left to train
+            break
+        if skip == 0:  # the uninterrupted run draws this epoch's loader seed from these states
+            _restore_rng_states(resumed.pop("rng", {}))
+        batches_iter = iter(epoch_batches)
+        first = next(batches_iter, None)  # the loader draws its seed from the global generator
+        # Resumed mid-epoch, the uninterrupted run drew that seed before its checkpoint:
+        # restoring after the draw gives every later dropout mask exactly as it was.
+        _restore_rng_states(resumed.pop("rng", {}))
         running = 0.0
-        for batch in epoch_batches:
+        for batch in itertools.chain([first] if first is not None else [], batches_iter):
             with accelerator.accumulate(model):
                 out = model(**batch)
                 accelerator.backward(out.loss)
@@ -185,7 +234,7 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
             if run is not None and main:
                 run.log(**record)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
-                    save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step)
+                    save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, losses)
             if step >= steps:
                 break
         if step >= steps:
@@ -195,7 +244,7 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
     model = accelerator.unwrap_model(model)
     model.eval()
     if run is not None and main:
-        save_checkpoint(ckpt, model, optimizer, scheduler, step)
+        save_checkpoint(ckpt, model, optimizer, scheduler, step, losses)
     accelerator.free_memory()
     return {"steps": step, "total_steps": steps, "losses": losses, "resumed_from": start,
             "seconds": time.time() - t0, "world_size": accelerator.num_processes}

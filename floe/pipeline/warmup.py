@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from floe import __version__
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, load_adapter, save_adapter, trainable_parameters
-from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint
-from floe.pipeline.data import DataConfig, load_split, tokenize
+from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint, resolve_device
+from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
 from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, run_for
+from floe.store.runs import Run, reuse_finished, run_for
 
 __all__ = ["ADAPTER_DIR", "SUMMARY", "ModelConfig", "WarmupJson", "load_warmed_up", "run_warmup",
            "warmup_key", "warmup_run"]
@@ -43,12 +43,15 @@ class ModelConfig:
                                     "over the GPUs, then CPU, then disk), balanced, sequential, or "
                                     'a JSON map like {"model.layers.30": "cpu"}')
 
+    def __post_init__(self):
+        resolve_device(self.device)  # a typo or a missing GPU fails before any work
+
 
 def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
                training: TrainConfig) -> dict:
     """Everything that changes the warm-up's result (not the device)."""
     return {"floe": __version__, "model": model_fingerprint(model.model),
-            "data": to_dict(data), "adapter": to_dict(adapter), "train": to_dict(training)}
+            "data": data_key(data), "adapter": to_dict(adapter), "train": to_dict(training)}
 
 
 def warmup_run(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
@@ -61,17 +64,16 @@ def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
     """Warm up (or reuse a finished warm-up with the same config). Resumes a killed one."""
     adapter = dataclasses.replace(adapter, layers=None)  # warm-up adapts every layer
     run = warmup_run(model_cfg, data, adapter, training)
-    if run.status == DONE and not force:
-        run.verify()
+    if reuse_finished(run, force):
         return run
     with run.hold():
         if force:
             import shutil
             shutil.rmtree(run.file("checkpoint"), ignore_errors=True)
+        split = load_split(data)  # bad data fails before the model is loaded
         model, tok = load_model(model_cfg.model, model_cfg.device,
                                 trust_remote_code=model_cfg.trust_remote_code,
                                 device_map=model_cfg.device_map)
-        split = load_split(data)
         rows, val = tokenize(tok, split.train, data.max_length), tokenize(tok, split.val, data.max_length)
         if len(rows) < training.batch_size:
             raise ValueError(f"the sample has {len(rows)} examples, fewer than the batch size "

@@ -238,6 +238,7 @@ def tick(root: Path | None = None) -> list[dict]:
             if job["status"] == RUNNING:
                 _note_runs(job, root)
             if job["status"] == RUNNING and not _supervising(job):
+                _stop_orphans(job)
                 cancelled = job.get("cancel_requested")
                 job.update(status=CANCELLED if cancelled else FAILED, finished=time.time(),
                            error=job.get("error") or ("cancelled" if cancelled else
@@ -250,6 +251,14 @@ def tick(root: Path | None = None) -> list[dict]:
                 break  # strict FIFO: a job waiting for all GPUs is not overtaken
             _launch(job, need, root)
         return jobs
+
+
+def _stop_orphans(job: dict) -> None:
+    """Stop what a supervisor killed alone left running (its run stays stale, resumable)."""
+    pid = job.get("pid")
+    if pid and not _alive(pid) and _group_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        _wait_group(pid, 5.0)
 
 
 def held_runs(job: dict, root: Path | None = None) -> list[Run]:

@@ -24,10 +24,10 @@ from typing import Any
 
 from floe.store.config import config_hash
 
-__all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "LOCK", "PROGRESS", "PROJECT_DIR", "RUNNING", "STATE",
-           "CorruptRunError", "Run", "RunLockedError", "atomic_save_tensors", "atomic_write_bytes",
-           "atomic_write_json", "cache_root", "list_runs", "log_listener", "open_run", "read_json",
-           "run_for", "safe_name"]
+__all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "GARBAGE", "LOCK", "PROGRESS", "PROJECT_DIR", "RUNNING",
+           "STATE", "CorruptRunError", "Run", "RunLockedError", "atomic_save_tensors", "atomic_write_bytes",
+           "atomic_write_json", "cache_root", "collect_garbage", "crash_point", "health", "list_runs",
+           "load_tensors", "log_listener", "open_run", "read_json", "reuse_finished", "run_for", "safe_name"]
 
 CONFIG, STATE, PROGRESS, LOCK = "config.json", "state.json", "progress.jsonl", ".lock"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -67,6 +67,29 @@ def safe_name(name: str) -> str:
     return name
 
 
+def crash_point(kind: str, stage: str | None = None) -> None:
+    """Test hook of the crash-consistency suite: ``FLOE_CRASH_AT=write:N`` SIGKILLs this
+    process in the middle of its N-th atomic write (temp file written, not yet renamed);
+    ``log:STAGE:N`` right after its N-th progress record of STAGE. ``FLOE_CRASH_TRACE=FILE``
+    lists the points a run passes (where the suite draws its kill points from). Unset: nothing."""
+    if os.environ.get("FLOE_CRASH_TRACE"):
+        with open(os.environ["FLOE_CRASH_TRACE"], "a") as f:
+            f.write(f"{kind}:{stage}\n" if kind == "log" else f"{kind}\n")
+    spec = os.environ.get("FLOE_CRASH_AT")
+    if not spec:
+        return
+    want, _, rest = spec.partition(":")
+    want_stage, _, n = rest.rpartition(":")
+    if want != kind or (kind == "log" and want_stage != stage):
+        return
+    _CRASH_COUNTS[spec] = _CRASH_COUNTS.get(spec, 0) + 1
+    if _CRASH_COUNTS[spec] == int(n):
+        os.kill(os.getpid(), 9)
+
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +99,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("write")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -93,12 +117,27 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
 
+def load_tensors(path: str | Path) -> dict:
+    """A safetensors file as tensors; CorruptRunError (not safetensors' own error type) when it
+    is truncated or damaged."""
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # SafetensorError, or OSError on a short read
+        raise CorruptRunError(f"{path} is damaged or truncated ({type(e).__name__}: {e}); "
+                              "recompute it (--force) or delete its run (floe runs delete)") from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CorruptRunError(f"{path} is not valid JSON ({e}); the run is corrupt") from e
+        raise CorruptRunError(f"{path} is not valid JSON ({e}); the run is corrupt: run the "
+                              "command again with --force, or delete it (floe runs delete / "
+                              "floe runs gc)") from e
 
 
 class CorruptRunError(RuntimeError):
@@ -187,6 +226,7 @@ class Run:
             f.flush()
         for listener in _LISTENERS:
             listener(self, record)
+        crash_point("log", record.get("stage"))
 
     def progress(self) -> list[dict]:
         """The progress log; a torn last line (killed mid-write) is skipped."""
@@ -222,6 +262,20 @@ class Run:
             raise RunLockedError(f"run {self.id} is in use by a live process")
         shutil.rmtree(self.path)
 
+    def clear_corrupt(self, config: dict | None = None) -> None:
+        """Repair what ``--force`` can: an unreadable state.json is dropped (the run starts
+        afresh), an unreadable config.json rewritten from ``config`` (the run's key)."""
+        with contextlib.suppress(CorruptRunError):
+            self.state  # noqa: B018 (read to check)
+            return
+        self.file(STATE).unlink(missing_ok=True)
+        if config is not None:
+            atomic_write_json(self.file(CONFIG), config)
+
+    def _produced_nothing(self) -> bool:
+        """Only the bookkeeping files: an early failure (bad option, data, model) left it."""
+        return all(p.name in (CONFIG, STATE, PROGRESS, LOCK) for p in self.path.iterdir())
+
     @contextlib.contextmanager
     def hold(self):
         """Exclusive lock for the duration of a job; marks the run running, then failed
@@ -234,6 +288,7 @@ class Run:
             f.close()
             raise RunLockedError(f"run {self.id} is already being computed by another process") from None
         try:
+            fresh = self.state.get("status", "new") == "new" and self._produced_nothing()
             self.update_state(status=RUNNING, pid=os.getpid(), host=socket.gethostname(),
                               started=time.time(), error=None)
             yield self
@@ -241,7 +296,12 @@ class Run:
             self.update_state(status=CANCELLED, error="cancelled")
             raise
         except BaseException as e:
-            self.update_state(status=FAILED, error=f"{type(e).__name__}: {e}")
+            if fresh and self._produced_nothing():
+                # A typo's error is reported by the caller; a `failed` folder would only
+                # clutter the cache.
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                self.update_state(status=FAILED, error=f"{type(e).__name__}: {e}")
             raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -249,13 +309,47 @@ class Run:
 
 
 def run_for(kind: str, config: dict, root: Path | None = None) -> Run:
-    """The run folder of ``config`` (created with its config.json if new)."""
+    """The run folder of ``config`` (created with its config.json if new; an unreadable
+    config.json is rewritten: the key determines it)."""
     safe_name(kind)
     run = Run((root or cache_root()) / "runs" / f"{kind}-{config_hash(config)}")
-    if not run.file(CONFIG).exists():
+    try:
+        intact = run.file(CONFIG).exists() and isinstance(read_json(run.file(CONFIG)), dict)
+    except CorruptRunError:
+        intact = False
+    if not intact:
         run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run.file(CONFIG), {"kind": kind, **config})
     return run
+
+
+def reuse_finished(run: Run, force: bool) -> bool:
+    """Whether ``run`` is finished and intact and may be returned as is. With ``force`` it
+    never is, and an unreadable state.json is cleared first so the run can be recomputed
+    (``--force`` repairs a run a crash or a full disk damaged)."""
+    if force:
+        run.clear_corrupt()
+        return False
+    if run.status == DONE:
+        run.verify()
+        return True
+    return False
+
+
+def health(run: Run) -> str:
+    """The status of a run for listing and cleaning: new/running/done/failed/cancelled/
+    stale, or ``corrupt`` when its config or state cannot be read or a finished run's
+    artifacts do not match their checksums (or a crash left the folder without a config)."""
+    if not run.file(CONFIG).exists():
+        return "corrupt"
+    try:
+        run.config  # noqa: B018 (read to check)
+        status = run.status
+        if status == DONE:
+            run.verify()
+    except (CorruptRunError, OSError):
+        return "corrupt"
+    return status
 
 
 def open_run(run_id: str, root: Path | None = None) -> Run:
@@ -271,3 +365,30 @@ def list_runs(root: Path | None = None) -> list[Run]:
         return []
     runs = [Run(p) for p in folder.iterdir() if (p / CONFIG).exists()]
     return sorted(runs, key=lambda r: r.file(CONFIG).stat().st_mtime, reverse=True)
+
+
+GARBAGE = (FAILED, "stale", "corrupt")
+
+
+def collect_garbage(root: Path | None = None, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Delete the runs nothing can use (failed, stale and corrupt ones, and folders a crash
+    left without a config.json) and the temp files of interrupted writes. Returns
+    (run id, why) of each run deleted (or, with ``dry_run``, that would be)."""
+    folder = (root or cache_root()) / "runs"
+    found = []
+    for path in sorted(folder.iterdir()) if folder.exists() else []:
+        if not path.is_dir():
+            continue
+        run = Run(path)
+        why = health(run)
+        if run.is_locked():
+            continue
+        if why in GARBAGE:
+            found.append((run.id, why))
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+        elif not dry_run:  # a killed write leaves its temp file beside the target
+            for tmp in path.rglob(".*.tmp"):
+                if tmp.is_file() and time.time() - tmp.stat().st_mtime > 60:
+                    tmp.unlink(missing_ok=True)
+    return found
