@@ -18,7 +18,7 @@ from floe.store.runs import atomic_write_json, cache_root
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED", "EmbeddedModel", "ModelNotFoundError", "convert_embedded",
            "default_dtype", "embedded_available", "load_model", "model_fingerprint",
-           "resolve_device", "resolve_model_path"]
+           "parse_device", "resolve_device", "resolve_model_path"]
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -43,16 +43,26 @@ class ModelNotFoundError(FileNotFoundError):
     pass
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``--device`` if given, else CUDA when present, else CPU."""
+def parse_device(device: str | None = None) -> torch.device | None:
+    """``--device`` as a torch device (None for auto); ValueError for what is no device.
+    Whether it is present here is left to ``resolve_device`` (``floe plan`` plans for a
+    GPU it does not have)."""
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
     if dev.type not in ("cpu", "cuda", "mps", "xpu"):
         raise ValueError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``--device`` if given, else CUDA when present, else CPU."""
+    dev = parse_device(device)
+    if dev is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for, but CUDA is not available here")
     return dev

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from floe import __version__
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, load_adapter, save_adapter, trainable_parameters
-from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint, resolve_device
+from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint, parse_device
 from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
 from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
 from floe.store.config import option, to_dict
@@ -44,7 +44,7 @@ class ModelConfig:
                                     'a JSON map like {"model.layers.30": "cpu"}')
 
     def __post_init__(self):
-        resolve_device(self.device)  # a typo or a missing GPU fails before any work
+        parse_device(self.device)  # a typo fails before any work (a missing GPU: at loading)
 
 
 def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
