@@ -1,2 +1,2 @@
 """FLoE: Fisher-based layer selection for sparse HydraLoRA adaptation."""
-__version__ = "0.2.0"  # in every run key: a change in what runs compute bumps it
+__version__ = "0.3.0"  # in every run key: a change in what runs compute bumps it

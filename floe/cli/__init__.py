@@ -13,12 +13,13 @@ import sys
 from floe.cli.analysis import COMMANDS as _ANALYSIS
 from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
+from floe.cli.probe import COMMANDS as _PROBE
 from floe.store.config import Option
 
 __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
 
 EXIT_USAGE = 2
-COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS}
+COMMANDS: dict[str, Command] = {**_ANALYSIS, **_EXPERIMENTS, **_PROBE}
 
 
 def command_options(name: str) -> list[Option]:
