@@ -30,7 +30,7 @@ else:
                "95 % t-interval (two or more seeds); above, the FLoE scores of the same layers.")
     table = validation.agreement(run, probe_run)
     if not table:
-        st.info("The agreement needs measured gains on at least 3 layers.", icon=":material/info:")
+        st.info("The agreement needs measured gains on at least 2 layers.", icon=":material/info:")
     else:
         for sentence in validation.verdicts(table):
             st.warning(sentence, icon=":material/warning:")

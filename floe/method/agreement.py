@@ -51,8 +51,8 @@ def _check(*columns: Sequence[float]) -> None:
     n = len(columns[0])
     if any(len(c) != n for c in columns):
         raise ValueError(f"columns of different lengths: {[len(c) for c in columns]}")
-    if n < 3:
-        raise ValueError(f"need at least 3 layers for a rank correlation, got {n}")
+    if n < 2:
+        raise ValueError(f"need at least 2 layers for a rank correlation, got {n}")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -22,9 +22,10 @@ def agreement_table(layers: LayersJson, probe: ProbeJson, n_boot: int = 1000,
                     seed: int = 0) -> dict[str, dict]:
     """policy -> agreement figures (spearman, spearman_ci, partial_spearman given depth,
     its CI, precision_at_k) of every ranking this layers.json holds, against the probe's
-    mean gains. Layers without a finished cell are left out."""
+    mean gains. Layers without a finished cell are left out; with 2 layers rho is +-1
+    by construction (and its interval undefined)."""
     pairs = [(k, g) for k, g in zip(probe["layers"], probe["gain"]) if g is not None]
-    if len(pairs) < 3:
+    if len(pairs) < 2:
         return {}
     probed, gains = [k for k, _ in pairs], [g for _, g in pairs]
     if probe["n_layers"] != layers["n_layers"]:
