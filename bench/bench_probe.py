@@ -7,7 +7,8 @@ adapted one. So a line t(l) = a + b * (L - l) fitted through the cells measured 
 full cell: model load, validation before and after, training) predicts every layer; the
 probe's total is its sum. As the baseline in the same run, one all-layer training of the
 same budget (leave-one-out's reference cell) is timed too: the ratio total / baseline
-carries over between machines better than seconds do.
+carries over between machines better than seconds do. CPU seconds are recorded too: on a
+loaded machine the wall time says little, while CPU time / threads estimates a quiet one.
 
 Runs in a fresh cache (the converted model is shared). Prints JSON and writes
 bench/results/probe.json.
@@ -60,12 +61,14 @@ def main() -> None:
 
     def timed_cell(layers: list[int]) -> dict:
         load = os.getloadavg()[0]
+        cpu = os.times()
         start = time.perf_counter()
         run = run_sparse_training(model, data, HydraLoraConfig(), dataclasses.replace(training, seed=seed),
                                   SparseConfig(layers=layers), show_progress=False)
         wall = time.perf_counter() - start
+        cpu_s = sum(os.times()[:2]) - sum(cpu[:2])  # user + system CPU seconds of this process
         s = summary_of(run)
-        return {"layers": layers if len(layers) < n_layers else "all", "wall_s": wall,
+        return {"layers": layers if len(layers) < n_layers else "all", "wall_s": wall, "cpu_s": cpu_s,
                 "train_s": s["seconds"], "steps": s["steps"], "load_before": load,
                 "load_after": os.getloadavg()[0],
                 "gain": s["val_loss_before"] - s["val_loss_after"]}
@@ -75,16 +78,22 @@ def main() -> None:
     baseline = timed_cell(list(range(n_layers)))
     depth = np.array([n_layers - k for k in probed], dtype=float)
     walls = np.array([cells[k]["wall_s"] for k in probed])
-    b, a = np.polyfit(depth, walls, 1) if len(probed) > 1 else (0.0, float(walls[0]))
-    predicted = [a + b * (n_layers - k) for k in range(n_layers)]
-    total = float(sum(predicted))
+    cpus = np.array([cells[k]["cpu_s"] for k in probed])
+
+    def projected(values) -> float:
+        b, a = np.polyfit(depth, values, 1) if len(probed) > 1 else (0.0, float(values[0]))
+        return float(sum(a + b * (n_layers - k) for k in range(n_layers)))
+    total, total_cpu = projected(walls), projected(cpus)
+    threads = torch.get_num_threads()
     result = {
         "model": args.model, "data": args.data, "n_layers": n_layers, "budget": PROBE_BUDGET,
         "cells": {str(k): v for k, v in cells.items()}, "all_layer_baseline": baseline,
-        "fit": {"a_s": float(a), "b_s_per_layer_of_depth": float(b)},
         "predicted_probe_s": total, "predicted_probe_min": total / 60,
         "probe_over_baseline": total / baseline["wall_s"],
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        # On a quiet machine the threads run in parallel: wall ~ CPU time / threads (an
+        # upper bound on the speed-up, torch's 2-thread efficiency is below 1).
+        "predicted_probe_cpu_s": total_cpu, "quiet_estimate_min": total_cpu / threads / 60,
+        "threads": threads, "cpus": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)), "python": platform.python_version(),
         "torch": torch.__version__}
     print(json.dumps(result, indent=2))

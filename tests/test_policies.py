@@ -87,7 +87,7 @@ def test_lora_drop_sums_the_squared_adapter_output_over_real_tokens():
         total = 0.0
         for role in ("gate", "down"):
             m = arch.projection(model, k, role)
-            delta = m.scaling * inputs[(k, role)] @ m.lora_A.T @ m.lora_B[0].T  # [B, T, out]
+            delta = (m.scaling * inputs[(k, role)] @ m.lora_A.T @ m.lora_B[0].T).detach()  # [B, T, out]
             total += float((delta.square().sum(-1) * mask).sum())
         expected.append(total)
     assert norms.tolist() == pytest.approx(expected, rel=1e-9)
