@@ -41,9 +41,9 @@ COMMANDS = {
     "probe": Command(
         "measure each layer's validation-loss gain when adapted alone (or left out), and how "
         f"well each ranking policy agrees with it. Budget defaults for the probe: {_BUDGET}",
-        (text_flag("score_run", "score run whose rankings are checked (default: the newest on "
+        (text_flag("score_run", "score run whose rankings are checked (none given: the newest on "
                    "the same model and data); also sets the default model and data"),
-         text_flag("layers", "layers to probe, comma-separated (default: all)", parse=int_list),
+         text_flag("layers", "layers to probe, comma-separated (none given: every layer)", parse=int_list),
          *configs(ModelConfig, DataConfig, HydraLoraConfig, TrainConfig, ProbeConfig), *COMMON),
         _probe),
 }
