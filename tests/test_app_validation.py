@@ -88,3 +88,13 @@ def test_validation_page_starts_a_probe_job(cache):
     next(b for b in at.button if b.label == "Start the probe").click().run()
     job = only_job()
     assert job["args"][:3] == ["probe", "--score-run", score.id] and job["status"] == jobs.QUEUED
+
+
+def test_refinement_summary_says_what_refinement_did():
+    from floe.app.refinement import refinement_summary
+    payload = {"refinement": {"swaps": 1, "dropped_to_fit": 7400, "fill": False, "filled": 0,
+                              "greedy_loss": 2.0, "greedy_cost_ratio": 1.36, "fit_loss": 3.5,
+                              "refined_loss": 3.4, "refined_cost_ratio": 0.999}}
+    text = refinement_summary(payload)
+    assert "1.36·C" in text and "7,400 units" in text and "1 swap(s)" in text and "99.9% of C" in text
+    assert refinement_summary({"refinement": {"swaps": 1, "dropped_to_fit": 0}}) is None
