@@ -21,6 +21,9 @@ c1, c2, c3 = st.columns(3)
 c1.metric("layers that move", int((moves["moved up by"] != 0).sum()))
 c2.metric("first rank that differs", ks[0] if ks else "none")
 c3.metric("k to evaluate", len(ks))
+done = refinement.refinement_summary(payload)
+if done:
+    st.markdown(done)
 st.plotly_chart(refinement.refinement_figure(payload), key="bump")
 if ks:
     st.markdown(f"Top-k sets differ for **k = {', '.join(map(str, ks))}**; for every other k both "

@@ -3,7 +3,7 @@ import streamlit as st
 
 from floe.app import common, ranksearch, training
 from floe.app import widgets as ui
-from floe.pipeline.policies import POLICIES
+from floe.pipeline.policies import POLICIES, available_policies
 
 ui.page("Rank search", "Which adapter rank r for the chosen layers? Each trial trains the sparse "
         "adapter at one r and scores its validation loss; TPE proposes the next r.")
@@ -39,7 +39,7 @@ if not runs:
 run = ui.pick_run(runs, "Score run whose layers are searched", "score")
 n_layers = common.layers(run)["n_layers"]
 c1, c2 = st.columns(2)
-policy = c1.selectbox("Policy", list(POLICIES), format_func=POLICIES.get)
+policy = c1.selectbox("Policy", available_policies(common.layers(run)), format_func=POLICIES.get)
 k = ui.layer_count_slider(c2, "k: layers to adapt", n_layers, 8, disabled=policy == "all")
 st.caption(f"layers {training.chosen_layers(run, policy, k)}. Running the same search again resumes it: "
            "finished trials are kept and their training runs reused; more trials extend it.")

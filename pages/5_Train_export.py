@@ -3,7 +3,7 @@ import streamlit as st
 
 from floe.app import common, heatmaps, training
 from floe.app import widgets as ui
-from floe.pipeline.policies import POLICIES
+from floe.pipeline.policies import POLICIES, available_policies
 from floe.store import jobs
 from floe.store.runs import CorruptRunError
 
@@ -24,8 +24,9 @@ run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
 n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
-policy = c1.radio("Policy", list(POLICIES), format_func=POLICIES.get,
-                  help="FLoE ranks layers by its score; the others are the paper's baselines")
+policy = c1.radio("Policy", available_policies(common.layers(run)), format_func=POLICIES.get,
+                  help="FLoE ranks layers by its score; the others are baselines and common "
+                  "heuristics (docs/method.md, Policies)")
 k = ui.layer_count_slider(c2, "k: number of layers to adapt", n_layers, 8, disabled=policy == "all")
 chosen = training.chosen_layers(run, policy, k)
 st.plotly_chart(heatmaps.heatmap_figure([run], marked=[chosen]), key="choice")

@@ -92,8 +92,9 @@ def test_no_argparse_internals_and_no_help_text_parsing():
             assert internal not in text, f"{_name(path)} uses {internal}"
 
 
-def test_run_keys_are_those_of_0_2_0(smol_path):
-    """The default analysis's warm-up keeps the key 0.2.0 gave it: its cached run is reused."""
+def test_run_keys_are_those_of_0_3_0(smol_path):
+    """The default analysis's warm-up keeps the key 0.3.0 gave it: its cached run is reused.
+    (0.3.0 changed what a score run computes: new baselines, fixed layers.json fields.)"""
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.pipeline.data import DataConfig
     from floe.pipeline.train import TrainConfig

@@ -389,3 +389,49 @@ def test_bad_inputs(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         refine_masks(**args)
+
+
+def test_zero_budget_keeps_zero_cost_units_whatever_the_summation_order():
+    # Float costs: the running sum in tau/cost order and the flat sum differ by rounding,
+    # which used to reach into the zero-cost units (99 of these 300 seeds).
+    from floe.method.refine import drop_to_fit
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        cost = torch.rand(3, 20, generator=g, dtype=torch.float64)
+        cost[cost < 0.2] = 0
+        tau = torch.rand(3, 20, generator=g, dtype=torch.float64)
+        keep = torch.ones(3, 20, dtype=torch.bool)
+        dropped = drop_to_fit(tau, cost, keep, 0.0)
+        assert torch.equal(keep, cost == 0), seed
+        assert dropped == int((cost > 0).sum())
+
+
+def test_hand_computed_fill_step():
+    from floe.method.refine import fill_to_budget
+    # One layer of 5 units; retained: unit 0 (cost 2). Limit 6: leftover 4.
+    tau = torch.tensor([[1.0, 3.0, 2.0, 5.0, 0.5]], dtype=torch.float64)
+    cost = torch.tensor([[2.0, 1.0, 1.0, 5.0, 0.0]], dtype=torch.float64)
+    keep = torch.tensor([[True, False, False, False, False]])
+    # tau/cost: unit 4 inf (free), 1: 3, 2: 2, 3: 1. Add 4 (0), 1 (cost 3), 2 (cost 4);
+    # unit 3 (cost 5) no longer fits, and is skipped.
+    assert fill_to_budget(tau, cost, keep, 6.0) == 3
+    assert keep.tolist() == [[True, True, True, False, True]]
+
+
+def test_refine_with_fill_spends_the_leftover_budget(both_paths):
+    tau_h, tau_n, cost_h, cost_n = instance(2)
+    greedy_h, greedy_n = greedy_masks(tau_h, tau_n, cost_h.mean(), cost_n.mean(), 0.5)
+    budget = 0.5 * float(pool(cost_h, cost_n).double().sum())
+    plain = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget)
+    filled = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget, fill=True)
+    keep_plain = pool(plain.keep_heads, plain.keep_neurons)
+    keep_filled = pool(filled.keep_heads, filled.keep_neurons)
+    cost = pool(cost_h, cost_n)
+    assert plain.n_filled == 0 and filled.n_filled == int((keep_filled & ~keep_plain).sum()) == 2
+    assert bool((keep_filled | ~keep_plain).all())  # only additions after the same swaps
+    assert within_budget(retained_cost(cost, keep_filled), budget)
+    # No masked unit would still fit the leftover budget.
+    left = budget_limit(budget) - retained_cost(cost, keep_filled)
+    assert bool((cost[~keep_filled] > left).all())
+    assert filled.loss_history[:-1] == plain.loss_history
+    assert filled.loss_history[-1] == pytest.approx(float(pool(tau_h, tau_n)[~keep_filled].sum()))

@@ -129,3 +129,48 @@ def test_a_killed_job_leaves_a_stale_resumable_run(tmp_path):
     assert run.status == "stale"
     with run.hold():  # resumable: a new process can take it over
         assert run.status == "running"
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_layers_json_fields_mean_what_they_say(capsys, tiny_model_dir, fill):
+    """Each field recomputed from units.safetensors by its documented meaning."""
+    import torch
+
+    from floe.method.importance import unit_weight_counts
+    code, out = _analyze(capsys, tiny_model_dir, "--fill" if fill else "--no-fill")
+    assert code == 0
+    run = open_run(out["run"])
+    layers, units = load_layers(run), load_units(run)
+    # binary_share: the retained share of capacity of the refined binary masks (hidden 32,
+    # head_dim 8, group 2: a head gates 2*32*8 + 2*32*8/2 = 768 weights, a neuron 3*32 = 96).
+    n_head, n_neuron = unit_weight_counts(32, 8, 2)
+    assert (n_head, n_neuron) == (768.0, 96.0)
+    kept = units["refined_heads"].sum(1) * n_head + units["refined_neurons"].sum(1) * n_neuron
+    share = kept / (4 * n_head + 48 * n_neuron)
+    assert layers["components"]["binary_share"] == pytest.approx(share.tolist(), abs=1e-6)
+    # Refinement: the greedy masks' own loss and cost against C, then after fitting and at the end.
+    tau = torch.cat([units["tau_heads"], units["tau_neurons"]], 1).double()
+    cost = torch.cat([units["cost_heads"], units["cost_neurons"]], 1).double()
+    greedy = torch.cat([units["greedy_heads"], units["greedy_neurons"]], 1).bool()
+    refined = torch.cat([units["refined_heads"], units["refined_neurons"]], 1).bool()
+    budget = 0.5 * float(cost.sum())
+    ref = layers["refinement"]
+    assert ref["fill"] is fill
+    if fill:  # no masked unit would still fit the leftover budget
+        assert bool((cost[~refined] > budget * (1 + 1e-6) - float(cost[refined].sum())).all())
+    else:
+        assert ref["filled"] == 0
+    assert ref["greedy_loss"] == pytest.approx(float(tau[~greedy].sum()), rel=1e-6)
+    assert ref["greedy_cost_ratio"] == pytest.approx(float(cost[greedy].sum()) / budget, rel=1e-6)
+    assert ref["refined_loss"] == pytest.approx(float(tau[~refined].sum()), rel=1e-5)
+    assert ref["refined_cost_ratio"] == pytest.approx(float(cost[refined].sum()) / budget, rel=1e-6)
+    assert ref["refined_cost_ratio"] <= 1 + 1e-6
+    assert ref["refined_loss"] <= ref["fit_loss"] + 1e-9
+    if ref["greedy_cost_ratio"] <= 1:
+        assert ref["dropped_to_fit"] == 0 and ref["fit_loss"] == pytest.approx(ref["greedy_loss"], rel=1e-6)
+    # The new baselines: rankings by their stored signals, largest first.
+    for name in ("lora_drop", "ht_sr", "weight_norm", "adapter_norm"):
+        signal = layers["signals"][name]
+        assert layers["baselines"][name] == sorted(range(4), key=lambda k: (-signal[k], k))
+    assert all(v > 0 for v in layers["signals"]["lora_drop"])
+    assert all(1 < v < 100 for v in layers["signals"]["ht_sr"])

@@ -14,7 +14,8 @@ from floe.pipeline.score import LayersJson
 from floe.pipeline.study import ranks_of
 from floe.store.runs import Run
 
-__all__ = ["compare_runs", "compare_table", "differing_ks", "refinement_figure", "refinement_moves"]
+__all__ = ["compare_runs", "compare_table", "differing_ks", "refinement_figure", "refinement_moves",
+           "refinement_summary"]
 
 
 def differing_ks(with_refinement: list[int], without: list[int]) -> list[int]:
@@ -22,6 +23,20 @@ def differing_ks(with_refinement: list[int], without: list[int]) -> list[int]:
     evaluation to compare the rankings (the paper's Fig. 6 / Table 7)."""
     return [k for k in range(1, len(with_refinement) + 1)
             if set(with_refinement[:k]) != set(without[:k])]
+
+
+def refinement_summary(payload: LayersJson) -> str | None:
+    """What the refinement did to the greedy masks under per-unit costs, in one sentence
+    (None for score runs of floe 0.2.0, which did not record it)."""
+    r = payload.get("refinement") or {}
+    if "greedy_cost_ratio" not in r:
+        return None
+    fill = f", then the fill step added back {r['filled']:,}" if r.get("fill") else ""
+    return (f"Under per-unit costs the greedy masks cost {r['greedy_cost_ratio']:.2f}·C: "
+            f"fitting them to the budget masked {r['dropped_to_fit']:,} units, then {r['swaps']:,} "
+            f"swap(s) followed{fill}. The masked units' Fisher loss: greedy {r['greedy_loss']:.4g}, "
+            f"after fitting {r['fit_loss']:.4g}, refined {r['refined_loss']:.4g}; the refined "
+            f"masks use {r['refined_cost_ratio']:.1%} of C.")
 
 
 def refinement_moves(payload: LayersJson) -> pd.DataFrame:

@@ -24,14 +24,16 @@ PAGES = [("app.py", "Runs", ":material/list:"),
          ("pages/2_Stability.py", "Stability", ":material/show_chart:"),
          ("pages/3_Refinement.py", "Refinement", ":material/swap_vert:"),
          ("pages/4_Rank_search.py", "Rank search", ":material/tune:"),
-         ("pages/5_Train_export.py", "Train & export", ":material/download:")]
+         ("pages/5_Train_export.py", "Train & export", ":material/download:"),
+         ("pages/6_Validation.py", "Validation", ":material/fact_check:")]
 POLL_S = 3.0  # seconds between job-panel polls (each costs a short script run)
 # Where a finished job's result is seen: command -> (page, link text).
 RESULT_PAGES = {"analyze": ("pages/1_Heatmaps.py", "See the heatmap"),
                 "train": ("pages/5_Train_export.py", "See the training"),
                 "eval": ("pages/5_Train_export.py", "See the evaluation"),
                 "search-rank": ("pages/4_Rank_search.py", "See the search"),
-                "compare": ("pages/3_Refinement.py", "See the comparison")}
+                "compare": ("pages/3_Refinement.py", "See the comparison"),
+                "probe": ("pages/6_Validation.py", "See the validation")}
 # Fast analysis settings for the one-click button: minutes on 2 CPU cores (the CLI's own
 # defaults are sized for a better estimate).
 QUICK = {"max_samples": "32", "val_samples": "8", "max_length": "64", "score_samples": "8"}

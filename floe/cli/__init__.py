@@ -16,6 +16,7 @@ from floe.cli.experiments import COMMANDS as _EXPERIMENTS
 from floe.cli.options import Command, add_options
 from floe.cli.plan import COMMANDS as _PLAN
 from floe.cli.plan import with_plan_check
+from floe.cli.probe import COMMANDS as _PROBE
 from floe.cli.runs import COMMANDS as _RUNS
 from floe.pipeline.trackers import TrackConfig, tracking
 from floe.store.config import Option
@@ -25,7 +26,7 @@ __all__ = ["COMMANDS", "build_parser", "command_options", "main"]
 EXIT_USAGE = 2
 # Commands that load a model check the memory plan first (floe.cli.plan).
 COMMANDS: dict[str, Command] = {name: with_plan_check(name, command) for name, command in
-                                {**_ANALYSIS, **_EXPERIMENTS, **_PLAN, **_RUNS}.items()}
+                                {**_ANALYSIS, **_EXPERIMENTS, **_PROBE, **_PLAN, **_RUNS}.items()}
 
 
 def command_options(name: str) -> list[Option]:

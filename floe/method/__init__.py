@@ -1,4 +1,6 @@
 """The FLoE method as functions on tensors and models: Taylor costs, mask Fisher, greedy
-mask search, swap refinement, least-squares tuning, layer importance and baselines."""
+mask search, swap refinement, least-squares tuning, layer importance, baselines, and the
+agreement of layer rankings with measured gains."""
 
-__all__ = ["baselines", "fisher", "importance", "masks", "normal_equations", "refine", "search", "taylor", "tune"]
+__all__ = ["agreement", "baselines", "fisher", "importance", "masks", "normal_equations", "refine",
+           "search", "taylor", "tune"]

@@ -56,7 +56,8 @@ from torch import Tensor
 from floe.method.search import budget_limit, check_scores
 
 __all__ = ["NO_SWAP_EVER", "PAIR_CAP", "SUM_MARGIN", "LayerBest", "LayerIndex", "RefineResult",
-           "Swap", "best_at_slack", "check_costs", "check_keep", "drop_to_fit", "index_layer",
+           "Swap", "best_at_slack", "check_costs", "check_keep", "drop_to_fit", "fill_to_budget",
+           "index_layer",
            "layer_best", "masked_front", "prefix_max", "refine_masks", "retained_cost_of",
            "retained_front", "step_function", "suffix_min"]
 
@@ -86,8 +87,10 @@ class RefineResult:
     keep_neurons: Tensor  # [L, N] bool
     n_swaps: int
     n_dropped_to_fit: int
+    n_filled: int = 0  # units added back by the fill step (0 without it)
     # loss_history[0]: loss after the fit step (the feasible start), then one entry per
-    # swap, each the previous minus the swap's gain, so it is non-increasing exactly.
+    # swap, each the previous minus the swap's gain, so it is non-increasing exactly;
+    # with the fill step, one last entry for the loss after it.
     loss_history: list[float] = field(default_factory=list)
 
 
@@ -293,26 +296,45 @@ def check_keep(name: str, keep: Tensor, like: Tensor) -> None:
 def drop_to_fit(tau: Tensor, cost: Tensor, keep: Tensor, limit: float) -> int:
     """Mask retained units in increasing tau/cost order until the cost fits; in place.
 
-    Units of zero cost sort last (dropping them frees nothing). Ties: lower flat index
-    (layer-major, heads before neurons). Returns the number of units masked.
+    Units of zero cost are never dropped (dropping them frees nothing). Ties: lower flat
+    index (layer-major, heads before neurons). Returns the number of units masked.
     """
-    flat_keep = keep.view(-1)
-    total = float(cost.view(-1)[flat_keep].sum())
+    flat_keep, flat_cost = keep.view(-1), cost.view(-1)
+    total = float(flat_cost[flat_keep].sum())
     if total <= limit:
         return 0
-    kept = flat_keep.nonzero().squeeze(1)
-    ratio = tau.view(-1)[kept] / cost.view(-1)[kept]
-    ratio = torch.where(cost.view(-1)[kept] > 0, ratio, math.inf)
+    # Only units that free something: a running sum in another order than ``total`` can
+    # fall short by rounding and would reach into zero-cost units (zero budget).
+    kept = (flat_keep & (flat_cost > 0)).nonzero().squeeze(1)
+    ratio = tau.view(-1)[kept] / flat_cost[kept]
     order = kept[torch.sort(ratio, stable=True).indices]
-    freed = torch.cumsum(cost.view(-1)[order], 0)
+    freed = torch.cumsum(flat_cost[order], 0)
     needed = torch.tensor([total - limit], dtype=freed.dtype)
     n_drop = min(int(torch.searchsorted(freed, needed)) + 1, order.numel())
     flat_keep[order[:n_drop]] = False
     # The running sum and a fresh sum may differ by rounding: drop more if still over.
-    while float(cost.view(-1)[flat_keep].sum()) > limit and n_drop < order.numel():
+    while float(flat_cost[flat_keep].sum()) > limit and n_drop < order.numel():
         flat_keep[order[n_drop]] = False
         n_drop += 1
     return n_drop
+
+
+def fill_to_budget(tau: Tensor, cost: Tensor, keep: Tensor, limit: float) -> int:
+    """Extension: unmask masked units by decreasing tau/cost (zero cost first, ties to the
+    lower flat index), each that still fits the leftover budget; in place. Returns the count."""
+    flat_keep, flat_cost, flat_tau = keep.view(-1), cost.view(-1), tau.view(-1)
+    masked = (~flat_keep).nonzero().squeeze(1)
+    ratio = torch.where(flat_cost[masked] > 0, flat_tau[masked] / flat_cost[masked], math.inf)
+    order = masked[torch.sort(-ratio, stable=True).indices].tolist()
+    spent = math.fsum(flat_cost[flat_keep].tolist())
+    added = 0
+    for unit in order:
+        c = float(flat_cost[unit])
+        if spent + c <= limit:
+            flat_keep[unit] = True
+            spent += c
+            added += 1
+    return added
 
 
 def refine_masks(
@@ -325,6 +347,7 @@ def refine_masks(
     budget: float,
     *,
     on_swap: Callable[[Swap], None] | None = None,
+    fill: bool = False,
 ) -> RefineResult:
     """Algorithm 2: fit the greedy masks to the true costs, then swap within layers.
 
@@ -341,6 +364,8 @@ def refine_masks(
         keep_heads, keep_neurons: starting retained masks (bool), e.g. from greedy_masks.
         budget: C, finite, >= 0.
         on_swap: called with each applied Swap (for logging or checking invariants).
+        fill: after the swaps, unmask masked units by decreasing tau/cost while they fit
+            the leftover budget (fill_to_budget; an extension, off by default).
 
     Returns:
         RefineResult with new masks (inputs are not modified), on the inputs' device.
@@ -399,10 +424,14 @@ def refine_masks(
         if on_swap is not None:
             on_swap(Swap(k, p, q, gain, math.fsum(layer_cost)))
 
+    n_filled = fill_to_budget(tau, cost, keep, limit) if fill else 0
+    if n_filled:
+        history.append(float(torch.where(keep, 0.0, tau).sum()))
     return RefineResult(
         keep_heads=keep[:, :n_heads].to(device),
         keep_neurons=keep[:, n_heads:].to(device),
         n_swaps=n_swaps,
         n_dropped_to_fit=n_dropped,
+        n_filled=n_filled,
         loss_history=history,
     )

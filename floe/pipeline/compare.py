@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TypedDict
 
-from floe import __version__
+from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.evaluate import SUMMARY as EVAL_SUMMARY
@@ -252,7 +252,7 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
     model_cfg = model_cfg or ModelConfig(model=scored.config["warmup"]["model"]["model"])
     n_layers = model_shape(model_cfg).n_layers
     cells = plan(config, n_layers)
-    key = {"floe": __version__, "score_run": scored.id, "model": scored.config["warmup"]["model"],
+    key = {"floe": KEY_VERSIONS["compare"], "score_run": scored.id, "model": scored.config["warmup"]["model"],
            "data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
            "train": {**to_dict(training), "seed": None}, "eval": to_dict(evaluation),
            "compare": to_dict(config)}

@@ -15,7 +15,7 @@ from typing import TypedDict
 
 from tqdm.auto import tqdm
 
-from floe import __version__
+from floe import KEY_VERSIONS
 from floe.adapters.hydralora import ADAPTER_WEIGHTS, load_adapter
 from floe.models.load import load_model, model_fingerprint
 from floe.pipeline.data import DataConfig, data_config, data_key, load_split, tokenize
@@ -112,7 +112,7 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
         adapter_dir = str(trained.file("adapter"))
     if model is None:
         raise ValueError("say which model to evaluate (--model)")
-    key = {"floe": __version__, "scorer": SCORER, "model": model_fingerprint(model), "adapter": source,
+    key = {"floe": KEY_VERSIONS["eval"], "scorer": SCORER, "model": model_fingerprint(model), "adapter": source,
            "eval": to_dict(config), "data": data_key(data) if data and config.val_loss else None}
     run = run_for("eval", key)
     if reuse_finished(run, force):

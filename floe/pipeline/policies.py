@@ -1,13 +1,15 @@
 """The layer-selection policies: the one list of them, with their labels, and the ranking
-each reads from a score run's layers.json."""
+each reads from (or derives from) a score run's layers.json."""
 from __future__ import annotations
 
 from floe.pipeline.score import LayersJson, load_layers
 from floe.store.runs import Run
 
-__all__ = ["POLICIES", "check_policy", "ranking_for", "ranking_from"]
+__all__ = ["POLICIES", "available_policies", "check_policy", "depth_ranking", "ranking_for", "ranking_from",
+           "spread_ranking"]
 
-# name -> label shown in the app. Order: FLoE first, then the baselines (METHOD 12).
+# name -> label shown in the app. Order: FLoE first, then the baselines (METHOD 12), then
+# the practitioners' heuristics (docs/method.md, "Policies").
 POLICIES: dict[str, str] = {
     "floe": "FLoE (with refinement)",
     "floe-no-refine": "FLoE without refinement",
@@ -15,7 +17,15 @@ POLICIES: dict[str, str] = {
     "weight-norm": "pretrained weight norm",
     "adapter-norm": "warm-up adapter norm",
     "all": "all layers",
+    "deepest": "deepest layers (last k)",
+    "shallowest": "shallowest layers (first k)",
+    "spread": "evenly spread layers",
+    "floe-reverse": "FLoE reversed (bottom k)",
+    "lora-drop": "LoRA-drop (adapter output norm)",
+    "ht-sr": "HT-SR alpha (AlphaLoRA)",
 }
+# Policies read from layers.json "baselines" under these keys; the others are derived.
+_STORED = {"random", "weight-norm", "adapter-norm", "all", "lora-drop", "ht-sr"}
 
 
 def check_policy(policy: str) -> str:
@@ -24,14 +34,52 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+def depth_ranking(n_layers: int, deepest_first: bool = True) -> list[int]:
+    order = list(range(n_layers))
+    return order[::-1] if deepest_first else order
+
+
+def spread_ranking(n_layers: int) -> list[int]:
+    """Layers in farthest-point order: each next layer is the one farthest from those
+    already taken, the ends counting as taken at -1 and n (ties: lower index). Every
+    top-k is spread over the depth, e.g. n=30: 14, 22, 6, 10, 18, 26, 2, ..."""
+    taken: list[int] = []
+    while len(taken) < n_layers:
+        fences = sorted([-1, n_layers, *taken])
+        best, best_gap = -1, -1.0
+        for lo, hi in zip(fences, fences[1:]):
+            if hi - lo > 1 and (hi - lo) / 2 > best_gap:
+                best, best_gap = (lo + hi) // 2, (hi - lo) / 2
+        taken.append(best)
+    return taken
+
+
 def ranking_from(layers: LayersJson, policy: str) -> list[int]:
     """The layer ranking of ``policy`` (most important first) in a layers.json payload."""
     check_policy(policy)
+    n = layers["n_layers"]
     if policy == "floe":
         return layers["ranking"]
     if policy == "floe-no-refine":
         return layers["ranking_without_refinement"]
-    return layers["baselines"][policy.replace("-", "_")]
+    if policy == "floe-reverse":
+        return layers["ranking"][::-1]
+    if policy in ("deepest", "shallowest"):
+        return depth_ranking(n, deepest_first=policy == "deepest")
+    if policy == "spread":
+        return spread_ranking(n)
+    stored = layers.get("baselines", {}).get(policy.replace("-", "_"))
+    if stored is None:
+        raise ValueError(f"this score run has no {policy!r} ranking (it was computed by an older "
+                         "floe): run the analysis again to get it")
+    return stored
+
+
+def available_policies(layers: LayersJson) -> list[str]:
+    """The policies whose ranking this layers.json holds or implies."""
+    return [p for p in POLICIES
+            if p not in _STORED or p.replace("-", "_") in layers.get("baselines", {})]
+
 
 
 def ranking_for(run: Run, policy: str) -> list[int]:

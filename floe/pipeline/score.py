@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from floe import __version__
-from floe.method.baselines import adapter_update_norms, weight_norms
+from floe import KEY_VERSIONS
+from floe.method.baselines import adapter_output_norms, adapter_update_norms, ht_sr_alphas, weight_norms
 from floe.method.fisher import mask_fisher
 from floe.method.importance import (
     all_layers,
@@ -40,8 +40,8 @@ from floe.pipeline.warmup import load_warmed_up
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_save_tensors, open_run, reuse_finished, run_for
 
-__all__ = ["LayersJson", "ScoreConfig", "compute_scores", "load_layers", "load_units", "open_score_run",
-           "run_score", "summary"]
+__all__ = ["LayersJson", "ScoreConfig", "baseline_signals", "compute_scores", "load_layers",
+           "load_units", "open_score_run", "refinement_summary", "run_score", "summary"]
 
 UNITS, LAYERS, TIMINGS = "units.safetensors", "layers.json", "timings.json"
 
@@ -62,6 +62,8 @@ class ScoreConfig:
     taylor_chunks: str = option("1", "Taylor passes over the scoring data, each gathering the "
                                 "gradients of L/N layers (about 1/N of the fp32 buffers; same "
                                 "costs); 'auto': the fewest that fit the device")
+    fill: bool = option(False, "extension: after the refinement's swaps, add back masked units "
+                        "by decreasing tau/cost while they fit the leftover budget")
 
     def __post_init__(self):
         if not 0 < self.beta <= 1:
@@ -80,7 +82,7 @@ class Components(TypedDict):
 
     head_share: list[float]       # retained share of head capacity after tuning
     neuron_share: list[float]     # retained share of neuron capacity after tuning
-    binary_share: list[float]     # 1 - retained share of the refined binary masks
+    binary_share: list[float]     # retained share of capacity of the refined binary masks
     fisher_heads: list[float]     # sum of the heads' mask Fisher
     fisher_neurons: list[float]
     taylor_heads: list[float]     # sum of the heads' Taylor costs
@@ -96,13 +98,31 @@ class Baselines(TypedDict):
     weight_norm: list[int]
     adapter_norm: list[int]
     all: list[int]
+    lora_drop: list[int]          # by the warm-up adapter's summed squared output norm
+    ht_sr: list[int]              # by the mean HT-SR alpha of the layer's weights
+
+
+class Signals(TypedDict):
+    """The baselines' per-layer values behind their rankings."""
+
+    weight_norm: list[float]
+    adapter_norm: list[float]
+    lora_drop: list[float]
+    ht_sr: list[float]
 
 
 class Refinement(TypedDict):
+    """Losses are sum of tau over masked units; costs are per-unit Taylor costs over C."""
+
     swaps: int
     dropped_to_fit: int
-    greedy_loss: float | None
-    refined_loss: float | None
+    fill: bool                    # whether the fill step ran (ScoreConfig.fill)
+    filled: int                   # units the fill step added back
+    greedy_loss: float            # of the greedy masks (Algorithm 1), before fitting
+    greedy_cost_ratio: float      # the greedy masks' cost / C (above 1: drop-to-fit acts)
+    fit_loss: float | None        # after drop-to-fit, before the swaps
+    refined_loss: float | None    # after the swaps (and the fill step, when on)
+    refined_cost_ratio: float     # the refined masks' cost / C
 
 
 class Tuning(TypedDict):
@@ -125,6 +145,7 @@ class LayersJson(TypedDict, total=False):
     ranking_without_refinement: list[int]
     components: Components
     baselines: Baselines
+    signals: Signals
     refinement: Refinement
     tuning: Tuning
     model: str
@@ -162,7 +183,7 @@ class _Stages:
 # --------------------------------------------------------------------------- pipeline
 def score_key(warmup: Run, config: ScoreConfig) -> dict:
     # taylor_chunks changes memory, not results: runs with any value share a key.
-    return {"floe": __version__, "warmup": warmup.config, "warmup_run": warmup.id,
+    return {"floe": KEY_VERSIONS["score"], "warmup": warmup.config, "warmup_run": warmup.id,
             "score": {k: v for k, v in to_dict(config).items() if k != "taylor_chunks"}}
 
 
@@ -201,6 +222,32 @@ def taylor_chunk_count(model, config: ScoreConfig, batches: list[dict]) -> int:
         raise ValueError(f"Taylor scoring does not fit in {budget / memory.GIB:.1f} GiB even one layer "
                          "per pass: lower --score-batch-size")
     return chunks
+def _masked_sum(values, keep) -> float:
+    return float(sum(torch.where(k, 0.0, v.double()).sum() for v, k in zip(values, keep)))
+
+
+def _kept_sum(values, keep) -> float:
+    return float(sum(torch.where(k, v.double(), 0.0).sum() for v, k in zip(values, keep)))
+
+
+def refinement_summary(refined, tau, cost, greedy, budget: float, fill: bool) -> Refinement:
+    """What refinement did: the greedy masks' loss and cost against C, the loss after
+    drop-to-fit and at the end (layers.json "refinement", docs/artifacts.md)."""
+    history = refined.loss_history
+    final = (refined.keep_heads, refined.keep_neurons)
+    ratio = (lambda keep: _kept_sum(cost, keep) / budget) if budget > 0 else (lambda keep: 0.0)
+    return {"swaps": refined.n_swaps, "dropped_to_fit": refined.n_dropped_to_fit, "fill": fill,
+            "filled": refined.n_filled, "greedy_loss": _masked_sum(tau, greedy),
+            "greedy_cost_ratio": ratio(greedy), "fit_loss": history[0] if history else None,
+            "refined_loss": history[-1] if history else None, "refined_cost_ratio": ratio(final)}
+
+
+def baseline_signals(model, batches: list[dict], roles) -> dict[str, torch.Tensor]:
+    """Per-layer values of the norm-like baselines (larger: adapt first)."""
+    return {"weight_norm": weight_norms(model, roles),
+            "adapter_norm": adapter_update_norms(model, roles),
+            "lora_drop": adapter_output_norms(model, batches, roles),
+            "ht_sr": ht_sr_alphas(model)}
 
 
 def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Stages,
@@ -218,11 +265,14 @@ def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Sta
         greedy_h, greedy_n = greedy_masks(tau_h, tau_n, t_h, t_f, config.beta)
     with stages.stage("refine"):
         budget = float(config.beta * (cost_h.double().sum() + cost_n.double().sum()))
-        refined = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget)
+        refined = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget,
+                               fill=config.fill)
     with stages.stage("tune", shape.n_layers) as progress:  # refined and greedy together
         tuned = dict(zip(("refined", "greedy"), tune_mask_sets(
             model, batches, [(refined.keep_heads, refined.keep_neurons), (greedy_h, greedy_n)],
             damping=config.damping, bound=config.bound, progress=progress)))
+    with stages.stage("baselines"):
+        signals = baseline_signals(model, batches, roles)
     scores, binary = _masks_to_scores(tuned["refined"], refined.keep_heads, refined.keep_neurons, shape)
     scores_nr, _ = _masks_to_scores(tuned["greedy"], greedy_h, greedy_n, shape)
     units = {"tau_heads": tau_h, "tau_neurons": tau_n, "cost_heads": cost_h,
@@ -240,18 +290,17 @@ def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Sta
         "ranking_without_refinement": rank_layers(scores_nr["score"]),
         "components": {
             "head_share": as_list(scores["head_share"]), "neuron_share": as_list(scores["neuron_share"]),
-            "binary_share": as_list(binary["score"]),
+            "binary_share": as_list(binary["retained_share"]),
             "fisher_heads": as_list(tau_h.sum(1)), "fisher_neurons": as_list(tau_n.sum(1)),
             "taylor_heads": as_list(cost_h.sum(1)), "taylor_neurons": as_list(cost_n.sum(1)),
             "retained_heads": [int(x) for x in refined.keep_heads.sum(1)],
             "retained_neurons": [int(x) for x in refined.keep_neurons.sum(1)]},
         "baselines": {"random": random_ranking(shape.n_layers, seed),
-                      "weight_norm": norm_ranking(weight_norms(model, roles)),
-                      "adapter_norm": norm_ranking(adapter_update_norms(model, roles)),
+                      **{name: norm_ranking(values) for name, values in signals.items()},
                       "all": all_layers(shape.n_layers)},
-        "refinement": {"swaps": refined.n_swaps, "dropped_to_fit": refined.n_dropped_to_fit,
-                       "greedy_loss": refined.loss_history[0] if refined.loss_history else None,
-                       "refined_loss": refined.loss_history[-1] if refined.loss_history else None},
+        "signals": {name: as_list(values) for name, values in signals.items()},
+        "refinement": refinement_summary(refined, (tau_h, tau_n), (cost_h, cost_n),
+                                         (greedy_h, greedy_n), budget, config.fill),
         "tuning": {"fallbacks": int(tuned["refined"].fallback.sum()),
                    "error_binary": float(tuned["refined"].error_binary.sum()),
                    "error_tuned": float(tuned["refined"].error_tuned.sum())},

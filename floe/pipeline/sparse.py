@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from floe import __version__
+from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from floe.models import arch
 from floe.models.load import load_model, model_fingerprint, resolve_device
@@ -212,7 +212,7 @@ def train_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig
                  "k": len(adapter.layers), "score_run": sparse.score_run}
     if sparse._own_random_draw and sparse.layers is None:
         selection["random_seed"] = sparse.random_seed
-    return {"floe": __version__, "model": model_fingerprint(model_cfg.model), "data": data_key(data),
+    return {"floe": KEY_VERSIONS["train"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
             "adapter": to_dict(adapter), "train": to_dict(training), "selection": selection}
 
 

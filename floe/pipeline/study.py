@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TypedDict
 
-from floe import __version__
+from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.score import ScoreConfig, load_layers, run_score
@@ -73,7 +73,7 @@ def run_study(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
     for r in ratios:
         if not 0 < r <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {r}")
-    key = {"floe": __version__, "model": to_dict(model), "data": data_key(data),
+    key = {"floe": KEY_VERSIONS["study"], "model": to_dict(model), "data": data_key(data),
            "adapter": to_dict(adapter), "train": to_dict(training), "score": to_dict(score),
            "ratios": sorted(ratios, reverse=True)}
     key["model"].pop("device")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from floe import __version__
+from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, load_adapter, save_adapter, trainable_parameters
 from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint, parse_device
 from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
@@ -50,7 +50,7 @@ class ModelConfig:
 def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
                training: TrainConfig) -> dict:
     """Everything that changes the warm-up's result (not the device)."""
-    return {"floe": __version__, "model": model_fingerprint(model.model),
+    return {"floe": KEY_VERSIONS["warmup"], "model": model_fingerprint(model.model),
             "data": data_key(data), "adapter": to_dict(adapter), "train": to_dict(training)}
 
 

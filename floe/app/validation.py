@@ -1,0 +1,175 @@
+"""The Validation page: does a layer ranking predict what adapting a layer buys? Each
+layer's measured gain (a probe run) under the score rows, score against gain per policy,
+and the policy table (rho, partial rho given depth, precision@k) with a plain verdict.
+
+No Streamlit here; the figures come from probe.json and layers.json through the
+pipeline's readers (floe.pipeline.validation)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from floe.app import common
+from floe.method.agreement import ranking_scores
+from floe.pipeline.policies import POLICIES, ranking_from
+from floe.pipeline.probe import PROBE_BUDGET, ProbeJson
+from floe.pipeline.probe import SUMMARY as PROBE_SUMMARY
+from floe.pipeline.score import LayersJson
+from floe.pipeline.validation import agreement_table, compare_gains, matching_probes, verdict
+from floe.store.runs import Run
+
+__all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "precision_figure", "probe_label",
+           "probe_payload", "probe_preset", "probes_for", "policy_table", "scatter_figure",
+           "verdicts"]
+
+PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
+
+
+def probes_for(score_run: Run) -> list[Run]:
+    return matching_probes(score_run)
+
+
+def _mtime(run: Run) -> int:
+    try:
+        return run.file(PROBE_SUMMARY).stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def probe_payload(run: Run) -> ProbeJson:
+    """probe.json as written so far (a running probe rewrites it after every cell)."""
+    return _probe_payload(str(run.path), _mtime(run))
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_payload(path: str, stamp: int) -> ProbeJson:
+    return Run(Path(path)).read_json(PROBE_SUMMARY)
+
+
+def agreement(score_run: Run, probe_run: Run) -> dict[str, dict]:
+    """policy -> agreement figures, memoised until the score run or probe.json changes
+    (the bootstrap takes about a second)."""
+    return _agreement(str(score_run.path), str(probe_run.path), _mtime(probe_run))
+
+
+@functools.lru_cache(maxsize=64)
+def _agreement(score_path: str, probe_path: str, stamp: int) -> dict:
+    return agreement_table(common.layers(Run(Path(score_path))), _probe_payload(probe_path, stamp))
+
+
+def probe_label(run: Run) -> str:
+    p = probe_payload(run)
+    done = sum(c["gain"] is not None for c in p["cells"])
+    state = "partial" if p["partial"] else "done"
+    return (f"{p['mode']} · {len(p['layers'])} layers · seeds {','.join(map(str, p['seeds']))} · "
+            f"{done} cells ({state}) · {run.id.split('-', 1)[1][:6]}")
+
+
+def probe_preset() -> dict[str, str]:
+    """The probe's budget defaults as form values."""
+    return {k: str(v) for part in PROBE_BUDGET.values() for k, v in part.items()}
+
+
+def gain_figure(layers: LayersJson, probe: ProbeJson, score_label: str) -> go.Figure:
+    """Top: the FLoE score rows per layer (with and without refinement); below, on the
+    same layer axis, each probed layer's mean gain with its t-interval."""
+    n = layers["n_layers"]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.35, 0.65],
+                        vertical_spacing=0.06)
+    fig.add_trace(go.Heatmap(z=[layers["layer_scores"], layers["layer_scores_without_refinement"]],
+                             x=list(range(n)), y=["FLoE score", "without refinement"],
+                             colorscale="Viridis", colorbar={"title": "s_k", "len": 0.35, "y": 0.85},
+                             hovertemplate="layer %{x}: %{z:.3f}<extra>%{y}</extra>"), row=1, col=1)
+    xs, ys, up, down = [], [], [], []
+    for k, ci in zip(probe["layers"], probe["gain_ci"]):
+        if ci.get("mean") is None:
+            continue
+        xs.append(k)
+        ys.append(ci["mean"])
+        up.append((ci["ci_high"] - ci["mean"]) if ci.get("ci_high") is not None else 0.0)
+        down.append((ci["mean"] - ci["ci_low"]) if ci.get("ci_low") is not None else 0.0)
+    fig.add_trace(go.Bar(x=xs, y=ys, error_y={"type": "data", "array": up, "arrayminus": down},
+                         marker_color="#1f77b4", name="measured gain",
+                         hovertemplate="layer %{x}: gain %{y:.4f}<extra></extra>"), row=2, col=1)
+    what = "gain lost when left out" if probe["mode"] == "leave-one-out" else "gain adapted alone"
+    fig.update_yaxes(title_text=f"validation-loss {what}", row=2, col=1)
+    fig.update_xaxes(title_text="layer", range=[-0.5, n - 0.5], row=2, col=1)
+    fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 30, "b": 40}, showlegend=False,
+                      title={"text": score_label, "font": {"size": 12}})
+    return fig
+
+
+def scatter_figure(layers: LayersJson, probe: ProbeJson, policy: str, figures: dict) -> go.Figure:
+    """One point per probed layer: its place in the policy's ranking against its gain."""
+    scores = ranking_scores(ranking_from(layers, policy))
+    pairs = [(k, scores[k], g) for k, g in zip(probe["layers"], probe["gain"]) if g is not None]
+    lo, hi = figures["spearman_ci"]
+    rho = figures["spearman"]
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
+    fig = go.Figure(go.Scatter(
+        x=[s for _, s, _ in pairs], y=[g for _, _, g in pairs], mode="markers+text",
+        text=[f"L{k}" for k, _, _ in pairs], textposition="top center",
+        hovertemplate="%{text}: ranked %{x}, gain %{y:.4f}<extra></extra>"))
+    rho_text = "undefined" if rho is None else f"{rho:.2f}"
+    fig.update_layout(title=f"{POLICIES[policy]}: ρ = {rho_text}{ci}", height=360,
+                      xaxis_title=f"place in the ranking ({layers['n_layers']} = first)",
+                      yaxis_title="measured gain", margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def _interval(pair: list) -> str:
+    lo, hi = pair
+    return "–" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def policy_table(table: dict[str, dict], compared: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per policy: rho and its interval, partial rho given depth and its interval,
+    precision@k for a few k (random expects k/n), and the compare run's top-k gains."""
+    rows = []
+    for policy, f in table.items():
+        row = {"policy": POLICIES[policy], "ρ": _fmt(f["spearman"]), "ρ 95 % CI": _interval(f["spearman_ci"]),
+               "partial ρ given depth": _fmt(f["partial_spearman"]),
+               "partial 95 % CI": _interval(f["partial_spearman_ci"])}
+        n = len(f["precision_at_k"])
+        for k in PRECISION_KS:
+            if k <= n:
+                row[f"P@{k}"] = f"{f['precision_at_k'][k - 1]:.2f}"
+        for k, cell in sorted((compared or {}).get(policy, {}).items()):
+            if cell["gain"] is not None:
+                row[f"top-{k} gain (compare)"] = f"{cell['gain']:+.4f}"
+        row["verdict"] = "no signal" if verdict(policy, f) else "signal"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def precision_figure(table: dict[str, dict]) -> go.Figure:
+    """Precision@k for every k and policy, with the random expectation k/n."""
+    fig = go.Figure()
+    for policy, f in table.items():
+        ks = list(range(1, len(f["precision_at_k"]) + 1))
+        fig.add_trace(go.Scatter(x=ks, y=f["precision_at_k"], mode="lines", name=POLICIES[policy]))
+    if table:
+        n = len(next(iter(table.values()))["precision_at_k"])
+        fig.add_trace(go.Scatter(x=list(range(1, n + 1)), y=[k / n for k in range(1, n + 1)],
+                                 mode="lines", name="random (expected)", line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(height=360, xaxis_title="k", yaxis_title="precision@k (share of the probe's top-k)",
+                      yaxis_range=[0, 1.05], margin={"l": 60, "r": 20, "t": 30, "b": 40})
+    return fig
+
+
+def verdicts(table: dict[str, dict]) -> list[str]:
+    """Plain sentences for the policies that are no better than random or depth."""
+    return [v for policy, f in table.items() if (v := verdict(policy, f))]
+
+
+def compared_gains(score_run: Run) -> dict[str, dict]:
+    """policy -> {k: gain} of the newest compare run on this score run (val_loss)."""
+    return compare_gains(score_run)

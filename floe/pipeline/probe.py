@@ -1,0 +1,258 @@
+"""The probe: each layer's measured utility, the ground truth a layer ranking is checked
+against (floe.pipeline.validation).
+
+mode ``single``: for each layer l, train a HydraLoRA adapter on l alone under one budget
+(same data sample, steps, lr and seed for every layer) and record the validation-loss
+gain over the unadapted model, ``val_loss_before - val_loss_after``.
+mode ``leave-one-out``: train all layers but l, and record the gain lost against the
+all-layer adapter of the same seed, ``val_loss_after(all but l) - val_loss_after(all)``.
+
+Every (layer, seed) cell is a sparse training run (floe.pipeline.sparse), cached and
+resumable: the same probe twice reuses its cells, a killed probe resumes at the first
+missing one. With ``storage`` several workers share the cells through an Optuna RDB
+study with a GridSampler over the cells; each worker then collects all of them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TypedDict
+
+from floe import KEY_VERSIONS
+from floe.adapters.hydralora import HydraLoraConfig
+from floe.models.load import model_fingerprint
+from floe.pipeline.compare import mean_ci
+from floe.pipeline.data import DataConfig, data_key
+from floe.pipeline.ranksearch import open_storage, redact
+from floe.pipeline.sparse import (
+    RunStoppedError,
+    SparseConfig,
+    model_shape,
+    run_sparse_training,
+    summary_of,
+)
+from floe.pipeline.train import TrainConfig
+from floe.pipeline.warmup import ModelConfig
+from floe.store.config import option, to_dict
+from floe.store.runs import DONE, Run, run_for
+
+__all__ = ["MODES", "PROBE_BUDGET", "SUMMARY", "ProbeCell", "ProbeConfig", "ProbeJson", "cell_layers",
+           "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe"]
+
+SUMMARY = "probe.json"
+MODES = ("single", "leave-one-out")
+# The probe's default budget per cell (options given override it): small enough that the
+# default probe of SmolLM2's 30 layers fits about 20 minutes of a quiet 2-core CPU
+# (bench/bench_probe.py), with a learning rate high enough for 8 steps to move the loss.
+PROBE_BUDGET = {"data": {"max_samples": 32, "max_length": 64},
+                "train": {"batch_size": 4, "lr": 1e-3}}
+ALL = -1  # the cell of the all-layer adapter (leave-one-out's reference)
+
+
+@dataclass
+class ProbeConfig:
+    """Which layers to probe, how, over which seeds, and where workers share the cells."""
+
+    mode: str = option("single", "single: adapt each layer alone and record its validation-loss "
+                       "gain; leave-one-out: adapt all layers but one and record the gain lost",
+                       choices=MODES)
+    seeds: list[int] = option([42], "training seeds; with two or more, each layer's gain gets "
+                              "a t-interval")
+    layers: list[int] | None = option(None, "layers to probe (default: all)", cli=False)
+    confidence: float = option(0.95, "confidence level of the per-layer t-intervals")
+    storage: str | None = option(None, "Optuna RDB storage URL (e.g. postgresql://..., "
+                                 "sqlite:////path/probe.db) through which several workers "
+                                 "share this probe's cells")
+    study_name: str | None = option(None, "study name in the storage (default: the run id)")
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown probe mode {self.mode!r}; choose among {', '.join(MODES)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"give one or more distinct seeds, got {self.seeds}")
+        if self.layers is not None:
+            if not self.layers:
+                raise ValueError("the layer list is empty: name at least one layer, e.g. --layers 3,7")
+            self.layers = sorted({int(k) for k in self.layers})
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+class ProbeCell(TypedDict):
+    layer: int                   # the probed layer (-1: the all-layer reference)
+    seed: int
+    train_run: str
+    adapted: list[int]           # the layers the cell's adapter sits on
+    val_loss_before: float
+    val_loss_after: float
+    gain: float | None           # single: before - after; leave-one-out: after - after(all)
+    train_seconds: float
+
+
+class ProbeJson(TypedDict):
+    """probe.json of a probe run (rewritten after every cell while it runs)."""
+
+    model: str
+    data: str
+    mode: str
+    n_layers: int
+    layers: list[int]            # probed layers
+    seeds: list[int]
+    partial: bool                # True until every cell is done
+    config: dict                 # data, adapter, train (seed per cell) and probe settings
+    cells: list[ProbeCell]
+    gain: list[float | None]     # per probed layer: mean gain over seeds (None: no cell yet)
+    gain_ci: list[dict]          # per probed layer: mean_ci over seeds (n, mean, ci_low, ...)
+    base_val_loss: float | None  # the unadapted model's validation loss
+    cell_seconds: float | None   # mean wall time of the cells computed in this session
+    storage: str | None          # the shared storage, password redacted
+
+
+# --------------------------------------------------------------------------- the grid
+def plan_cells(config: ProbeConfig, n_layers: int) -> list[tuple[int, int]]:
+    """(layer, seed) cells, seed-major (an early look covers every layer); leave-one-out
+    first trains the all-layer reference of each seed."""
+    layers = config.layers if config.layers is not None else list(range(n_layers))
+    bad = [k for k in layers if not 0 <= k < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has {n_layers} layers (0..{n_layers - 1})")
+    if config.mode == "leave-one-out" and n_layers < 2:
+        raise ValueError("leave-one-out needs a model of at least 2 layers")
+    reference = [ALL] if config.mode == "leave-one-out" else []
+    return [(k, s) for s in config.seeds for k in reference + list(layers)]
+
+
+def cell_layers(layer: int, mode: str, n_layers: int) -> list[int]:
+    """The layers a cell's adapter is trained on."""
+    if layer == ALL:
+        return list(range(n_layers))
+    return [layer] if mode == "single" else [k for k in range(n_layers) if k != layer]
+
+
+def layer_gains(cells: list[ProbeCell], layers: list[int], seeds: list[int],
+                confidence: float) -> tuple[list[float | None], list[dict]]:
+    """Per probed layer, the mean gain over its finished seeds and its t-interval."""
+    means, cis = [], []
+    for k in layers:
+        values = [c["gain"] for c in cells if c["layer"] == k and c["gain"] is not None]
+        ci = mean_ci(values, confidence) if values else {"n": 0, "mean": None}
+        means.append(ci["mean"])
+        cis.append(ci)
+    return means, cis
+
+
+def _with_gains(cells: list[dict], mode: str) -> list[ProbeCell]:
+    """Fill each cell's gain from its own losses (single) or its seed's reference."""
+    reference = {c["seed"]: c["val_loss_after"] for c in cells if c["layer"] == ALL}
+    for c in cells:
+        if c["layer"] == ALL:
+            c["gain"] = None
+        elif mode == "single":
+            c["gain"] = c["val_loss_before"] - c["val_loss_after"]
+        else:
+            ref = reference.get(c["seed"])
+            c["gain"] = None if ref is None else c["val_loss_after"] - ref
+    return cells
+
+
+# --------------------------------------------------------------------------- runs
+def probe_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
+              training: TrainConfig, probe: ProbeConfig) -> dict:
+    """What defines the probe (not the storage, which only shares the work)."""
+    space = {k: v for k, v in to_dict(probe).items() if k not in ("storage", "study_name")}
+    return {"floe": KEY_VERSIONS["probe"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
+            "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
+            "train": {**to_dict(training), "seed": None}, "probe": space}
+
+
+def probe_run(model_cfg, data, adapter, training, probe) -> Run:
+    return run_for("probe", probe_key(model_cfg, data, adapter, training, probe))
+
+
+def _train_cell(layer: int, seed: int, n_layers: int, mode: str, model_cfg, data, adapter,
+                training, show_progress: bool) -> dict:
+    adapted = cell_layers(layer, mode, n_layers)
+    run = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
+                              SparseConfig(layers=adapted), show_progress=show_progress,
+                              wait_if_locked=True)
+    summary = summary_of(run)
+    if summary["val_loss_after"] is None:
+        raise ValueError("the probe measures validation loss: set val_samples >= 1")
+    return {"layer": layer, "seed": seed, "train_run": run.id, "adapted": adapted,
+            "val_loss_before": summary["val_loss_before"], "val_loss_after": summary["val_loss_after"],
+            "gain": None, "train_seconds": summary["seconds"]}
+
+
+def _share_cells(cells, train, storage_url: str, study_name: str) -> None:
+    """Workers draw cells from one Optuna study (GridSampler over the cell indices) until
+    every cell has been drawn; a cell another worker holds is waited for."""
+    import optuna
+    from optuna.samplers import GridSampler
+    grid = list(range(len(cells)))
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url),
+                                sampler=GridSampler({"cell": grid}, seed=0), direction="maximize",
+                                load_if_exists=True)
+
+    def objective(trial) -> float:
+        layer, seed = cells[trial.suggest_categorical("cell", grid)]
+        try:
+            return train(layer, seed)["val_loss_after"]
+        except RunStoppedError as e:  # the worker computing it stopped; ours resumes it later
+            raise optuna.TrialPruned(str(e)) from None
+    study.optimize(objective, n_trials=len(cells), gc_after_trial=True)
+
+
+def run_probe(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
+              training: TrainConfig, probe: ProbeConfig, force: bool = False,
+              show_progress: bool = True) -> Run:
+    """Train every cell (or reuse it) and write probe.json. ``force`` rewrites the summary
+    from the cells; it does not retrain them (their runs are cached by their own keys)."""
+    shape = model_shape(model_cfg)
+    cells = plan_cells(probe, shape.n_layers)
+    layers = probe.layers if probe.layers is not None else list(range(shape.n_layers))
+    run = probe_run(model_cfg, data, adapter, training, probe)
+    if run.status == DONE and not force:
+        run.verify()
+        return run
+
+    def train(layer: int, seed: int) -> dict:
+        return _train_cell(layer, seed, shape.n_layers, probe.mode, model_cfg, data, adapter,
+                           training, show_progress)
+
+    shared = probe.storage is not None
+    with (contextlib.nullcontext(run) if shared else run.hold()):
+        if shared:
+            _share_cells(cells, train, probe.storage, probe.study_name or run.id)
+        run.log(event="start", stage="probe", total_steps=len(cells), resumed_from=0)
+        done, walls = [], []
+        for layer, seed in cells:
+            start = time.perf_counter()
+            done.append(train(layer, seed))
+            walls.append(time.perf_counter() - start)
+            run.log(event="progress", stage="probe", done=len(done), total=len(cells),
+                    layer=layer, seed=seed)
+            _write_summary(run, model_cfg, data, adapter, training, probe, shape.n_layers, layers,
+                           done, walls, partial=len(done) < len(cells))
+        run.finish([SUMMARY])
+    return run
+
+
+def _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, layers, done,
+                   walls, partial) -> None:
+    cells = _with_gains([dict(c) for c in done], probe.mode)
+    gain, gain_ci = layer_gains(cells, layers, probe.seeds, probe.confidence)
+    slow = [w for w in walls if w > 1.0]  # a cached cell takes well under a second
+    payload: ProbeJson = {
+        "model": model_cfg.model, "data": data.data, "mode": probe.mode, "n_layers": n_layers,
+        "layers": layers, "seeds": probe.seeds, "partial": partial,
+        "config": {"data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
+                   "train": {**to_dict(training), "seed": None}, "probe": to_dict(probe)},
+        "cells": cells, "gain": gain, "gain_ci": gain_ci,
+        "base_val_loss": cells[0]["val_loss_before"] if cells else None,
+        "cell_seconds": sum(slow) / len(slow) if slow else None,
+        "storage": redact(probe.storage) if probe.storage else None}
+    if payload["config"]["probe"]["storage"]:
+        payload["config"]["probe"]["storage"] = payload["storage"]
+    run.write_json(SUMMARY, payload)

@@ -1,0 +1,51 @@
+"""Validation: does a layer ranking predict what adapting each layer actually buys?"""
+import streamlit as st
+
+from floe.app import common, validation
+from floe.app import widgets as ui
+from floe.pipeline.policies import POLICIES
+
+ui.page("Validation", "Ground truth for layer rankings: a probe adapts each layer alone under one "
+        "budget and measures the validation-loss gain; every policy's ranking is checked against it.")
+
+runs, _ = common.usable_score_runs()
+if not runs:
+    ui.empty("No finished analysis yet: validation checks the rankings of a score run.")
+    ui.quick_analyse_button("quick-validation")
+    st.stop()
+
+run = ui.pick_run(runs, "Score run", "score")
+payload = common.layers(run)
+probes = validation.probes_for(run)
+if not probes:
+    st.info("No probe of this model and data yet. Start one below: it trains one small adapter per "
+            "layer (each a cached, resumable run) and fills this page as layers finish.",
+            icon=":material/info:")
+else:
+    by_id = {p.id: p for p in probes}
+    probe_run = by_id[st.selectbox("Probe", list(by_id), format_func=lambda i: validation.probe_label(by_id[i]))]
+    probe = validation.probe_payload(probe_run)
+    st.plotly_chart(validation.gain_figure(payload, probe, common.run_label(run)), key="gains")
+    st.caption("Bars: each probed layer's mean validation-loss gain over the probe's seeds, with its "
+               "95 % t-interval (two or more seeds); above, the FLoE scores of the same layers.")
+    table = validation.agreement(run, probe_run)
+    if not table:
+        st.info("The agreement needs measured gains on at least 2 layers.", icon=":material/info:")
+    else:
+        for sentence in validation.verdicts(table):
+            st.warning(sentence, icon=":material/warning:")
+        st.dataframe(validation.policy_table(table, validation.compared_gains(run)), hide_index=True)
+        st.caption("ρ: Spearman rank correlation of the policy's ranking with the measured gains, with a "
+                   "bootstrap 95 % interval over layers. Partial ρ given depth: what the ranking says "
+                   "beyond the layer index. P@k: share of the policy's top-k in the probe's top-k "
+                   "(random expects k/n).")
+        left, right = st.columns(2)
+        policy = left.selectbox("Policy", list(table), format_func=POLICIES.get)
+        left.plotly_chart(validation.scatter_figure(payload, probe, policy, table[policy]), key="scatter")
+        right.plotly_chart(validation.precision_figure(table), key="precision")
+
+with st.expander("Start a probe", expanded=not probes):
+    values = ui.option_widgets("probe", validation.probe_preset(), skip=("score_run",))
+    ui.launcher(["probe", "--score-run", run.id], "probe", values,
+                f"probe · {common.run_label(run)}", "Start the probe")
+ui.job_panel(("probe",), recent=1)

@@ -1,0 +1,100 @@
+"""The Validation page through streamlit's AppTest, on fixture runs: a score run and a probe
+run whose gains follow depth, so FLoE's ranking can be checked against known answers."""
+from __future__ import annotations
+
+import app_fixtures as fx
+import pytest
+from test_app_pages import figure, only_job, open_page, text_of
+
+from floe import __version__
+from floe.app import validation
+from floe.pipeline.compare import mean_ci
+from floe.store import jobs
+from floe.store.runs import run_for
+
+PAGE = "pages/6_Validation.py"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOE_CACHE", str(tmp_path))
+    monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
+    monkeypatch.setattr(jobs, "_launch", lambda job, devices, root=None: job)
+    return tmp_path
+
+
+def make_probe_run(root, score_run, gains_by_seed: dict[int, list[float]]):
+    """A probe.json of the score run's model and data with the given per-seed gains."""
+    warm = score_run.config["warmup"]
+    n = len(next(iter(gains_by_seed.values())))
+    run = run_for("probe", {"floe": __version__, "model": warm["model"], "data": warm["data"],
+                            "probe": {"mode": "single", "seeds": list(gains_by_seed)}}, root)
+    cells = [{"layer": k, "seed": s, "train_run": f"train-{s}{k}", "adapted": [k],
+              "val_loss_before": 3.0, "val_loss_after": 3.0 - g, "gain": g, "train_seconds": 1.0}
+             for s, gains in gains_by_seed.items() for k, g in enumerate(gains)]
+    cis = [mean_ci([gains[k] for gains in gains_by_seed.values()]) for k in range(n)]
+    run.write_json("probe.json", {
+        "model": warm["model"]["model"], "data": warm["data"]["data"], "mode": "single", "n_layers": n,
+        "layers": list(range(n)), "seeds": list(gains_by_seed), "partial": False, "config": {},
+        "cells": cells, "gain": [c["mean"] for c in cis], "gain_ci": cis, "base_val_loss": 3.0,
+        "cell_seconds": 1.0, "storage": None})
+    run.finish(["probe.json"])
+    return run
+
+
+def test_empty_validation_page_says_what_to_do(cache):
+    at = open_page(PAGE)
+    assert at.info and not at.get("plotly_chart")
+
+
+def test_validation_page_aligns_gains_ranks_policies_and_states_the_verdict(cache):
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)
+    # Gains rise with depth (two seeds): deepest is right, shallowest exactly wrong.
+    gains = {1: [0.01 * (k + 1) for k in range(8)], 2: [0.01 * (k + 1) + 0.002 for k in range(8)]}
+    probe = make_probe_run(cache, score, gains)
+    at = open_page(PAGE)
+    assert not at.exception
+    gain_fig = figure(at, 0)
+    heat, bars = gain_fig["data"][0], gain_fig["data"][1]
+    assert heat["x"] == bars["x"] == list(range(8))  # the gains sit under the score columns
+    assert bars["y"] == pytest.approx([0.01 * (k + 1) + 0.001 for k in range(8)])
+    # t(0.975, 1) * s / sqrt(2) with s = 0.002 / sqrt(2): 12.706 * 0.001 = 0.0127
+    assert bars["error_y"]["array"] == pytest.approx([0.0127] * 8, rel=0.01)
+    table = at.dataframe[0].value.set_index("policy")
+    assert table.loc["deepest layers (last k)", "ρ"] == "+1.00"
+    assert table.loc["shallowest layers (first k)", "ρ"] == "-1.00"
+    assert table.loc["deepest layers (last k)", "P@3"] == "1.00"
+    assert table.loc["deepest layers (last k)", "verdict"] == "signal"
+    assert table.loc["shallowest layers (first k)", "verdict"] == "no signal"
+    warnings = " ".join(w.value for w in at.warning)
+    assert "shallowest layers (first k): no better than a random ranking" in warnings
+    # FLoE's ranking and its reverse mirror each other.
+    figures = validation.agreement(score, probe)
+    assert figures["floe"]["spearman"] == pytest.approx(-figures["floe-reverse"]["spearman"])
+    scatter = figure(at, 1)
+    assert "ρ" in scatter["layout"]["title"]["text"] and len(scatter["data"][0]["x"]) == 8
+    assert "random (expected)" in [t["name"] for t in figure(at, 2)["data"]]
+
+
+def test_validation_page_starts_a_probe_job(cache):
+    model = str(fx.make_model_folder(cache / "tiny-model"))
+    score = fx.make_score_run(cache, model)
+    at = open_page(PAGE)
+    assert "No probe" in text_of(at)
+    command = at.code[-1].value
+    assert command.startswith(f"floe probe --score-run {score.id}") and "--max-samples 32" in command
+    next(b for b in at.button if b.label == "Start the probe").click().run()
+    job = only_job()
+    assert job["args"][:3] == ["probe", "--score-run", score.id] and job["status"] == jobs.QUEUED
+
+
+def test_refinement_summary_says_what_refinement_did():
+    from floe.app.refinement import refinement_summary
+    payload = {"refinement": {"swaps": 1, "dropped_to_fit": 7400, "fill": False, "filled": 0,
+                              "greedy_loss": 2.0, "greedy_cost_ratio": 1.36, "fit_loss": 3.5,
+                              "refined_loss": 3.4, "refined_cost_ratio": 0.999}}
+    text = refinement_summary(payload)
+    assert "1.36·C" in text and "7,400 units" in text and "1 swap(s)" in text and "99.9% of C" in text
+    assert refinement_summary({"refinement": {"swaps": 1, "dropped_to_fit": 0}}) is None
