@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,41 +36,23 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS: list[dict] = []  # one per kill point: stage, point, outcome
 
 
+# A fresh interpreter per command: a fork of pytest would inherit torch's OpenMP thread
+# pool, and libgomp is not fork-safe (the child can hang in its first parallel region).
+RUNNER = "import sys; from floe.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
 def floe(cache: Path, *args: str, env: dict | None = None, timeout: float = 300) -> tuple[int, str]:
-    """``floe ARGS`` in a forked child over ``cache``; (exit status or -signal, stderr)."""
-    err = cache / f".stderr-{time.monotonic_ns()}"
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 70
-        try:
-            fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 2)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.environ.update({"FLOE_CACHE": str(cache), **(env or {})})
-            from floe.cli import main
-            code = main([*args, "--quiet"] if args[0] not in ("export", "runs") else list(args))
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"floe {' '.join(args)} hung")
-        time.sleep(0.02)
-    text = err.read_text()
-    err.unlink()
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    assert "Traceback" not in text, text
-    return code, text
+    """``floe ARGS`` in a child process over ``cache``; (exit status or -signal, stderr)."""
+    argv = [*args, "--quiet"] if args[0] not in ("export", "runs") else list(args)
+    child_env = {**os.environ, "FLOE_CACHE": str(cache), "PYTHONPATH": str(ROOT), **(env or {})}
+    try:
+        proc = subprocess.run([sys.executable, "-c", RUNNER, *argv], env=child_env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"floe {' '.join(args)} hung") from None
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stderr
 
 
 def trace(cache: Path, *args: str) -> list[str]:

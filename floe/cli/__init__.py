@@ -62,6 +62,9 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", None):
         os.environ["FLOE_CACHE"] = os.path.abspath(args.out)
+    if getattr(args, "quiet", False):  # transformers' own bars too ("Loading weights")
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     try:
         with tracking(TrackConfig(getattr(args, "report_to", "none"))):
             result = COMMANDS[args.command].run(args)
