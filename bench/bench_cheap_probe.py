@@ -39,7 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="general")
-    parser.add_argument("--min-steps", type=int, default=1)
+    parser.add_argument("--min-steps", type=int, default=2)
+    parser.add_argument("--full-from", help="take the full probe's gains from this earlier result "
+                        "of the same command (deterministic: the same data, budget and seed) "
+                        "instead of training them again")
     args = parser.parse_args()
 
     from floe.store.runs import cache_root
@@ -50,13 +53,12 @@ def main() -> None:
 
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.method.agreement import spearman
-    from floe.models.load import load_model
-    from floe.pipeline.cheap_probe import run_cheap_probe, train_layers
-    from floe.pipeline.data import DataConfig, load_split, tokenize
+    from floe.pipeline.cheap_probe import run_cheap_probe
+    from floe.pipeline.data import DataConfig
     from floe.pipeline.policies import probe_ranking
     from floe.pipeline.probe import PROBE_BUDGET, SUMMARY, ProbeConfig
     from floe.pipeline.score import ScoreConfig, run_score
-    from floe.pipeline.train import TrainConfig, total_steps, validation_loss
+    from floe.pipeline.train import TrainConfig
     from floe.pipeline.warmup import ModelConfig, run_warmup
 
     model_cfg = ModelConfig(model=args.model, device="cpu")
@@ -84,22 +86,12 @@ def main() -> None:
 
     # The full probe: every layer alone at the full budget, one load.
     t0, c0 = time.perf_counter(), _cpu()
-    model, tok = load_model(args.model, "cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    split = load_split(data)
-    rows, val = tokenize(tok, split.train, data.max_length), tokenize(tok, split.val, data.max_length)
-    base = validation_loss(model, val, tok.pad_token_id)
-    full_steps = total_steps(len(rows), training)
-    halving = cheap["halving"]["summary"]
-    reused = {c["layer"]: c["gain"] for c in halving["cells"] if c["steps"] == full_steps}
-    n_layers = halving["n_layers"]
-    gains = [reused[k] if k in reused else
-             base - train_layers(model, rows, val, tok.pad_token_id, adapter, training, [k], full_steps)
-             for k in range(n_layers)]
-    out["full_probe"] = {"wall_s_without_reused": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
-                         "reused_layers": sorted(reused), "gains": gains, "base_val_loss": base,
-                         "train_steps": n_layers * full_steps}
+    if args.full_from:
+        out["full_probe"] = json.loads(Path(args.full_from).read_text())["full_probe"]
+        out["full_probe"]["from"] = args.full_from
+        gains, n_layers = out["full_probe"]["gains"], len(out["full_probe"]["gains"])
+    else:
+        gains, n_layers = _full_probe(out, cheap, args, data, training, adapter, t0, c0)
     full_rank = probe_ranking({"layers": list(range(n_layers)), "gain": gains})
     position = {k: i for i, k in enumerate(full_rank)}
     for c in cheap.values():
@@ -117,6 +109,30 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cheap_probe.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+
+
+def _full_probe(out, cheap, args, data, training, adapter, t0, c0):
+    from floe.models.load import load_model
+    from floe.pipeline.cheap_probe import train_layers
+    from floe.pipeline.data import load_split, tokenize
+    from floe.pipeline.train import total_steps, validation_loss
+    model, tok = load_model(args.model, "cpu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    split = load_split(data)
+    rows, val = tokenize(tok, split.train, data.max_length), tokenize(tok, split.val, data.max_length)
+    base = validation_loss(model, val, tok.pad_token_id)
+    full_steps = total_steps(len(rows), training)
+    halving = cheap["halving"]["summary"]
+    reused = {c["layer"]: c["gain"] for c in halving["cells"] if c["steps"] == full_steps}
+    n_layers = halving["n_layers"]
+    gains = [reused[k] if k in reused else
+             base - train_layers(model, rows, val, tok.pad_token_id, adapter, training, [k], full_steps)
+             for k in range(n_layers)]
+    out["full_probe"] = {"wall_s_without_reused": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
+                         "reused_layers": sorted(reused), "gains": gains, "base_val_loss": base,
+                         "train_steps": n_layers * full_steps}
+    return gains, n_layers
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     assert code == 0, out
     probe = open_run(out["run"]).read_json("probe.json")
     assert probe["schedule"] == "halving" and sorted(probe["ranking"]) == [0, 1, 2, 3]
-    assert [r["steps"] for r in probe["rungs"]] == [1, 2, 4]
+    assert [(len(r["layers"]), r["steps"]) for r in probe["rungs"]] == [(4, 2), (2, 4)]
     top = probe["rungs"][-1]["layers"]
     assert probe["ranking"][:len(top)] == sorted(top, key=lambda k: -probe["gain"][k])
     assert probe_ranking(probe) == probe["ranking"]
@@ -96,6 +96,12 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     assert trained["layers"] == sorted(probe["ranking"][:2])
     cfg = open_run(trained["run"]).config
     assert cfg["selection"] == {"policy": "probe", "k": 2, "score_run": None, "probe_run": out["run"]}
+
+
+def test_a_first_rung_of_only_warm_up_steps_is_refused(capsys, tiny_args):
+    code, err = _cli(capsys, "probe", *tiny_args, "--schedule", "halving", "--min-steps", "1",
+                     "--max-steps", "4")
+    assert code == 2 and "raise --min-steps" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -20,9 +20,9 @@ def test_halving_probe_on_four_smollm2_layers_and_policy_probe(capsys):
     print("real cheap probe:", json.dumps({k: probe[k] for k in ("ranking", "gain", "seconds", "train_steps")}),
           json.dumps([{"steps": r["steps"], "layers": r["layers"], "gains": r["gains"]} for r in probe["rungs"]]))
     assert out["model"] == "smollm2-135m" and sorted(probe["ranking"]) == [0, 9, 20, 29]
-    # 16 samples / batch 4 = 4 steps: rungs of 1, 2, 4 steps on 4, 2, 1 layers.
-    assert [(len(r["layers"]), r["steps"]) for r in probe["rungs"]] == [(4, 1), (2, 2), (1, 4)]
-    assert probe["train_steps"] == 4 + 4 + 4
+    # 16 samples / batch 4 = 4 steps: rungs of 2 and 4 steps on 4 and 2 layers.
+    assert [(len(r["layers"]), r["steps"]) for r in probe["rungs"]] == [(4, 2), (2, 4)]
+    assert probe["train_steps"] == 4 * 2 + 2 * 4
     assert all(g is not None and abs(g) < probe["base_val_loss"] for g in probe["gain"])
     first = dict(zip(probe["rungs"][0]["layers"], probe["rungs"][0]["gains"]))
     assert len(set(first.values())) == 4  # the layers were told apart

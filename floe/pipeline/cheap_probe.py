@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import statistics
 import time
 
@@ -87,6 +88,10 @@ def measure_halving(model, rows, val, pad_id, adapter, training, probe: ProbeCon
     """Successive halving over ``layers``; each measurement is the mean gain over seeds."""
     full = total_steps(len(rows), training)
     schedule = halving_schedule(len(layers), full, min(probe.min_steps, full), probe.eta)
+    first = schedule[0][1]
+    if first - math.ceil(training.warmup_ratio * first) < 1:  # warm-up steps train at lr 0
+        raise ValueError(f"the first rung's {first} step(s) are all learning-rate warm-up (lr 0): "
+                         "raise --min-steps or lower --warmup-ratio")
 
     def measure(layer: int, steps: int) -> float:
         gains = [base_loss - train_layers(model, rows, val, pad_id, adapter,

@@ -78,7 +78,8 @@ class ProbeConfig:
                            "get a few steps, the better half twice as many, ... up to the full "
                            "budget); joint: one all-layer training, each layer's gain read with "
                            "only its adapter on (leave-one-in)", choices=SCHEDULES)
-    min_steps: int = option(1, "halving: training steps of the first rung (every layer)")
+    min_steps: int = option(2, "halving: training steps of the first rung (every layer); the "
+                            "first step of a run is learning-rate warm-up (lr 0), so 2 is the least")
     eta: int = option(2, "halving: keep 1/eta of the layers per rung, with eta times the steps")
 
     def __post_init__(self):
