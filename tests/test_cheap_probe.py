@@ -86,8 +86,10 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     # The same probe is reused; the joint schedule is another run.
     assert _cli(capsys, "probe", *tiny_args, "--schedule", "halving", "--lr", "1e-2",
                 "--max-steps", "4")[1]["run"] == out["run"]
-    code, joint = _cli(capsys, "probe", *tiny_args, "--schedule", "joint", "--lr", "1e-2")
+    code, joint = _cli(capsys, "probe", *tiny_args, "--schedule", "joint", "--lr", "1e-2", "--seeds", "1,2")
     assert code == 0 and joint["run"] != out["run"]
+    assert joint["ranking"] == sorted(range(4), key=lambda k: (-joint["gain"][k], k))
+    assert all(lo <= g <= hi for (lo, hi), g in zip(joint["gain_ci"], joint["gain"]))  # 2 seeds: intervals
     # Policy probe: no score run needed; model and data default to the probe's.
     code, trained = _cli(capsys, "train", "--policy", "probe", "--probe-run", out["run"], "--k", "2",
                          "--max-samples", "16", "--val-samples", "8", "--max-length", "48",

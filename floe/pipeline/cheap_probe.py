@@ -172,10 +172,14 @@ def _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, lay
                    base_loss, train_steps, seconds) -> None:
     """probe.json: each layer's gain at the last rung it reached (comparable only within a
     rung; the ranking orders across rungs), the rungs, the ranking and the wall time."""
-    last = {k: by_steps[max(by_steps)] for k, by_steps in result["measured"].items()}
-    cells = [{"layer": k, "seed": None, "train_run": None, "adapted": [k],
-              "val_loss_before": base_loss, "val_loss_after": base_loss - g, "gain": g,
-              "train_seconds": None, "steps": max(result["measured"][k])} for k, g in last.items()]
+    def cell(k: int, seed: int | None, g: float) -> dict:
+        return {"layer": k, "seed": seed, "train_run": None, "adapted": [k], "val_loss_before": base_loss,
+                "val_loss_after": base_loss - g, "gain": g, "train_seconds": None,
+                "steps": max(result["measured"][k])}
+    if "per_seed" in result:  # joint: one cell per (layer, seed), so the gains get t-intervals
+        cells = [cell(k, s, g) for k, gains in result["per_seed"].items() for s, g in zip(probe.seeds, gains)]
+    else:  # halving: the mean over seeds at the layer's last rung
+        cells = [cell(k, None, by_steps[max(by_steps)]) for k, by_steps in result["measured"].items()]
     gain, gain_ci = layer_gains(cells, layers, probe.seeds, probe.confidence)
     payload: ProbeJson = {
         "model": model_cfg.model, "data": data.data, "mode": probe.mode, "n_layers": n_layers,
