@@ -60,8 +60,9 @@ else:
                     "Train the measured top-k", key="measured")
 
 with st.expander("Start a probe", expanded=not probes):
-    st.caption("Schedule halving or joint: a cheap probe (one model load) whose ranking costs about "
-               "FLoE's warm-up + scoring (bench/README.md); cells: the full probe.")
+    st.caption("Schedule cells: the full probe (one cached run per layer). Cheap probes load the model "
+               "once: joint costs about FLoE's warm-up + scoring (Spearman 0.97 with the full probe on "
+               "SmolLM2), halving about 4x FLoE (Spearman 0.99, the same top 8); bench/README.md.")
     values = ui.option_widgets("probe", validation.probe_preset(), skip=("score_run",))
     ui.launcher(["probe", "--score-run", run.id], "probe", values,
                 f"probe · {common.run_label(run)}", "Start the probe")
