@@ -1,7 +1,7 @@
 """Train & export: choose k and a policy, see the cost, train sparsely, download the result."""
 import streamlit as st
 
-from floe.app import common, heatmaps, training
+from floe.app import common, heatmaps, training, validation
 from floe.app import widgets as ui
 from floe.pipeline.policies import POLICIES, available_policies
 from floe.store import jobs
@@ -24,11 +24,16 @@ run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
 n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
-policy = c1.radio("Policy", available_policies(common.layers(run)), format_func=POLICIES.get,
+probes = {p.id: p for p in validation.probes_for(run) if p.status == "done"}
+policy = c1.radio("Policy", available_policies(payload) + (["probe"] if probes else []), format_func=POLICIES.get,
                   help="FLoE ranks layers by its score; the others are baselines and common "
-                  "heuristics (docs/method.md, Policies)")
+                  "heuristics (docs/method.md, Policies); probe: a finished probe run's measured gains")
+ranked_by = run  # the run whose ranking picks the layers: the probe run for policy probe
+if policy == "probe":
+    ranked_by = probes[c1.selectbox("Probe run", list(probes),
+                                    format_func=lambda i: validation.probe_label(probes[i]))]
 k = ui.layer_count_slider(c2, "k: number of layers to adapt", n_layers, 8, disabled=policy == "all")
-chosen = training.chosen_layers(run, policy, k)
+chosen = training.chosen_layers(ranked_by, policy, k)
 st.plotly_chart(heatmaps.heatmap_figure([run], marked=[chosen]), key="choice")
 st.markdown(f"**Adapted layers ({len(chosen)}):** {', '.join(map(str, chosen))}")
 
@@ -49,12 +54,13 @@ if memory:
 st.subheader("Sparse training")
 with st.expander("All options of `floe train`"):
     values = ui.option_widgets("train", common.training_preset(run),
-                               skip=("score_run", "policy", "k", "layers", "config"))
-ui.launcher(["train", "--score-run", run.id, "--policy", policy, "--k", str(k)], "train", values,
+                               skip=("score_run", "probe_run", "policy", "k", "layers", "config"))
+selection = ["--probe-run", ranked_by.id] if policy == "probe" else ["--score-run", run.id]
+ui.launcher(["train", *selection, "--policy", policy, "--k", str(k)], "train", values,
             f"train · {policy} top-{len(chosen)} · {common.run_label(run)}", "Start sparse training")
 ui.job_panel(("train", "eval"), recent=1)
 
-trained = training.train_runs_for(run, policy, k)
+trained = training.train_runs_for(ranked_by, policy, k)
 if trained:
     train_run = ui.pick_run(trained, "Training run", "train")
 
@@ -77,7 +83,7 @@ else:
     st.info("No training run for this choice yet: start one above. Its loss curve appears here live.")
 
 st.subheader("Downloads")
-st.download_button("Layer list (JSON)", training.selection_file(run, policy, k), file_name="layers.json",
+st.download_button("Layer list (JSON)", training.selection_file(run, policy, k, ranked_by), file_name="layers.json",
                    mime="application/json", icon=":material/download:", key="dl:layers")
 done = [r for r in trained if r.status == "done"]
 if done:

@@ -43,8 +43,26 @@ else:
         policy = left.selectbox("Policy", list(table), format_func=POLICIES.get)
         left.plotly_chart(validation.scatter_figure(payload, probe, policy, table[policy]), key="scatter")
         right.plotly_chart(validation.precision_figure(table), key="precision")
+    st.subheader("Select by measurement")
+    k = ui.layer_count_slider(st, "k: layers to adapt", payload["n_layers"], 8)
+    chosen = validation.measured_selection(run, probe_run, k)
+    if chosen is None:
+        st.info("The probe is not finished: its ranking becomes a policy once it is.", icon=":material/info:")
+    else:
+        c1, c2 = st.columns(2)
+        c1.metric("selection cost (s)", f"{chosen['seconds']:.0f}" if chosen["seconds"] is not None else "–",
+                  help=chosen["what"])
+        c2.metric("× FLoE warm-up + scoring", f"{chosen['ratio']:.2f}" if chosen["ratio"] else "–",
+                  help=f"FLoE on this score run: {chosen['floe_seconds'] or 0:.0f} s")
+        st.markdown(f"**{chosen['label']}, top {k}:** {', '.join(map(str, chosen['layers']))}")
+        ui.launcher(["train", "--policy", "probe", "--probe-run", probe_run.id, "--k", str(k)], "train",
+                    common.training_preset(run), f"train · probe top-{k} · {common.run_label(run)}",
+                    "Train the measured top-k", key="measured")
 
 with st.expander("Start a probe", expanded=not probes):
+    st.caption("Schedule cells: the full probe (one cached run per layer). Cheap probes load the model "
+               "once: joint costs about FLoE's warm-up + scoring (Spearman 0.97 with the full probe on "
+               "SmolLM2), halving about 4x FLoE (Spearman 0.99, the same top 8); bench/README.md.")
     values = ui.option_widgets("probe", validation.probe_preset(), skip=("score_run",))
     ui.launcher(["probe", "--score-run", run.id], "probe", values,
                 f"probe · {common.run_label(run)}", "Start the probe")

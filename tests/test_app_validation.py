@@ -98,3 +98,37 @@ def test_refinement_summary_says_what_refinement_did():
     text = refinement_summary(payload)
     assert "1.36·C" in text and "7,400 units" in text and "1 swap(s)" in text and "99.9% of C" in text
     assert refinement_summary({"refinement": {"swaps": 1, "dropped_to_fit": 0}}) is None
+
+
+def test_validation_page_offers_select_by_measurement_with_its_cost(cache):
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)
+    probe = make_probe_run(cache, score, {1: [0.01 * ((3 * k) % 8) for k in range(8)]})
+    at = open_page(PAGE)
+    assert not at.exception
+    assert "Select by measurement" in [h.value for h in at.subheader]
+    at.slider[0].set_value(3).run()
+    chosen = validation.measured_selection(score, probe, 3)
+    # gains 0, 3, 6, 1, 4, 7, 2, 5 (x 0.01): the top 3 are layers 5, 2, 7
+    assert chosen["layers"] == [2, 5, 7] and chosen["seconds"] == 8.0  # 8 cells of 1 s
+    assert "**select by measurement (probe run's gain), top 3:** 2, 5, 7" in text_of(at)
+    cost = next(m for m in at.metric if m.label == "selection cost (s)")
+    assert cost.value == "8"
+    next(b for b in at.button if b.label == "Train the measured top-k").click().run()
+    job = only_job()
+    assert job["args"][:7] == ["train", "--policy", "probe", "--probe-run", probe.id, "--k", "3"]
+
+
+def test_train_page_takes_the_probe_ranking(cache):
+    from floe.app import training
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)
+    probe = make_probe_run(cache, score, {1: [0.01 * ((3 * k) % 8) for k in range(8)]})
+    at = open_page("pages/5_Train_export.py")
+    at.radio[0].set_value("probe").run()
+    at.slider[0].set_value(2).run()
+    assert not at.exception
+    assert training.chosen_layers(probe, "probe", 2) == [2, 5]
+    assert "**Adapted layers (2):** 2, 5" in text_of(at)
+    next(b for b in at.button if b.label == "Start sparse training").click().run()
+    assert only_job()["args"][:7] == ["train", "--probe-run", probe.id, "--policy", "probe", "--k", "2"]

@@ -8,7 +8,7 @@ from helpers import tiny_model
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
 from floe.method.baselines import adapter_output_norms, hill_alpha, ht_sr_alphas
 from floe.models import arch
-from floe.pipeline.policies import POLICIES, available_policies, ranking_from, spread_ranking
+from floe.pipeline.policies import MEASURED, POLICIES, available_policies, ranking_from, spread_ranking
 
 OLD = {"n_layers": 5, "ranking": [3, 1, 4, 0, 2], "ranking_without_refinement": [3, 4, 1, 0, 2],
        "baselines": {"random": [2, 0, 1, 4, 3], "weight_norm": [0, 1, 2, 3, 4],
@@ -25,7 +25,7 @@ def test_derived_policies_on_an_old_layers_json():
         ranking_from(OLD, "lora-drop")
     new = {**OLD, "baselines": {**OLD["baselines"], "lora_drop": [1, 0, 2, 3, 4], "ht_sr": [0, 2, 1, 3, 4]}}
     assert ranking_from(new, "lora-drop") == [1, 0, 2, 3, 4] and ranking_from(new, "ht-sr")[1] == 2
-    assert available_policies(new) == list(POLICIES)
+    assert available_policies(new) == [p for p in POLICIES if p not in MEASURED]  # probe: a probe run's
 
 
 def test_spread_top_k_is_spread_over_the_depth():

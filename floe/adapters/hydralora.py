@@ -30,7 +30,7 @@ from floe.store.config import option, to_dict
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "HydraLoraConfig", "HydraLoraLinear",
            "adapted_layers", "adapter_state_dict", "adapters_disabled", "apply_hydralora",
-           "base_layer", "load_adapter", "read_adapter_config", "role_adapter", "save_adapter",
+           "base_layer", "load_adapter", "read_adapter_config", "remove_hydralora", "role_adapter", "save_adapter",
            "trainable_parameters"]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -190,6 +190,19 @@ def apply_hydralora(model: nn.Module, config: HydraLoraConfig) -> list[str]:
             setattr(parent, attr, wrapper.train(model.training))
             names.append(arch.module_name(model.config, k, role))
     return list(dict.fromkeys(names))
+
+
+def remove_hydralora(model: nn.Module) -> int:
+    """Unwrap every adapter, putting the pretrained linears back (the model is then the
+    base model again, still frozen). Returns the number of modules unwrapped."""
+    wrapped = [name for name, _ in _adapted_modules(model)]
+    for name in sorted(wrapped, key=len):  # outer wrappers first: each unwraps its chain
+        parent_path, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        module = getattr(parent, attr, None)
+        if isinstance(module, HydraLoraLinear):
+            setattr(parent, attr, base_layer(module))
+    return len(wrapped)
 
 
 def adapted_layers(model: nn.Module) -> list[int]:

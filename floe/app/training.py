@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from floe.app.common import finished, memo_by_state, ranking, run_json, skip_corrupt
 from floe.pipeline.evaluate import SUMMARY as EVAL
 from floe.pipeline.evaluate import headline
+from floe.pipeline.policies import MEASURED
 from floe.pipeline.sparse import SUMMARY as TRAIN
 from floe.pipeline.sparse import TrainJson
 from floe.pipeline.trackers import tracker_logs
@@ -27,7 +28,8 @@ __all__ = ["adapter_parameters", "chosen_layers", "eval_runs_for", "eval_table",
 
 
 def chosen_layers(run: Run, policy: str, k: int) -> list[int]:
-    """The layers a policy adapts: the top-k of its ranking, sorted (all layers for 'all')."""
+    """The layers a policy adapts: the top-k of its ranking, sorted (all layers for 'all').
+    ``run``: the score run, or for policy probe the probe run that ranks the layers."""
     order = ranking(run, policy)
     return sorted(order if policy == "all" else order[:k])
 
@@ -98,14 +100,16 @@ def memory_estimate(score_run: Run, chosen: list[int], trainable: int, cuda: boo
 
 
 def train_runs_for(score_run: Run, policy: str, k: int, root: Path | None = None) -> list[Run]:
-    """Training runs (any status) that adapt this score run's policy top-k, newest first."""
+    """Training runs (any status) that adapt this score run's policy top-k, newest first
+    (``score_run``: the probe run for policy probe)."""
+    by = "probe_run" if policy in MEASURED else "score_run"
     out = []
     for run in list_runs(root):
         if run.kind != "train":
             continue
         with skip_corrupt():
             sel = run.config.get("selection") or {}
-            if sel.get("score_run") == score_run.id and sel.get("policy") == policy and \
+            if sel.get(by) == score_run.id and sel.get("policy") == policy and \
                     (policy == "all" or sel.get("k") == k):
                 out.append(run)
     return out
@@ -155,12 +159,15 @@ def eval_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def selection_file(score_run: Run, policy: str, k: int) -> bytes:
-    """The layer list of a choice, as JSON: what to adapt, and the ranking it came from."""
-    chosen = chosen_layers(score_run, policy, k)
+def selection_file(score_run: Run, policy: str, k: int, ranked_by: Run | None = None) -> bytes:
+    """The layer list of a choice, as JSON: what to adapt, and the ranking it came from
+    (``ranked_by``: the probe run of policy probe)."""
+    ranked_by = ranked_by or score_run
+    chosen = chosen_layers(ranked_by, policy, k)
+    source = {"probe_run": ranked_by.id} if policy in MEASURED else {}
     return json.dumps({"model": score_run.config["warmup"]["model"]["model"], "score_run": score_run.id,
-                       "policy": policy, "k": len(chosen), "layers": chosen,
-                       "ranking": ranking(score_run, policy)}, indent=2).encode()
+                       **source, "policy": policy, "k": len(chosen), "layers": chosen,
+                       "ranking": ranking(ranked_by, policy)}, indent=2).encode()
 
 
 def export_folder(train_run: Run) -> Path:

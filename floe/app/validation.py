@@ -15,16 +15,23 @@ from plotly.subplots import make_subplots
 
 from floe.app import common
 from floe.method.agreement import ranking_scores
-from floe.pipeline.policies import POLICIES, ranking_from
+from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
 from floe.pipeline.probe import PROBE_BUDGET, ProbeJson
 from floe.pipeline.probe import SUMMARY as PROBE_SUMMARY
 from floe.pipeline.score import LayersJson
-from floe.pipeline.validation import agreement_table, compare_gains, matching_probes, verdict
-from floe.store.runs import Run
+from floe.pipeline.validation import (
+    agreement_table,
+    compare_gains,
+    floe_cost,
+    matching_probes,
+    probe_cost,
+    verdict,
+)
+from floe.store.runs import DONE, Run
 
 __all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "precision_figure", "probe_label",
-           "probe_payload", "probe_preset", "probes_for", "policy_table", "scatter_figure",
-           "verdicts"]
+           "measured_selection", "probe_payload", "probe_preset", "probes_for", "policy_table",
+           "scatter_figure", "verdicts"]
 
 PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
 
@@ -61,11 +68,25 @@ def _agreement(score_path: str, probe_path: str, stamp: int) -> dict:
     return agreement_table(common.layers(Run(Path(score_path))), _probe_payload(probe_path, stamp))
 
 
+def measured_selection(score_run: Run, probe_run: Run, k: int) -> dict | None:
+    """Policy probe ("select by measurement") from a finished probe: its top-k, what the
+    probe cost and what FLoE's warm-up + scoring cost on the score run (None: unfinished)."""
+    if probe_run.status != DONE:
+        return None
+    p = probe_payload(probe_run)
+    order = probe_ranking(p)
+    cost, floe = probe_cost(p), floe_cost(score_run)
+    ratio = cost["seconds"] / floe if cost["seconds"] is not None and floe else None
+    return {"label": POLICIES["probe"], "ranking": order, "layers": sorted(order[:k]),
+            "seconds": cost["seconds"], "what": cost["what"], "floe_seconds": floe, "ratio": ratio}
+
+
 def probe_label(run: Run) -> str:
     p = probe_payload(run)
     done = sum(c["gain"] is not None for c in p["cells"])
     state = "partial" if p["partial"] else "done"
-    return (f"{p['mode']} · {len(p['layers'])} layers · seeds {','.join(map(str, p['seeds']))} · "
+    schedule = "" if p.get("schedule", "cells") == "cells" else f"{p['schedule']} · "
+    return (f"{schedule}{p['mode']} · {len(p['layers'])} layers · seeds {','.join(map(str, p['seeds']))} · "
             f"{done} cells ({state}) · {run.id.split('-', 1)[1][:6]}")
 
 

@@ -35,14 +35,15 @@ LAYERS = text_flag("layers", "explicit decoder layers to adapt, comma-separated 
 def _training_configs(args, base: dict | None = None):
     """(model, data, adapter, training, sparse) from a --config file, score-run defaults
     and the command line, later ones winning."""
-    from floe.pipeline.sparse import score_run_defaults
+    from floe.pipeline.sparse import probe_run_defaults, score_run_defaults
     typed, base = given(args), base or {}
     sections = {s: dict(base.get(s) or {}) for s in ("model", "data", "adapter", "train")}
-    if typed.get("score_run"):
-        defaults = score_run_defaults(typed["score_run"])
+    ranked_by = typed.get("score_run") or typed.get("probe_run")
+    if ranked_by:
+        defaults = (score_run_defaults if typed.get("score_run") else probe_run_defaults)(ranked_by)
         sections["model"].setdefault("model", defaults["model"])
         sections["data"].setdefault("data", defaults["data"])
-    selection = {"layers": base.get("layers")} if base.get("layers") and "score_run" not in typed else {}
+    selection = {"layers": base.get("layers")} if base.get("layers") and not ranked_by else {}
     model = from_namespace(ModelConfig, {**sections["model"], **typed})
     data = from_namespace(DataConfig, {**sections["data"], **typed})
     adapter = from_namespace(HydraLoraConfig, {**sections["adapter"], **typed}, layers=None)
@@ -102,7 +103,7 @@ def _compare(args) -> dict:
     run = run_compare(args.score_run, data, from_namespace(HydraLoraConfig, args, layers=None),
                       from_namespace(TrainConfig, args), from_namespace(EvalConfig, args),
                       from_namespace(CompareConfig, args), model, force=args.force,
-                      show_progress=not args.quiet)
+                      show_progress=not args.quiet, probe_run=args.probe_run)
     summary = run.read_json(SUMMARY)
     return {"run": run.id, "path": str(run.path), "csv": str(run.file(TABLE)),
             "tables": summary["tables"], "table": "\n" + "\n\n".join(summary["tables"].values())}
@@ -143,6 +144,9 @@ COMMANDS = {
     "compare": Command(
         "layer-selection policies x layer counts x seeds, with 95 percent t-intervals (Table 2)",
         (text_flag("score_run", "the score run whose rankings are compared", required=True),
+         text_flag("probe_run", "the probe run that ranks policy 'probe' (floe probe). For a fair "
+                   "comparison give the compare another data --seed than the probe's, so the "
+                   "probe's own validation sample never judges it"),
          *configs(ModelConfig), *configs(DataConfig), *configs(HydraLoraConfig), *configs(TrainConfig),
          *configs(EvalConfig), *configs(CompareConfig), *configs(TrackConfig), *COMMON), _compare),
     "generate": Command(

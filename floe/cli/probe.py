@@ -29,10 +29,13 @@ def probe_configs(args):
 
 
 def _probe(args) -> dict:
+    from floe.pipeline.cheap_probe import run_cheap_probe
     from floe.pipeline.probe import run_probe
     from floe.pipeline.score import open_score_run
     from floe.pipeline.validation import validation_summary
-    run = run_probe(*probe_configs(args), force=args.force, show_progress=not args.quiet)
+    configs = probe_configs(args)
+    measure = run_probe if configs[-1].schedule == "cells" else run_cheap_probe
+    run = measure(*configs, force=args.force, show_progress=not args.quiet)
     scored = open_score_run(args.score_run) if args.score_run else None
     return validation_summary(run, scored)
 

@@ -11,14 +11,14 @@ import io
 import math
 import statistics
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.evaluate import SUMMARY as EVAL_SUMMARY
 from floe.pipeline.evaluate import EvalConfig, headline, run_evaluation
-from floe.pipeline.policies import POLICIES
+from floe.pipeline.policies import MEASURED, POLICIES, open_probe_run
 from floe.pipeline.score import open_score_run
 from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
 from floe.pipeline.train import TrainConfig
@@ -27,7 +27,7 @@ from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
 
 __all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "aggregate",
-           "cell_selection", "format_table", "mean_ci", "plan", "run_compare", "t_cdf",
+           "cell_selection", "format_table", "mean_ci", "plan", "run_compare", "selection_overlap", "t_cdf",
            "t_quantile", "to_csv"]
 
 SUMMARY, TABLE = "compare.json", "compare.csv"
@@ -127,9 +127,11 @@ def plan(config: CompareConfig, n_layers: int) -> list[tuple[int, str]]:
 
 
 def cell_selection(score_run: str, k: int, policy: str, seed: int,
-                   config: CompareConfig) -> SparseConfig:
+                   config: CompareConfig, probe_run: str | None = None) -> SparseConfig:
     if policy == "random" and config.resample_random:
         return SparseConfig(score_run=score_run, policy="random", k=k, random_seed=seed)
+    if policy in MEASURED:
+        return SparseConfig(policy=policy, k=k, probe_run=probe_run)
     return SparseConfig(score_run=score_run, policy=policy, k=k)
 
 
@@ -186,9 +188,9 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _cell(score_run, k, policy, seed, config, model_cfg, data, adapter, training,
-          evaluation, show_progress) -> dict:
+          evaluation, show_progress, probe_run=None) -> dict:
     """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
-    sparse = cell_selection(score_run, k, policy, seed, config)
+    sparse = cell_selection(score_run, k, policy, seed, config, probe_run)
     trained = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
                                   sparse, show_progress=show_progress)
     evaluated = run_evaluation(None, evaluation, train_run=trained.id, device=model_cfg.device,
@@ -229,33 +231,70 @@ class CompareJson(TypedDict):
     results: list[dict]          # one per trained cell: k, policy, seed, layers, runs, metrics
     base: dict                   # the base model's eval run and metrics
     tables: dict[str, str]       # metric -> Table-2-like text table
+    selection: NotRequired[dict]  # with a probe run: its id, its data and the overlap with ours
 
 
 def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: int,
-                   config: CompareConfig, results: list[dict], base: dict, partial: bool) -> None:
+                   config: CompareConfig, results: list[dict], base: dict, partial: bool,
+                   selection: dict | None = None) -> None:
     rows = aggregate(results, config.confidence)
     metrics = sorted({r["metric"] for r in rows}, key=lambda m: (not m.endswith("/acc"), m))
     payload: CompareJson = {
         "score_run": score_run, "model": model_cfg.model, "n_layers": n_layers, "partial": partial,
         "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
         "base": base, "tables": {m: format_table(rows, m, config.policies) for m in metrics}}
+    if selection is not None:
+        payload["selection"] = selection
     run.write_json(SUMMARY, payload)
     atomic_write_bytes(run.file(TABLE), to_csv(rows).encode())
 
 
+def selection_overlap(probe_data: dict, data: DataConfig) -> dict:
+    """How much of the comparison's sample the probe saw: the number of our validation and
+    training examples that were in the probe's sample (train or validation). Zero shared
+    validation examples means the probe's data never judges its own selection."""
+    from floe.pipeline.data import data_config, load_split
+    seen = load_split(data_config(probe_data))
+    ours = load_split(data)
+    key = lambda e: repr((e["messages"], e["response"]))  # noqa: E731
+    probe_keys = {key(e) for e in seen.train + seen.val}
+    return {"probe_data": probe_data, "val_seen_by_probe": sum(key(e) in probe_keys for e in ours.val),
+            "train_seen_by_probe": sum(key(e) in probe_keys for e in ours.train),
+            "n_val": len(ours.val), "n_train": len(ours.train)}
+
+
+def _probe_selection(probe_run: str | None, config: CompareConfig, fingerprint: dict,
+                     data: DataConfig) -> dict | None:
+    """Check the probe run a 'probe' column needs; what compare.json records about it."""
+    if not any(p in MEASURED for p in config.policies):
+        return None
+    if probe_run is None:
+        raise ValueError("policy probe ranks layers by a probe run: give --probe-run ID (floe probe)")
+    run = open_probe_run(probe_run)
+    if run.config["model"] != fingerprint:
+        raise ValueError(f"probe run {probe_run} measured {run.config['model'].get('model')}, not "
+                         f"the score run's {fingerprint.get('model')}")
+    return {"probe_run": run.id, **selection_overlap(run.config["data"], data)}
+
+
 def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
                 evaluation: EvalConfig, config: CompareConfig, model_cfg: ModelConfig | None = None,
-                force: bool = False, show_progress: bool = True) -> Run:
-    """Train and evaluate every (k, policy, seed) cell; write compare.json and compare.csv."""
+                force: bool = False, show_progress: bool = True, probe_run: str | None = None) -> Run:
+    """Train and evaluate every (k, policy, seed) cell; write compare.json and compare.csv.
+    Policy ``probe`` takes its ranking from ``probe_run``; give ``data`` another seed than
+    the probe's so the probe is judged on data it never saw (compare.json's "selection")."""
     scored = open_score_run(score_run)
     scored.verify()
     model_cfg = model_cfg or ModelConfig(model=scored.config["warmup"]["model"]["model"])
     n_layers = model_shape(model_cfg).n_layers
     cells = plan(config, n_layers)
+    selection = _probe_selection(probe_run, config, scored.config["warmup"]["model"], data)
     key = {"floe": KEY_VERSIONS["compare"], "score_run": scored.id, "model": scored.config["warmup"]["model"],
            "data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
            "train": {**to_dict(training), "seed": None}, "eval": to_dict(evaluation),
            "compare": to_dict(config)}
+    if selection is not None:  # comparisons without policy probe keep their keys
+        key["probe_run"] = selection["probe_run"]
     run = run_for("compare", key)
     if reuse_finished(run, force):
         return run
@@ -269,11 +308,11 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
         for seed in config.seeds:  # seed-major: an early look already covers every cell
             for k, policy in cells:
                 results.append(_cell(scored.id, k, policy, seed, config, model_cfg, data,
-                                     adapter, training, evaluation, show_progress))
+                                     adapter, training, evaluation, show_progress, probe_run))
                 run.log(event="progress", stage="compare", done=len(results), total=total,
                         k=k, policy=policy, seed=seed)
                 # The table so far, for the app and for a look while the grid runs.
                 _write_summary(run, scored.id, model_cfg, n_layers, config, results, base,
-                               partial=len(results) < total)
+                               partial=len(results) < total, selection=selection)
         run.finish([SUMMARY, TABLE])
     return run

@@ -1,12 +1,15 @@
 """The layer-selection policies: the one list of them, with their labels, and the ranking
-each reads from (or derives from) a score run's layers.json."""
+each reads from (or derives from) a score run's layers.json, or, for policy ``probe``,
+from a probe run's probe.json (the layers ranked by their measured gain)."""
 from __future__ import annotations
 
 from floe.pipeline.score import LayersJson, load_layers
-from floe.store.runs import Run
+from floe.store.runs import DONE, Run, open_run
 
-__all__ = ["POLICIES", "available_policies", "check_policy", "depth_ranking", "ranking_for", "ranking_from",
-           "spread_ranking"]
+__all__ = ["MEASURED", "POLICIES", "PROBE_SUMMARY", "available_policies", "check_policy", "depth_ranking",
+           "open_probe_run", "probe_ranking", "ranking_for", "ranking_from", "spread_ranking"]
+
+PROBE_SUMMARY = "probe.json"
 
 # name -> label shown in the app. Order: FLoE first, then the baselines (METHOD 12), then
 # the practitioners' heuristics (docs/method.md, "Policies").
@@ -23,7 +26,10 @@ POLICIES: dict[str, str] = {
     "floe-reverse": "FLoE reversed (bottom k)",
     "lora-drop": "LoRA-drop (adapter output norm)",
     "ht-sr": "HT-SR alpha (AlphaLoRA)",
+    "probe": "select by measurement (probe run's gain)",
 }
+# Policies ranked by a probe run (no score run needed); the others by a score run.
+MEASURED = {"probe"}
 # Policies read from layers.json "baselines" under these keys; the others are derived.
 _STORED = {"random", "weight-norm", "adapter-norm", "all", "lora-drop", "ht-sr"}
 
@@ -57,6 +63,9 @@ def spread_ranking(n_layers: int) -> list[int]:
 def ranking_from(layers: LayersJson, policy: str) -> list[int]:
     """The layer ranking of ``policy`` (most important first) in a layers.json payload."""
     check_policy(policy)
+    if policy in MEASURED:
+        raise ValueError(f"policy {policy!r} ranks layers by a probe run, not a score run: "
+                         "give --probe-run ID (a run of floe probe)")
     n = layers["n_layers"]
     if policy == "floe":
         return layers["ranking"]
@@ -77,11 +86,39 @@ def ranking_from(layers: LayersJson, policy: str) -> list[int]:
 
 def available_policies(layers: LayersJson) -> list[str]:
     """The policies whose ranking this layers.json holds or implies."""
-    return [p for p in POLICIES
-            if p not in _STORED or p.replace("-", "_") in layers.get("baselines", {})]
+    return [p for p in POLICIES if p not in MEASURED
+            and (p not in _STORED or p.replace("-", "_") in layers.get("baselines", {}))]
 
+
+def probe_ranking(probe: dict) -> list[int]:
+    """The probed layers, most useful first: a cheap probe's own ranking, else by mean
+    gain (ties and layers without a finished cell: lower layer first, unmeasured last)."""
+    if probe.get("ranking"):
+        return [int(k) for k in probe["ranking"]]
+    gains = dict(zip(probe["layers"], probe["gain"]))
+    return sorted(gains, key=lambda k: (gains[k] is None, -(gains[k] or 0.0), k))
+
+
+def open_probe_run(run_id: str) -> Run:
+    """A finished probe run (clear errors for a missing, unfinished or other kind of run)."""
+    try:
+        run = open_run(run_id)
+    except FileNotFoundError:
+        raise ValueError(f"no probe run {run_id!r}: run floe probe first (its JSON names the run)") from None
+    if run.kind != "probe":
+        raise ValueError(f"run {run_id} is a {run.kind} run, not a probe run")
+    if run.status != DONE or not run.file(PROBE_SUMMARY).exists():
+        raise ValueError(f"probe run {run_id} is not finished ({run.status}): run the same floe "
+                         "probe again to complete it")
+    return run
 
 
 def ranking_for(run: Run, policy: str) -> list[int]:
-    """The layer ranking of ``policy`` from a finished score run."""
+    """The layer ranking of ``policy`` from a finished score run, or (policy ``probe``)
+    from a finished probe run."""
+    if policy in MEASURED:
+        if run.kind != "probe":
+            raise ValueError(f"policy {policy!r} ranks layers by a probe run, and {run.id} is a "
+                             f"{run.kind} run: give --probe-run ID")
+        return probe_ranking(run.read_json(PROBE_SUMMARY))
     return ranking_from(load_layers(run), policy)

@@ -18,13 +18,14 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.models.load import model_fingerprint
 from floe.pipeline.compare import mean_ci
 from floe.pipeline.data import DataConfig, data_key
+from floe.pipeline.policies import PROBE_SUMMARY
 from floe.pipeline.ranksearch import open_storage, redact
 from floe.pipeline.sparse import (
     RunStoppedError,
@@ -38,11 +39,17 @@ from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
 from floe.store.runs import DONE, Run, run_for
 
-__all__ = ["MODES", "PROBE_BUDGET", "SUMMARY", "ProbeCell", "ProbeConfig", "ProbeJson", "cell_layers",
+__all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeCell", "ProbeConfig", "ProbeJson", "cell_layers",
            "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe"]
 
-SUMMARY = "probe.json"
+SUMMARY = PROBE_SUMMARY
 MODES = ("single", "leave-one-out")
+# How the cells are scheduled: "cells" trains every (layer, seed) as its own cached run;
+# the cheap schedules (floe.pipeline.cheap_probe) load the model once: "halving" runs
+# successive halving over the layers, "joint" trains all layers at once and reads each
+# layer's gain with only its adapter switched on (leave-one-in).
+SCHEDULES = ("cells", "halving", "joint")
+_CHEAP_OPTIONS = ("schedule", "min_steps", "eta")
 # The probe's default budget per cell (options given override it): small enough that the
 # default probe of SmolLM2's 30 layers fits about 20 minutes of a quiet 2-core CPU
 # (bench/bench_probe.py), with a learning rate high enough for 8 steps to move the loss.
@@ -66,6 +73,14 @@ class ProbeConfig:
                                  "sqlite:////path/probe.db) through which several workers "
                                  "share this probe's cells")
     study_name: str | None = option(None, "study name in the storage (default: the run id)")
+    schedule: str = option("cells", "cells: each (layer, seed) its own cached training run; "
+                           "halving: one model load, successive halving over the layers (all "
+                           "get a few steps, the better half twice as many, ... up to the full "
+                           "budget); joint: one all-layer training, each layer's gain read with "
+                           "only its adapter on (leave-one-in)", choices=SCHEDULES)
+    min_steps: int = option(2, "halving: training steps of the first rung (every layer); the "
+                            "first step of a run is learning-rate warm-up (lr 0), so 2 is the least")
+    eta: int = option(2, "halving: keep 1/eta of the layers per rung, with eta times the steps")
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -78,6 +93,13 @@ class ProbeConfig:
             self.layers = sorted({int(k) for k in self.layers})
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown probe schedule {self.schedule!r}; choose among {', '.join(SCHEDULES)}")
+        if self.schedule != "cells" and (self.mode != "single" or self.storage):
+            raise ValueError(f"schedule {self.schedule} measures single layers in one process: "
+                             "use it with mode single and without storage")
+        if self.min_steps < 1 or self.eta < 2:
+            raise ValueError(f"min_steps must be >= 1 and eta >= 2, got {self.min_steps} and {self.eta}")
 
 
 class ProbeCell(TypedDict):
@@ -108,6 +130,14 @@ class ProbeJson(TypedDict):
     base_val_loss: float | None  # the unadapted model's validation loss
     cell_seconds: float | None   # mean wall time of the cells computed in this session
     storage: str | None          # the shared storage, password redacted
+    # Cheap schedules (floe.pipeline.cheap_probe) only: the measured ranking (the layers
+    # dropped at an early rung were measured on fewer steps, so their gains rank them
+    # only within their rung), the rungs, and the wall time of the whole probe.
+    schedule: NotRequired[str]
+    ranking: NotRequired[list[int]]
+    rungs: NotRequired[list[dict]]
+    seconds: NotRequired[float]
+    train_steps: NotRequired[int]   # optimizer steps of all its trainings together
 
 
 # --------------------------------------------------------------------------- the grid
@@ -161,7 +191,9 @@ def _with_gains(cells: list[dict], mode: str) -> list[ProbeCell]:
 def probe_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
               training: TrainConfig, probe: ProbeConfig) -> dict:
     """What defines the probe (not the storage, which only shares the work)."""
-    space = {k: v for k, v in to_dict(probe).items() if k not in ("storage", "study_name")}
+    # The cheap schedule's options enter the key only when used: cell probes keep their keys.
+    drop = ("storage", "study_name") + (_CHEAP_OPTIONS if probe.schedule == "cells" else ())
+    space = {k: v for k, v in to_dict(probe).items() if k not in drop}
     return {"floe": KEY_VERSIONS["probe"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
             "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
             "train": {**to_dict(training), "seed": None}, "probe": space}

@@ -25,7 +25,7 @@ from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, save_adapt
 from floe.models import arch
 from floe.models.load import load_model, model_fingerprint, resolve_device
 from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
-from floe.pipeline.policies import POLICIES, check_policy, ranking_for
+from floe.pipeline.policies import MEASURED, POLICIES, check_policy, open_probe_run, ranking_for
 from floe.pipeline.score import load_layers, open_score_run
 from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
 from floe.pipeline.warmup import ModelConfig
@@ -34,7 +34,8 @@ from floe.store.runs import DONE, Run, RunLockedError, read_json, reuse_finished
 
 __all__ = ["ADAPTER_DIR", "SUMMARY", "PeakMemory", "ReportingRun", "RunStoppedError",
            "SparseConfig", "TrainJson", "check_same_model", "layer_scores", "load_trained",
-           "max_rank", "model_shape", "prepare_sparse", "resolve_layers", "run_sparse_training",
+           "max_rank", "model_shape", "prepare_sparse", "probe_run_defaults", "resolve_layers",
+           "run_sparse_training",
            "score_run_defaults", "sparse_run", "summary_of", "train_key"]
 
 ADAPTER_DIR = "adapter"
@@ -68,6 +69,8 @@ class SparseConfig:
                                       "(overrides score run and policy)", cli=False)
     random_seed: int | None = option(None, "policy random: draw k layers with this seed instead "
                                      "of taking the score run's seeded random ranking")
+    probe_run: str | None = option(None, "policy probe: id of a finished probe run (floe probe) "
+                                   "whose measured per-layer gains rank the layers")
 
     def __post_init__(self):
         check_policy(self.policy)
@@ -77,9 +80,12 @@ class SparseConfig:
             self.layers = sorted({int(k) for k in self.layers})
         elif self.k < 1:
             raise ValueError(f"k must be >= 1 (the number of layers to adapt), got {self.k}")
-        elif self.score_run is None and not self._own_random_draw:
-            raise ValueError("say which layers to adapt: --score-run ID (with --policy and --k) "
-                             "or an explicit --layers list")
+        elif self.policy in MEASURED and self.probe_run is None:
+            raise ValueError(f"policy {self.policy} ranks layers by a probe run: give --probe-run ID "
+                             "(a run of floe probe)")
+        elif self.score_run is None and self.policy not in MEASURED and not self._own_random_draw:
+            raise ValueError("say which layers to adapt: --score-run ID (with --policy and --k), "
+                             "--policy probe --probe-run ID, or an explicit --layers list")
         if self.random_seed is not None and self.policy != "random":
             raise ValueError(f"--random-seed draws layers for policy random, not {self.policy!r}")
 
@@ -103,6 +109,22 @@ def score_run_defaults(score_run: str) -> dict:
     return {"model": warm["model"]["model"], "data": warm["data"]["data"]}
 
 
+def probe_run_defaults(probe_run: str) -> dict:
+    """The model and data name a probe run measured (defaults for training)."""
+    config = open_probe_run(probe_run).config
+    return {"model": config["model"]["model"], "data": config["data"]["data"]}
+
+
+def _selecting_run(sparse: SparseConfig) -> Run | None:
+    """The run whose ranking picks the layers: the probe run for a measured policy, else
+    the score run (None for explicit layers or an own random draw)."""
+    if sparse.layers is not None:
+        return None
+    if sparse.policy in MEASURED:
+        return open_probe_run(sparse.probe_run)
+    return open_score_run(sparse.score_run) if sparse.score_run is not None else None
+
+
 def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
     """The sorted layer list to adapt, checked against the model's depth."""
     if sparse.layers is not None:
@@ -117,8 +139,15 @@ def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
         raise ValueError(f"k={sparse.k} is larger than the model's {n_layers} layers")
     if sparse._own_random_draw:
         return sorted(random.Random(sparse.random_seed).sample(range(n_layers), sparse.k))
-    ranking = ranking_for(open_score_run(sparse.score_run), sparse.policy)
-    if sorted(ranking) != list(range(n_layers)):
+    ranking = ranking_for(_selecting_run(sparse), sparse.policy)
+    if sparse.policy in MEASURED:
+        if not set(ranking) <= set(range(n_layers)):
+            raise ValueError(f"probe run {sparse.probe_run} measured layers {sorted(ranking)}, but "
+                             f"this model has {n_layers}: it was measured on another model")
+        if sparse.k > len(ranking):
+            raise ValueError(f"k={sparse.k}, but probe run {sparse.probe_run} measured only "
+                             f"{len(ranking)} layers: lower k or probe every layer")
+    elif sorted(ranking) != list(range(n_layers)):
         raise ValueError(f"score run {sparse.score_run} ranks {len(ranking)} layers, but this "
                          f"model has {n_layers}: it was scored on another model")
     return sorted(ranking[:sparse.k])
@@ -126,12 +155,15 @@ def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
 
 def check_same_model(sparse: SparseConfig, fingerprint: dict) -> None:
     """A ranking is only meaningful for the model it was computed on."""
-    if sparse.layers is not None or sparse.score_run is None:
+    run = _selecting_run(sparse)
+    if run is None:
         return
-    scored = open_score_run(sparse.score_run).config["warmup"]["model"]
+    measured = sparse.policy in MEASURED
+    scored = run.config["model"] if measured else run.config["warmup"]["model"]
     if scored != fingerprint:
-        raise ValueError(f"score run {sparse.score_run} was computed on {scored.get('model')}, "
-                         f"not on {fingerprint.get('model')}: train the model it scored")
+        what = f"probe run {run.id} measured" if measured else f"score run {run.id} was computed on"
+        raise ValueError(f"{what} {scored.get('model')}, not {fingerprint.get('model')}: "
+                         "train the model it ranked")
 
 
 # --------------------------------------------------------------------------- memory
@@ -212,6 +244,8 @@ def train_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig
                  "k": len(adapter.layers), "score_run": sparse.score_run}
     if sparse._own_random_draw and sparse.layers is None:
         selection["random_seed"] = sparse.random_seed
+    if sparse.policy in MEASURED and sparse.layers is None:  # other selections keep their keys
+        selection["probe_run"] = sparse.probe_run
     return {"floe": KEY_VERSIONS["train"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
             "adapter": to_dict(adapter), "train": to_dict(training), "selection": selection}
 

@@ -5,26 +5,36 @@ from __future__ import annotations
 
 from floe.method.agreement import agreement
 from floe.pipeline.compare import SUMMARY as COMPARE_SUMMARY
-from floe.pipeline.policies import POLICIES, available_policies, ranking_from
+from floe.pipeline.policies import POLICIES, available_policies, probe_ranking, ranking_from
 from floe.pipeline.probe import SUMMARY as PROBE_SUMMARY
 from floe.pipeline.probe import ProbeJson
-from floe.pipeline.score import LayersJson, load_layers
-from floe.store.runs import DONE, Run, list_runs
+from floe.pipeline.score import TIMINGS, LayersJson, load_layers
+from floe.pipeline.warmup import SUMMARY as WARMUP
+from floe.store.runs import DONE, Run, list_runs, open_run
 
-__all__ = ["agreement_table", "compare_gains", "matching_probes", "matching_score_runs",
-           "same_setup", "validation_summary", "verdict"]
+__all__ = ["agreement_table", "compare_gains", "floe_cost", "matching_probes", "matching_score_runs",
+           "probe_cost", "same_setup", "validation_summary", "verdict"]
 
 # Policies with no ranking of their own to check.
 _NOT_RANKINGS = ("all",)
+
+
+def _measured(probe: ProbeJson) -> list[tuple[int, float]]:
+    """(layer, value) pairs a ranking is checked against: the mean gains, or for a cheap
+    probe (whose gains compare only within a rung) its ranking's scores n - position."""
+    order = probe.get("ranking")
+    if order:
+        return sorted((k, float(len(order) - i)) for i, k in enumerate(order))
+    return [(k, g) for k, g in zip(probe["layers"], probe["gain"]) if g is not None]
 
 
 def agreement_table(layers: LayersJson, probe: ProbeJson, n_boot: int = 1000,
                     seed: int = 0) -> dict[str, dict]:
     """policy -> agreement figures (spearman, spearman_ci, partial_spearman given depth,
     its CI, precision_at_k) of every ranking this layers.json holds, against the probe's
-    mean gains. Layers without a finished cell are left out; with 2 layers rho is +-1
-    by construction (and its interval undefined)."""
-    pairs = [(k, g) for k, g in zip(probe["layers"], probe["gain"]) if g is not None]
+    mean gains (a cheap probe: its ranking). Layers without a finished cell are left
+    out; with 2 layers rho is +-1 by construction (and its interval undefined)."""
+    pairs = _measured(probe)
     if len(pairs) < 2:
         return {}
     probed, gains = [k for k, _ in pairs], [g for _, g in pairs]
@@ -73,6 +83,26 @@ def compare_gains(score_run: Run, metric: str = "val_loss") -> dict[str, dict]:
     return {}
 
 
+def probe_cost(probe: ProbeJson) -> dict:
+    """What a probe's selection cost: a cheap probe's whole wall time (one load, every
+    training and validation); for a cell probe the sum of its cells' training times
+    (model loads and validations excluded, so a lower bound)."""
+    if probe.get("seconds") is not None:
+        return {"seconds": probe["seconds"], "what": f"{probe.get('schedule')} probe, wall time"}
+    trained = [c["train_seconds"] for c in probe["cells"] if c.get("train_seconds") is not None]
+    return {"seconds": sum(trained) if trained else None,
+            "what": f"{len(trained)} cells, training time only (loads and validations excluded)"}
+
+
+def floe_cost(score_run: Run) -> float | None:
+    """FLoE's selection cost: the warm-up's training time plus the scoring's wall time."""
+    try:
+        warm = open_run(score_run.config["warmup_run"], score_run.path.parent.parent)
+        return warm.read_json(WARMUP)["seconds"] + score_run.read_json(TIMINGS)["total"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def same_setup(score_run: Run, probe_run: Run) -> bool:
     """Whether a probe measured the model and data the score run was computed on."""
     try:
@@ -102,7 +132,8 @@ def validation_summary(probe_run: Run, score_run: Run | None = None, n_boot: int
     table = agreement_table(load_layers(score_run), probe, n_boot) if score_run else {}
     return {"run": probe_run.id, "path": str(probe_run.path), "model": probe["model"],
             "data": probe["data"], "mode": probe["mode"], "layers": probe["layers"],
-            "seeds": probe["seeds"], "gain": probe["gain"],
+            "seeds": probe["seeds"], "gain": probe["gain"], "ranking": probe_ranking(probe),
+            "schedule": probe.get("schedule", "cells"), "cost": probe_cost(probe),
             "gain_ci": [[c.get("ci_low"), c.get("ci_high")] for c in probe["gain_ci"]],
             "base_val_loss": probe["base_val_loss"], "cell_seconds": probe["cell_seconds"],
             "partial": probe["partial"], "score_run": score_run.id if score_run else None,
