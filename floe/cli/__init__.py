@@ -79,9 +79,12 @@ def _main(argv: list[str] | None) -> int:
         print(f"floe {args.command}: cancelled; run it again to resume", file=sys.stderr)
         return 130
     if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, default=str))
+        text = json.dumps(result, indent=2, default=str)
     else:
-        for key, value in result.items():
-            if not isinstance(value, (list, dict)):
-                print(f"{key}: {value}")
+        text = "\n".join(f"{key}: {value}" for key, value in result.items()
+                         if not isinstance(value, (list, dict)))
+    # One write: the processes of a DDP run share stdout, and print's separate writes of
+    # text and newline interleave between them (seen as "run: train-...rank: 1").
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
     return 0
