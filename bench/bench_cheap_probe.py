@@ -23,11 +23,10 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS
+from bench.common import RESULTS, fresh_cache
 
 
 def _cpu() -> float:
@@ -45,11 +44,7 @@ def main() -> None:
                         "instead of training them again")
     args = parser.parse_args()
 
-    from floe.store.runs import cache_root
-    shared_models = cache_root() / "models"
-    fresh = Path(tempfile.mkdtemp(prefix="floe-bench-cheap-"))
-    (fresh / "models").symlink_to(shared_models, target_is_directory=True)
-    os.environ["FLOE_CACHE"] = str(fresh)
+    fresh_cache("floe-bench-cheap-")
 
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.method.agreement import spearman

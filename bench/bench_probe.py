@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import RESULTS
+from bench.common import RESULTS, fresh_cache
 
 
 def main() -> None:
@@ -35,11 +33,7 @@ def main() -> None:
     parser.add_argument("--layers", default="0,15,29", help="layers whose cells are timed")
     args = parser.parse_args()
 
-    from floe.store.runs import cache_root
-    shared_models = cache_root() / "models"
-    fresh = Path(tempfile.mkdtemp(prefix="floe-bench-probe-"))
-    (fresh / "models").symlink_to(shared_models, target_is_directory=True)
-    os.environ["FLOE_CACHE"] = str(fresh)
+    fresh_cache("floe-bench-probe-")
 
     import dataclasses
 

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import RESULTS
+from bench.common import RESULTS, fresh_cache
 
 
 def main() -> None:
@@ -33,11 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from floe.store.runs import cache_root
-    shared_models = cache_root() / "models"
-    fresh = Path(tempfile.mkdtemp(prefix="floe-bench-"))
-    (fresh / "models").symlink_to(shared_models, target_is_directory=True)
-    os.environ["FLOE_CACHE"] = str(fresh)  # nothing reused: every stage is timed for real
+    fresh_cache("floe-bench-")
 
     import torch
 

@@ -21,6 +21,19 @@ LLAMA_TINY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8,
                   max_position_embeddings=1024)
 
 
+def fresh_cache(prefix: str) -> Path:
+    """Point FLOE_CACHE at a new empty cache (nothing reused: every stage is timed for
+    real) that shares the converted embedded models of the project's cache."""
+    import tempfile
+
+    from floe.store.runs import cache_root
+    shared_models = cache_root() / "models"
+    fresh = Path(tempfile.mkdtemp(prefix=prefix))
+    (fresh / "models").symlink_to(shared_models, target_is_directory=True)
+    os.environ["FLOE_CACHE"] = str(fresh)
+    return fresh
+
+
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()

@@ -24,7 +24,7 @@ run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
 n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
-probes = {p.id: p for p in validation.probes_for(run) if p.status == "done"}
+probes = {p.id: p for p in validation.matching_probes(run) if p.status == "done"}
 policy = c1.radio("Policy", available_policies(payload) + (["probe"] if probes else []), format_func=POLICIES.get,
                   help="FLoE ranks layers by its score; the others are baselines and common "
                   "heuristics (docs/method.md, Policies); probe: a finished probe run's measured gains")

@@ -16,7 +16,7 @@ if not runs:
 
 run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
-probes = validation.probes_for(run)
+probes = validation.matching_probes(run)
 if not probes:
     st.info("No probe of this model and data yet. Start one below: it trains one small adapter per "
             "layer (each a cached, resumable run) and fills this page as layers finish.",

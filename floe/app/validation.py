@@ -29,15 +29,11 @@ from floe.pipeline.validation import (
 )
 from floe.store.runs import DONE, Run
 
-__all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "precision_figure", "probe_label",
-           "measured_selection", "probe_payload", "probe_preset", "probes_for", "policy_table",
-           "scatter_figure", "verdicts"]
+__all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "matching_probes",
+           "measured_selection", "policy_table", "precision_figure", "probe_label", "probe_payload",
+           "probe_preset", "scatter_figure", "verdicts"]
 
 PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
-
-
-def probes_for(score_run: Run) -> list[Run]:
-    return matching_probes(score_run)
 
 
 def _mtime(run: Run) -> int:

@@ -53,13 +53,18 @@ def _check_text_file(path: Path) -> str:
     return text
 
 
-def _json_object(path: Path, text: str, where: str) -> dict:
+def _loads(path: Path, text: str, where: str | None = None):
+    """json.loads with errors as DataError, located at ``where`` (default: the error's line)."""
     try:
-        row = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: bad JSON on {where}: {e.msg}") from None
+        raise DataError(f"{path}: bad JSON on {where or f'line {e.lineno}'}: {e.msg}") from None
     except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply on {where}") from None
+        raise DataError(f"{path}: JSON nested too deeply" + (f" on {where}" if where else "")) from None
+
+
+def _json_object(path: Path, text: str, where: str) -> dict:
+    row = _loads(path, text, where)
     if not isinstance(row, dict):
         raise DataError(f"{path}: {where} is not a JSON object")
     return row
@@ -77,12 +82,7 @@ def _json_rows(path: Path, text: str) -> list[dict]:
             return [row]
         return [_json_object(path, line, f"line {n}") for n, line in enumerate(text.splitlines(), 1)
                 if line.strip()]
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: bad JSON on line {e.lineno}: {e.msg}") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply") from None
+    rows = _loads(path, text)
     bad = next((n for n, row in enumerate(rows, 1) if not isinstance(row, dict)), None)
     if bad:
         raise DataError(f"{path}: item {bad} of the JSON list is not an object")
