@@ -39,6 +39,11 @@ if compared:
     table, _ = refinement.compare_table(compared[0], metric)
     st.dataframe(table)
     st.caption("Mean ± 95 % t-interval half-width over training seeds.")
+    reference = refinement.compare_reference(compared[0])
+    if reference:
+        st.dataframe(refinement.compare_table(compared[0], metric, differences=True)[0])
+        st.caption(f"Each policy minus {reference} at the same k and training seed (mean ± 95 % t half-width): "
+                   "an interval that includes 0 is no difference the seeds support.")
 else:
     st.info("No evaluation yet. `floe compare` trains each k with both rankings and evaluates it.")
 with st.expander("Start `floe compare` on the k that differ", expanded=bool(ks) and not compared):

@@ -189,8 +189,12 @@ def make_compare_run(root: Path, score_run, ks=(3, 2), policies=("floe", "floe-n
               "std": 0.01, "half_width": 0.01, "ci_low": 0.0, "ci_high": 1.0, "values": [base] * 3}
              for k in ks for i, p in enumerate(policies)
              for m, base in (("arc-easy/acc", 0.45), ("val_loss", 2.0))]
+    diffs = [{**c, "mean": c["mean"] - next(r["mean"] for r in cells if (r["k"], r["policy"], r["metric"]) ==
+                                             (c["k"], policies[0], c["metric"]))}
+             for c in cells if c["policy"] != policies[0]]
     run.write_json("compare.json", {"score_run": score_run.id, "metrics": ["arc-easy/acc", "val_loss"],
-                                    "cells": cells, "results": []})
+                                    "cells": cells, "results": [],
+                                    "differences": {"reference": policies[0], "cells": diffs, "tables": {}}})
     run.file("compare.csv").write_text("k,policy\n")
     run.finish(["compare.json", "compare.csv"])
     return run

@@ -263,9 +263,12 @@ def test_refinement_page_shows_compare_results(cache, model):
     run = fx.make_score_run(cache, model)
     fx.make_compare_run(cache, run)
     at = open_page(PAGES[2])
-    table = at.dataframe[-1].value
+    table, diffs = at.dataframe[-2].value, at.dataframe[-1].value
     assert list(table.columns) == ["floe", "floe-no-refine"] and list(table.index) == [3, 2]
     assert table.loc[2, "floe"] == "0.4500 ± 0.0100"
+    # The paired differences against FLoE, signed.
+    assert list(diffs.columns) == ["floe-no-refine"] and diffs.loc[2, "floe-no-refine"] == "+0.0100 ± 0.0100"
+    assert "minus floe" in text_of(at)
 
 
 def test_rank_search_page_shows_the_study_and_starts_a_search(cache, model):

@@ -9,7 +9,7 @@ import pytest
 from helpers import RANKINGS
 
 from floe.cli import main
-from floe.pipeline.compare import CompareConfig, mean_ci, plan, t_cdf, t_quantile
+from floe.pipeline.compare import CompareConfig, mean_ci, paired_differences, plan, reference_policy, t_cdf, t_quantile
 from floe.store.runs import open_run
 
 
@@ -33,6 +33,20 @@ def test_mean_ci_uses_the_t_distribution():
     assert ci["mean"] == pytest.approx(statistics.fmean(values))
     assert ci["half_width"] == pytest.approx(half) and ci["ci_low"] == pytest.approx(ci["mean"] - half)
     assert mean_ci([0.5])["half_width"] is None
+
+
+def test_paired_differences_pair_cells_by_k_and_seed():
+    def cell(policy, k, seed, loss):
+        return {"policy": policy, "k": k, "seed": seed, "metrics": {"val_loss": loss}}
+    results = [cell("floe", 2, 1, 3.0), cell("floe", 2, 2, 3.5), cell("probe", 2, 1, 2.5),
+               cell("probe", 2, 2, 3.2), cell("all", 4, 1, 2.0), cell("probe", 1, 1, 9.0)]
+    (diff,) = paired_differences(results, "floe", 0.95)
+    # probe - floe per seed: -0.5 and -0.3; "all" (another k) and k=1 (no floe cell) have no pair.
+    assert (diff["k"], diff["policy"], diff["metric"]) == (2, "probe", "val_loss")
+    assert diff["values"] == pytest.approx([-0.5, -0.3]) and diff["mean"] == pytest.approx(-0.4)
+    assert diff["half_width"] == pytest.approx(mean_ci([-0.5, -0.3])["half_width"])
+    assert reference_policy(["all", "random", "floe"]) == "floe"
+    assert reference_policy(["random", "deepest"]) == "random" and reference_policy(["all"]) is None
 
 
 def test_plan_and_bad_grids():
@@ -73,3 +87,10 @@ def test_compare_on_the_tiny_model(tiny_args, score_run, capsys):
     assert len(rows) == len(summary["cells"]) and {"arc-easy/acc", "val_loss"} <= {r["metric"] for r in rows}
     assert "| 2 |" in summary["tables"]["val_loss"] and "±" in summary["tables"]["val_loss"]
     assert summary["base"]["metrics"]["val_loss"] > 0
+    # Random minus FLoE, paired by training seed.
+    assert summary["differences"]["reference"] == "floe"
+    diff = next(c for c in summary["differences"]["cells"] if c["metric"] == "val_loss")
+    rand = {r["seed"]: r["metrics"]["val_loss"] for r in results if r["policy"] == "random"}
+    assert diff["policy"] == "random" and diff["values"] == pytest.approx(
+        [rand[r["seed"]] - r["metrics"]["val_loss"] for r in floe])
+    assert "val_loss minus floe, paired by seed" in out["table"]

@@ -127,10 +127,16 @@ def test_eval_base_and_adapter_from_the_cli(tiny_args, trained_run, capsys):
     folder = json.loads(capsys.readouterr().out)
     assert folder["arc-easy/acc"] == adapted["arc-easy/acc"]
     assert "val_loss" not in folder
+    # No benchmark at all: the held-out loss alone (what a quick compare needs).
+    assert main(["eval", "--train-run", trained_run.id, "--tasks", "", "--quiet", "--json"]) == 0
+    loss_only = json.loads(capsys.readouterr().out)
+    assert loss_only["tasks"] == {} and loss_only["val_loss"] == pytest.approx(adapted["val_loss"])
 
 
 def test_bad_eval_input(capsys):
     with pytest.raises(ValueError, match="unknown task"):
         EvalConfig(tasks=["mmlu", "nosuch"])
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        EvalConfig(tasks=[], val_loss=False)
     assert main(["eval", "--tasks", "nosuch", "--quiet"]) == 2
     assert "unknown task" in capsys.readouterr().err

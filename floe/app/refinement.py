@@ -14,8 +14,8 @@ from floe.pipeline.score import LayersJson
 from floe.pipeline.study import ranks_of
 from floe.store.runs import Run
 
-__all__ = ["compare_runs", "compare_table", "differing_ks", "refinement_figure", "refinement_moves",
-           "refinement_summary"]
+__all__ = ["compare_reference", "compare_runs", "compare_table", "differing_ks", "refinement_figure",
+           "refinement_moves", "refinement_summary"]
 
 
 def differing_ks(with_refinement: list[int], without: list[int]) -> list[int]:
@@ -82,17 +82,26 @@ def compare_runs(score_run: Run, root: Path | None = None) -> list[Run]:
     return out
 
 
-def compare_table(run: Run, metric: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+def compare_reference(run: Run) -> str | None:
+    """The policy a compare run's paired differences are taken against (None: no differences)."""
+    return run_json(run, COMPARE).get("differences", {}).get("reference")
+
+
+def compare_table(run: Run, metric: str | None = None,
+                  differences: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """One metric of a compare run as a table: rows k, columns policies, cells
-    "mean ± CI half-width" over seeds (the paper's Tables 2 and 7). Returns (table, metrics)."""
+    "mean ± CI half-width" over seeds (the paper's Tables 2 and 7). With ``differences``,
+    each policy minus the reference policy, paired by seed (empty for runs without them).
+    Returns (table, metrics)."""
     payload: CompareJson = run_json(run, COMPARE)
     metrics = payload["metrics"]
     metric = metric if metric in metrics else metrics[0]
-    cells = [c for c in payload["cells"] if c["metric"] == metric]
+    source = payload.get("differences", {}).get("cells", []) if differences else payload["cells"]
+    cells = [c for c in source if c["metric"] == metric]
 
     def cell(c):
         hw = c.get("half_width")
-        return f"{c['mean']:.4f}" + (f" ± {hw:.4f}" if hw is not None else "")
+        return f"{c['mean']:{'+' if differences else ''}.4f}" + (f" ± {hw:.4f}" if hw is not None else "")
     table = pd.DataFrame([{"k": c["k"], "policy": c["policy"], "value": cell(c)} for c in cells])
     if table.empty:
         return table, metrics

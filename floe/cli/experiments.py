@@ -105,8 +105,10 @@ def _compare(args) -> dict:
                       from_namespace(CompareConfig, args), model, force=args.force,
                       show_progress=not args.quiet, probe_run=args.probe_run)
     summary = run.read_json(SUMMARY)
+    tables = [*summary["tables"].values(), *summary.get("differences", {}).get("tables", {}).values()]
     return {"run": run.id, "path": str(run.path), "csv": str(run.file(TABLE)),
-            "tables": summary["tables"], "table": "\n" + "\n\n".join(summary["tables"].values())}
+            "tables": summary["tables"], "differences": summary.get("differences"),
+            "table": "\n" + "\n\n".join(tables)}
 
 
 # --------------------------------------------------------------------------- export

@@ -26,9 +26,9 @@ from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
 
-__all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "aggregate",
-           "cell_selection", "format_table", "mean_ci", "plan", "run_compare", "selection_overlap", "t_cdf",
-           "t_quantile", "to_csv"]
+__all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "Differences", "aggregate",
+           "cell_selection", "format_table", "mean_ci", "paired_differences", "plan", "reference_policy",
+           "run_compare", "selection_overlap", "t_cdf", "t_quantile", "to_csv"]
 
 SUMMARY, TABLE = "compare.json", "compare.csv"
 
@@ -135,16 +135,41 @@ def cell_selection(score_run: str, k: int, policy: str, seed: int,
     return SparseConfig(score_run=score_run, policy=policy, k=k)
 
 
+def _rows(cells: dict[tuple[int, str, str], list[float]], confidence: float) -> list[CompareCell]:
+    return [{"k": k, "policy": policy, "metric": metric, "values": values, **mean_ci(values, confidence)}
+            for (k, policy, metric), values in cells.items()]
+
+
 def aggregate(results: list[dict], confidence: float) -> list[CompareCell]:
     """One row per (k, policy, metric): the values over seeds, mean and interval."""
-    rows, cells = [], {}
+    cells = {}
     for r in results:
         for metric, value in r["metrics"].items():
             cells.setdefault((r["k"], r["policy"], metric), []).append(value)
-    for (k, policy, metric), values in cells.items():
-        rows.append({"k": k, "policy": policy, "metric": metric, "values": values,
-                     **mean_ci(values, confidence)})
-    return rows
+    return _rows(cells, confidence)
+
+
+def paired_differences(results: list[dict], reference: str, confidence: float) -> list[CompareCell]:
+    """Each policy minus ``reference`` at the same k and training seed, per metric: the mean
+    paired difference and its t-interval. Both cells of a pair share the seed's data order
+    and initialisation, so the pairing removes that noise from the comparison; an interval
+    that excludes 0 is a difference the seeds support."""
+    ref = {(r["k"], r["seed"]): r["metrics"] for r in results if r["policy"] == reference}
+    cells = {}
+    for r in results:
+        base = ref.get((r["k"], r["seed"]))
+        if r["policy"] == reference or base is None:
+            continue
+        for metric, value in r["metrics"].items():
+            if metric in base:
+                cells.setdefault((r["k"], r["policy"], metric), []).append(value - base[metric])
+    return _rows(cells, confidence)
+
+
+def reference_policy(policies: list[str]) -> str | None:
+    """What the differences are taken against: FLoE when compared, else the first policy."""
+    named = [p for p in policies if p != "all"]
+    return "floe" if "floe" in named else (named[0] if named else None)
 
 
 def _fmt(metric: str) -> tuple[float, str]:
@@ -154,14 +179,14 @@ def _fmt(metric: str) -> tuple[float, str]:
     return 1.0, "{:.1f}" if metric == "perplexity" else "{:.4f}"
 
 
-def format_table(rows: list[dict], metric: str, policies: list[str]) -> str:
+def format_table(rows: list[dict], metric: str, policies: list[str], title: str | None = None) -> str:
     """A Table-2-like text table of one metric: rows k (descending), columns policies."""
     scale, fmt = _fmt(metric)
     cells = {(r["k"], r["policy"]): r for r in rows if r["metric"] == metric}
     ks = sorted({k for k, _ in cells}, reverse=True)
     cols = [p for p in ["all"] + list(policies) if any((k, p) in cells for k in ks)]
     n = max((c["n"] for c in cells.values()), default=0)
-    out = [f"{metric}{' (%)' if scale == 100 else ''}: mean ± 95% CI half-width over {n} seeds",
+    out = [f"{title or metric}{' (%)' if scale == 100 else ''}: mean ± 95% CI half-width over {n} seeds",
            "| layers | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for k in ks:
         line = []
@@ -231,7 +256,16 @@ class CompareJson(TypedDict):
     results: list[dict]          # one per trained cell: k, policy, seed, layers, runs, metrics
     base: dict                   # the base model's eval run and metrics
     tables: dict[str, str]       # metric -> Table-2-like text table
+    differences: NotRequired[Differences]  # each policy minus the reference, paired by seed
     selection: NotRequired[dict]  # with a probe run: its id, its data and the overlap with ours
+
+
+class Differences(TypedDict):
+    """compare.json's paired differences against one reference policy."""
+
+    reference: str
+    cells: list[CompareCell]     # policy = the policy compared with the reference
+    tables: dict[str, str]       # metric -> text table of the differences
 
 
 def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: int,
@@ -243,6 +277,12 @@ def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: i
         "score_run": score_run, "model": model_cfg.model, "n_layers": n_layers, "partial": partial,
         "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
         "base": base, "tables": {m: format_table(rows, m, config.policies) for m in metrics}}
+    reference = reference_policy(config.policies)
+    diffs = paired_differences(results, reference, config.confidence) if reference else []
+    if diffs:
+        others = [p for p in config.policies if p != reference]
+        payload["differences"] = {"reference": reference, "cells": diffs, "tables": {
+            m: format_table(diffs, m, others, f"{m} minus {reference}, paired by seed") for m in metrics}}
     if selection is not None:
         payload["selection"] = selection
     run.write_json(SUMMARY, payload)

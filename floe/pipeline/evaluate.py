@@ -38,7 +38,7 @@ class EvalConfig:
     tasks: list[str] = option(["mmlu", "arc-easy", "arc-challenge", "piqa", "hellaswag", "winogrande"],
                               "benchmarks (lm-eval task configs over the embedded data): mmlu, mmlu-medical, "
                               "mmlu-legal, arc-easy, arc-challenge, "
-                              "piqa, hellaswag, winogrande")
+                              "piqa, hellaswag, winogrande (empty: the held-out loss only)")
     limit: int = option(100, "items per task, a seeded sample (0: all)")
     shots: int = option(5, "MMLU in-context examples from its dev split (0-5)")
     eval_batch_size: int = option(8, "sequences per forward pass")
@@ -48,8 +48,10 @@ class EvalConfig:
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in LM_EVAL_TASKS]
-        if unknown or not self.tasks:
-            raise ValueError(f"unknown task(s) {unknown or '(none)'}; choose among {', '.join(LM_EVAL_TASKS)}")
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(LM_EVAL_TASKS)}")
+        if not self.tasks and not self.val_loss:
+            raise ValueError("nothing to evaluate: give --tasks or keep --val-loss")
         if self.limit < 0 or not 0 <= self.shots <= 5 or self.eval_batch_size < 1:
             raise ValueError("limit must be >= 0, shots in 0..5 and eval_batch_size >= 1")
 

@@ -1,0 +1,151 @@
+"""The tables of docs/results.md, from what bench/ground_truth.sh wrote and the runs it names.
+
+    .venv/bin/python -m bench.report_results [MODEL-DATA ...]   (default: every one found)
+
+For each model and data set: the probe's agreement table, the fair compare (each policy's
+validation loss at k = 4 and 8, and its difference to FLoE paired by training seed), and the
+selection costs next to the sparse and full-layer training times.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from floe.pipeline.compare import mean_ci, paired_differences
+from floe.store.runs import open_run
+
+RESULTS = Path(__file__).parent / "results" / "ground_truth"
+ORDER = ["probe", "cheap probe", "adapter-norm", "floe", "deepest", "lora-drop", "ht-sr", "random"]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
+
+
+def _fmt_ci(value, ci) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and None not in ci else f"{value:+.2f}"
+
+
+def agreement_table(probe: dict) -> str:
+    rows = ["| policy | Spearman ρ [95 % CI] | partial ρ given depth [95 % CI] | P@4 | P@8 |",
+            "| --- | --- | --- | --- | --- |"]
+    for policy, a in probe["agreement"].items():
+        p = a["precision_at_k"]
+        rows.append(f"| {policy} | {_fmt_ci(a['spearman'], a.get('spearman_ci'))} | "
+                    f"{_fmt_ci(a.get('partial_spearman'), a.get('partial_spearman_ci'))} | "
+                    f"{p[3]:.2f} | {p[7]:.2f} |")
+    return "\n".join(rows)
+
+
+def gains_line(probe: dict) -> str:
+    top = probe["ranking"][:8]
+    return (f"base val loss {probe['base_val_loss']:.3f}; measured top 8: {', '.join(map(str, top))}; "
+            f"gains " + ", ".join(f"{layer}: {g:.2f}" for layer, g in zip(probe["layers"], probe["gain"])))
+
+
+def _compare_results(fair: dict, cheap: dict | None) -> list[dict]:
+    results = open_run(fair["run"]).read_json("compare.json")["results"]
+    if cheap:
+        extra = open_run(cheap["run"]).read_json("compare.json")["results"]
+        results += [{**r, "policy": "cheap probe"} for r in extra]
+    return results
+
+
+def compare_table(results: list[dict], base: float) -> str:
+    """val loss mean ± t half-width per (policy, k), and the difference to FLoE paired by seed."""
+    ks = sorted({r["k"] for r in results if r["policy"] != "all"})
+    diffs = {(c["policy"], c["k"]): c for c in paired_differences(results, "floe", 0.95)
+             if c["metric"] == "val_loss"}
+    head = "| policy | " + " | ".join(f"k={k}: layers | val loss | minus floe" for k in ks) + " |"
+    rows = [head, "|---" * (1 + 3 * len(ks)) + "|"]
+    for policy in [p for p in ORDER if any(r["policy"] == p for r in results)]:
+        line = [policy]
+        for k in ks:
+            cell = [r for r in results if r["policy"] == policy and r["k"] == k]
+            if not cell:
+                line += ["", "", ""]
+                continue
+            layers = {tuple(r["layers"]) for r in cell}
+            line.append(_layers(next(iter(layers))) if len(layers) == 1 else "per seed")
+            ci = mean_ci([r["metrics"]["val_loss"] for r in cell])
+            line.append(f"{ci['mean']:.4f} ± {ci['half_width']:.4f}")
+            d = diffs.get((policy, k))
+            line.append(f"{d['mean']:+.4f} ± {d['half_width']:.4f}{' *' if _excludes_zero(d) else ''}"
+                        if d else "")
+        rows.append("| " + " | ".join(line) + " |")
+    full = [r["metrics"]["val_loss"] for r in results if r["policy"] == "all"]
+    if full:
+        ci = mean_ci(full)
+        rows.append(f"\nAll layers: val loss {ci['mean']:.4f} ± {ci['half_width']:.4f}; base model {base:.4f}.")
+    return "\n".join(rows)
+
+
+def _excludes_zero(cell: dict) -> bool:
+    return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
+
+
+def _layers(layers) -> str:
+    out, run = [], [layers[0]]
+    for x in layers[1:]:
+        if x == run[-1] + 1:
+            run.append(x)
+        else:
+            out.append(run)
+            run = [x]
+    out.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in out)
+
+
+def _wall(run_id: str) -> float:
+    state = json.loads((open_run(run_id).path / "state.json").read_text())
+    return state["finished"] - state["started"]
+
+
+def cost_table(analyze: dict, probe: dict, cheap: dict | None, results: list[dict]) -> str:
+    """Selection wall time (each run's own, from its state) next to the training times of
+    the compare (train_seconds of its cells, the same run and load)."""
+    score = open_run(analyze["run"])
+    floe_s = _wall(score.id) + _wall(score.config["warmup_run"])
+    rows = ["| what | wall (s) | x FLoE selection |", "| --- | --- | --- |",
+            f"| FLoE selection (warm-up + scoring) | {floe_s:.0f} | 1.00 |",
+            f"| full probe ({len(probe['seeds'])} seeds x {len(probe['layers'])} layers) | "
+            f"{_wall(probe['run']):.0f} | {_wall(probe['run']) / floe_s:.2f} |"]
+    if cheap:
+        rows.append(f"| cheap probe (joint, 1 seed) | {_wall(cheap['run']):.0f} | {_wall(cheap['run']) / floe_s:.2f} |")
+    for k in sorted({r["k"] for r in results}, reverse=True):
+        t = statistics.fmean(r["train_seconds"] for r in results if r["k"] == k)
+        what = "full-layer training" if any(r["policy"] == "all" and r["k"] == k for r in results) \
+            else f"sparse training, k={k} (mean over policies and seeds)"
+        rows.append(f"| {what} | {t:.0f} | {t / floe_s:.2f} |")
+    return "\n".join(rows)
+
+
+def report(tag: str) -> str:
+    analyze, probe = _load(f"analyze-{tag}.json"), _load(f"probe-{tag}.json")
+    if not analyze or not probe:
+        return f"## {tag}\n\n(no finished analysis and probe yet)\n"
+    out = [f"## {tag}", "", f"Probe {probe['run']} ({len(probe['seeds'])} seeds), score run {analyze['run']}:",
+           gains_line(probe), "", agreement_table(probe), ""]
+    fair, cheap = _load(f"fair-compare-{tag}.json"), _load(f"cheap-probe-{tag}.json")
+    if fair:
+        results = _compare_results(fair, _load(f"fair-compare-cheap-{tag}.json"))
+        base = open_run(fair["run"]).read_json("compare.json")["base"]["metrics"]["val_loss"]
+        selection = open_run(fair["run"]).read_json("compare.json").get("selection", {})
+        out += [f"Fair compare {fair['run']} (val examples seen by the probe: "
+                f"{selection.get('val_seen_by_probe', '?')}; * = interval excludes 0):", "",
+                compare_table(results, base), "", cost_table(analyze, probe, cheap, results), ""]
+    return "\n".join(out)
+
+
+def main(tags: list[str]) -> None:
+    tags = tags or sorted(p.name[len("probe-"):-len(".json")] for p in RESULTS.glob("probe-*.json"))
+    print("\n".join(report(tag) for tag in tags))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
