@@ -8,11 +8,13 @@ selection costs next to the sparse and full-layer training times.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
 from pathlib import Path
 
+from floe.method.agreement import spearman
 from floe.pipeline.compare import mean_ci, paired_differences
 from floe.store.runs import open_run
 
@@ -85,6 +87,24 @@ def compare_table(results: list[dict], base: float) -> str:
     return "\n".join(rows)
 
 
+def versus_table(results: list[dict], reference: str) -> str:
+    """``reference`` minus every other policy, paired by seed (negative: reference is better)."""
+    diffs = [c for c in paired_differences(results, reference, 0.95) if c["metric"] == "val_loss"]
+    ks = sorted({c["k"] for c in diffs})
+    rows = [f"| {reference} minus | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
+    for policy in [p for p in ORDER if any(c["policy"] == p for c in diffs)]:
+        cells = {c["k"]: c for c in diffs if c["policy"] == policy}
+        rows.append(f"| {policy} | " + " | ".join(
+            _versus(cells[k]) if k in cells else "" for k in ks) + " |")
+    return "\n".join(rows)
+
+
+def _versus(cell: dict) -> str:
+    if not any(cell["values"]):
+        return "0 (the same layers)"
+    return f"{-cell['mean']:+.4f} ± {cell['half_width']:.4f}{' *' if _excludes_zero(cell) else ''}"
+
+
 def _excludes_zero(cell: dict) -> bool:
     return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
 
@@ -138,13 +158,26 @@ def report(tag: str) -> str:
         selection = open_run(fair["run"]).read_json("compare.json").get("selection", {})
         out += [f"Fair compare {fair['run']} (val examples seen by the probe: "
                 f"{selection.get('val_seen_by_probe', '?')}; * = interval excludes 0):", "",
-                compare_table(results, base), "", cost_table(analyze, probe, cheap, results), ""]
+                compare_table(results, base), "", versus_table(results, "probe"), "",
+                versus_table(results, "cheap probe"), "", cost_table(analyze, probe, cheap, results), ""]
     return "\n".join(out)
+
+
+def cross_data(tags: list[str]) -> str:
+    """Spearman between the measured gains of two data sets on the same model: is a layer's
+    utility a property of the model, or of the data?"""
+    probes = {tag: _load(f"probe-{tag}.json") for tag in tags}
+    lines = []
+    for a, b in itertools.combinations([t for t in tags if probes[t]], 2):
+        pa, pb = probes[a], probes[b]
+        if pa["model"] == pb["model"] and pa["layers"] == pb["layers"]:
+            lines.append(f"Spearman of the measured gains, {a} vs {b}: {spearman(pa['gain'], pb['gain']):+.2f}")
+    return "\n".join(lines)
 
 
 def main(tags: list[str]) -> None:
     tags = tags or sorted(p.name[len("probe-"):-len(".json")] for p in RESULTS.glob("probe-*.json"))
-    print("\n".join(report(tag) for tag in tags))
+    print("\n".join([*(report(tag) for tag in tags), cross_data(tags)]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""bench/report_results.py: the tables of docs/results.md, from compare results."""
+from bench.report_results import _layers, compare_table, versus_table
+
+
+def _cell(policy, k, seed, loss, layers):
+    return {"policy": policy, "k": k, "seed": seed, "layers": layers, "metrics": {"val_loss": loss}}
+
+
+RESULTS = [_cell("floe", 2, s, 3.0 + 0.01 * s, [2, 3]) for s in (1, 2, 3)] + \
+          [_cell("probe", 2, s, 2.5 + 0.02 * s, [0, 1]) for s in (1, 2, 3)] + \
+          [_cell("random", 2, s, 3.0 - 0.1 * (s == 2), [s, s + 1]) for s in (1, 2, 3)] + \
+          [_cell("all", 4, s, 2.0, [0, 1, 2, 3]) for s in (1, 2, 3)]
+
+
+def test_layer_runs_are_ranges():
+    assert _layers([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7, 8"
+
+
+def test_compare_table_pairs_each_policy_with_floe():
+    table = compare_table(RESULTS, base=4.0)
+    probe = next(line for line in table.splitlines() if line.startswith("| probe"))
+    # probe - floe per seed: -0.49, -0.48, -0.47 -> mean -0.48, an interval far from 0.
+    assert "| 0, 1 | 2.5400" in probe and "-0.4800" in probe and probe.endswith("* |")
+    assert "per seed" in next(line for line in table.splitlines() if line.startswith("| random"))
+    assert "All layers: val loss 2.0000 ± 0.0000; base model 4.0000." in table
+
+
+def test_versus_table_signs_say_who_is_better():
+    table = versus_table(RESULTS, "probe")
+    floe = next(line for line in table.splitlines() if line.startswith("| floe"))
+    assert "-0.4800" in floe  # probe minus floe: the probe's loss is lower
+    assert "| probe |" not in table
