@@ -74,22 +74,21 @@ def compare_table(results: list[dict], base: float) -> str:
                 continue
             layers = {tuple(r["layers"]) for r in cell}
             line.append(_layers(next(iter(layers))) if len(layers) == 1 else "per seed")
-            ci = mean_ci([r["metrics"]["val_loss"] for r in cell])
-            line.append(f"{ci['mean']:.4f} ± {ci['half_width']:.4f}")
+            line.append(_mean_pm(mean_ci([r["metrics"]["val_loss"] for r in cell])))
             d = diffs.get((policy, k))
-            line.append(f"{d['mean']:+.4f} ± {d['half_width']:.4f}{' *' if _excludes_zero(d) else ''}"
-                        if d else "")
+            line.append(f"{_mean_pm(d, '+')}{' *' if _excludes_zero(d) else ''}" if d else "")
         rows.append("| " + " | ".join(line) + " |")
     full = [r["metrics"]["val_loss"] for r in results if r["policy"] == "all"]
     if full:
-        ci = mean_ci(full)
-        rows.append(f"\nAll layers: val loss {ci['mean']:.4f} ± {ci['half_width']:.4f}; base model {base:.4f}.")
+        rows.append(f"\nAll layers: val loss {_mean_pm(mean_ci(full))}; base model {base:.4f}.")
     return "\n".join(rows)
 
 
 def versus_table(results: list[dict], reference: str) -> str:
     """``reference`` minus every other policy, paired by seed (negative: reference is better)."""
     diffs = [c for c in paired_differences(results, reference, 0.95) if c["metric"] == "val_loss"]
+    if not diffs:
+        return f"({reference}: no cells yet)"
     ks = sorted({c["k"] for c in diffs})
     rows = [f"| {reference} minus | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
     for policy in [p for p in ORDER if any(c["policy"] == p for c in diffs)]:
@@ -99,10 +98,16 @@ def versus_table(results: list[dict], reference: str) -> str:
     return "\n".join(rows)
 
 
+def _mean_pm(cell: dict, sign: str = "") -> str:
+    """mean ± t half-width; one seed has no interval."""
+    hw = cell["half_width"]
+    return f"{cell['mean']:{sign}.4f} " + (f"± {hw:.4f}" if hw is not None else "(1 seed)")
+
+
 def _versus(cell: dict) -> str:
     if not any(cell["values"]):
         return "0 (the same layers)"
-    return f"{-cell['mean']:+.4f} ± {cell['half_width']:.4f}{' *' if _excludes_zero(cell) else ''}"
+    return f"{_mean_pm({**cell, 'mean': -cell['mean']}, '+')}{' *' if _excludes_zero(cell) else ''}"
 
 
 def _excludes_zero(cell: dict) -> bool:
@@ -155,8 +160,10 @@ def report(tag: str) -> str:
     if fair:
         results = _compare_results(fair, _load(f"fair-compare-cheap-{tag}.json"))
         base = open_run(fair["run"]).read_json("compare.json")["base"]["metrics"]["val_loss"]
-        selection = open_run(fair["run"]).read_json("compare.json").get("selection", {})
-        out += [f"Fair compare {fair['run']} (val examples seen by the probe: "
+        summary = open_run(fair["run"]).read_json("compare.json")
+        selection = summary.get("selection", {})
+        done = f"partial: {len(summary['results'])} cells so far; " if summary["partial"] else ""
+        out += [f"Fair compare {fair['run']} ({done}val examples seen by the probe: "
                 f"{selection.get('val_seen_by_probe', '?')}; * = interval excludes 0):", "",
                 compare_table(results, base), "", versus_table(results, "probe"), "",
                 versus_table(results, "cheap probe"), "", cost_table(analyze, probe, cheap, results), ""]
