@@ -50,8 +50,8 @@ def gains_line(probe: dict) -> str:
             f"gains " + ", ".join(f"{layer}: {g:.2f}" for layer, g in zip(probe["layers"], probe["gain"])))
 
 
-def _compare_results(fair: dict, cheap: dict | None) -> list[dict]:
-    results = open_run(fair["run"]).read_json("compare.json")["results"]
+def _compare_results(summary: dict, cheap: dict | None) -> list[dict]:
+    results = list(summary["results"])
     if cheap:
         extra = open_run(cheap["run"]).read_json("compare.json")["results"]
         results += [{**r, "policy": "cheap probe"} for r in extra]
@@ -127,7 +127,7 @@ def _layers(layers) -> str:
 
 
 def _wall(run_id: str) -> float:
-    state = json.loads((open_run(run_id).path / "state.json").read_text())
+    state = open_run(run_id).state
     return state["finished"] - state["started"]
 
 
@@ -136,12 +136,14 @@ def cost_table(analyze: dict, probe: dict, cheap: dict | None, results: list[dic
     the compare (train_seconds of its cells, the same run and load)."""
     score = open_run(analyze["run"])
     floe_s = _wall(score.id) + _wall(score.config["warmup_run"])
+    probe_s = _wall(probe["run"])
     rows = ["| what | wall (s) | x FLoE selection |", "| --- | --- | --- |",
             f"| FLoE selection (warm-up + scoring) | {floe_s:.0f} | 1.00 |",
             f"| full probe ({len(probe['seeds'])} seeds x {len(probe['layers'])} layers) | "
-            f"{_wall(probe['run']):.0f} | {_wall(probe['run']) / floe_s:.2f} |"]
+            f"{probe_s:.0f} | {probe_s / floe_s:.2f} |"]
     if cheap:
-        rows.append(f"| cheap probe (joint, 1 seed) | {_wall(cheap['run']):.0f} | {_wall(cheap['run']) / floe_s:.2f} |")
+        cheap_s = _wall(cheap["run"])
+        rows.append(f"| cheap probe (joint, 1 seed) | {cheap_s:.0f} | {cheap_s / floe_s:.2f} |")
     for k in sorted({r["k"] for r in results}, reverse=True):
         t = statistics.fmean(r["train_seconds"] for r in results if r["k"] == k)
         what = "full-layer training" if any(r["policy"] == "all" and r["k"] == k for r in results) \
@@ -158,9 +160,9 @@ def report(tag: str) -> str:
            gains_line(probe), "", agreement_table(probe), ""]
     fair, cheap = _load(f"fair-compare-{tag}.json"), _load(f"cheap-probe-{tag}.json")
     if fair:
-        results = _compare_results(fair, _load(f"fair-compare-cheap-{tag}.json"))
-        base = open_run(fair["run"]).read_json("compare.json")["base"]["metrics"]["val_loss"]
         summary = open_run(fair["run"]).read_json("compare.json")
+        results = _compare_results(summary, _load(f"fair-compare-cheap-{tag}.json"))
+        base = summary["base"]["metrics"]["val_loss"]
         selection = summary.get("selection", {})
         done = f"partial: {len(summary['results'])} cells so far; " if summary["partial"] else ""
         out += [f"Fair compare {fair['run']} ({done}val examples seen by the probe: "
