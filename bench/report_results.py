@@ -4,7 +4,8 @@
 
 For each model and data set: the probe's agreement table, the fair compare (each policy's
 validation loss at k = 4 and 8, and its difference to FLoE paired by training seed), and the
-selection costs next to the sparse and full-layer training times.
+selection costs next to the sparse and full-layer training times; then one line per setting
+(the overview at the top of docs/results.md's measured-selection section).
 """
 from __future__ import annotations
 
@@ -184,9 +185,42 @@ def cross_data(tags: list[str]) -> str:
     return "\n".join(lines)
 
 
+def overview_row(tag: str, probe: dict, cheap: dict | None, results: list[dict]) -> str:
+    """One setting in a line: FLoE's and adapter-norm's agreement with the probe, how far the
+    measured choices beat FLoE's (paired by seed), and how well the cheap probe's ranking
+    matches the full probe's."""
+    agree = probe["agreement"]
+    diffs = {(c["policy"], c["k"]): c for c in paired_differences(results, "floe", 0.95)
+             if c["metric"] == "val_loss"}
+    cells = [tag] + [_fmt_ci(agree[p]["spearman"], agree[p].get("spearman_ci")) if p in agree else "n/a"
+                     for p in ("floe", "adapter-norm")]
+    for policy in ("probe", "cheap probe"):
+        for k in (4, 8):
+            d = diffs.get((policy, k))
+            cells.append(f"{_mean_pm(d, '+')}{' *' if _excludes_zero(d) else ''}" if d else "")
+    cells.append(f"{spearman(cheap['gain'], probe['gain']):+.2f}" if cheap else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+OVERVIEW_HEAD = ("| setting | FLoE ρ | adapter-norm ρ | probe minus floe, k=4 | k=8 | "
+                 "cheap probe minus floe, k=4 | k=8 | cheap vs full probe ρ |\n"
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def overview(tags: list[str]) -> str:
+    rows = [OVERVIEW_HEAD]
+    for tag in tags:
+        probe, fair = _load(f"probe-{tag}.json"), _load(f"fair-compare-{tag}.json")
+        if probe and fair:
+            summary = open_run(fair["run"]).read_json("compare.json")
+            results = _compare_results(summary, _load(f"fair-compare-cheap-{tag}.json"))
+            rows.append(overview_row(tag, probe, _load(f"cheap-probe-{tag}.json"), results))
+    return "\n".join(rows)
+
+
 def main(tags: list[str]) -> None:
     tags = tags or sorted(p.name[len("probe-"):-len(".json")] for p in RESULTS.glob("probe-*.json"))
-    print("\n".join([*(report(tag) for tag in tags), cross_data(tags)]))
+    print("\n".join([*(report(tag) for tag in tags), cross_data(tags), "", overview(tags)]))
 
 
 if __name__ == "__main__":

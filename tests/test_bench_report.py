@@ -1,5 +1,5 @@
 """bench/report_results.py: the tables of docs/results.md, from compare results."""
-from bench.report_results import _layers, compare_table, versus_table
+from bench.report_results import _layers, compare_table, overview_row, versus_table
 
 
 def _cell(policy, k, seed, loss, layers):
@@ -30,3 +30,16 @@ def test_versus_table_signs_say_who_is_better():
     floe = next(line for line in table.splitlines() if line.startswith("| floe"))
     assert "-0.4800" in floe  # probe minus floe: the probe's loss is lower
     assert "| probe |" not in table
+
+
+def test_overview_row_gives_agreement_differences_and_cheap_probe_match():
+    probe = {"agreement": {"floe": {"spearman": -0.25, "spearman_ci": [-0.6, 0.2]}},
+             "gain": [1.0, 2.0, 3.0, 4.0]}
+    cheap = {"gain": [4.0, 3.0, 2.0, 1.0]}
+    at_k4 = [{**c, "k": 4} for c in RESULTS if c["policy"] in ("floe", "probe")]
+    cheap_cells = [{**c, "policy": "cheap probe"} for c in at_k4 if c["policy"] == "probe"]
+    row = overview_row("tiny-set", probe, cheap, at_k4 + cheap_cells).split(" | ")
+    assert row[0] == "| tiny-set" and row[1] == "-0.25 [-0.60, +0.20]" and row[2] == "n/a"
+    assert row[3] == row[5] and row[3].startswith("-0.4800 ± ") and row[3].endswith(" *")
+    assert row[4] == row[6] == ""  # no cell at k=8
+    assert row[-1] == "-1.00 |"  # the reversed ranking
