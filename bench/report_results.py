@@ -5,10 +5,11 @@
 For each model and data set: the probe's agreement table, the fair compare (each policy's
 validation loss at k = 4 and 8, and its difference to FLoE paired by training seed), and the
 selection costs next to the sparse and full-layer training times; then one line per setting
-(the overview at the top of docs/results.md's measured-selection section).
+(the summary at the top of docs/results.md).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import statistics
@@ -51,19 +52,32 @@ def gains_line(probe: dict) -> str:
             f"gains " + ", ".join(f"{layer}: {g:.2f}" for layer, g in zip(probe["layers"], probe["gain"])))
 
 
-def _compare_results(summary: dict, cheap: dict | None) -> list[dict]:
+@functools.cache
+def _fair_compare(tag: str) -> tuple[str, dict, list[dict]] | None:
+    """The fair compare's run id, its compare.json and its results, the cheap probe's column (a second
+    compare) included; read once per tag."""
+    fair = _load(f"fair-compare-{tag}.json")
+    if not fair:
+        return None
+    summary = open_run(fair["run"]).read_json("compare.json")
     results = list(summary["results"])
+    cheap = _load(f"fair-compare-cheap-{tag}.json")
     if cheap:
         extra = open_run(cheap["run"]).read_json("compare.json")["results"]
         results += [{**r, "policy": "cheap probe"} for r in extra]
-    return results
+    return fair["run"], summary, results
+
+
+def _val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str, int], dict]:
+    """Each policy's val loss minus ``reference``'s, paired by seed, by (policy, k)."""
+    return {(c["policy"], c["k"]): c for c in paired_differences(results, reference, 0.95)
+            if c["metric"] == "val_loss"}
 
 
 def compare_table(results: list[dict], base: float) -> str:
     """val loss mean ± t half-width per (policy, k), and the difference to FLoE paired by seed."""
     ks = sorted({r["k"] for r in results if r["policy"] != "all"})
-    diffs = {(c["policy"], c["k"]): c for c in paired_differences(results, "floe", 0.95)
-             if c["metric"] == "val_loss"}
+    diffs = _val_loss_differences(results, "floe")
     head = "| policy | " + " | ".join(f"k={k}: layers | val loss | minus floe" for k in ks) + " |"
     rows = [head, "|---" * (1 + 3 * len(ks)) + "|"]
     for policy in [p for p in ORDER if any(r["policy"] == p for r in results)]:
@@ -77,7 +91,7 @@ def compare_table(results: list[dict], base: float) -> str:
             line.append(_layers(next(iter(layers))) if len(layers) == 1 else "per seed")
             line.append(_mean_pm(mean_ci([r["metrics"]["val_loss"] for r in cell])))
             d = diffs.get((policy, k))
-            line.append(f"{_mean_pm(d, '+')}{' *' if _excludes_zero(d) else ''}" if d else "")
+            line.append(_signed(d) if d else "")
         rows.append("| " + " | ".join(line) + " |")
     full = [r["metrics"]["val_loss"] for r in results if r["policy"] == "all"]
     if full:
@@ -87,15 +101,14 @@ def compare_table(results: list[dict], base: float) -> str:
 
 def versus_table(results: list[dict], reference: str) -> str:
     """``reference`` minus every other policy, paired by seed (negative: reference is better)."""
-    diffs = [c for c in paired_differences(results, reference, 0.95) if c["metric"] == "val_loss"]
+    diffs = _val_loss_differences(results, reference)
     if not diffs:
         return f"({reference}: no cells yet)"
-    ks = sorted({c["k"] for c in diffs})
+    ks = sorted({k for _, k in diffs})
     rows = [f"| {reference} minus | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
-    for policy in [p for p in ORDER if any(c["policy"] == p for c in diffs)]:
-        cells = {c["k"]: c for c in diffs if c["policy"] == policy}
+    for policy in [p for p in ORDER if any(q == p for q, _ in diffs)]:
         rows.append(f"| {policy} | " + " | ".join(
-            _versus(cells[k]) if k in cells else "" for k in ks) + " |")
+            _versus(diffs[policy, k]) if (policy, k) in diffs else "" for k in ks) + " |")
     return "\n".join(rows)
 
 
@@ -105,10 +118,16 @@ def _mean_pm(cell: dict, sign: str = "") -> str:
     return f"{cell['mean']:{sign}.4f} " + (f"± {hw:.4f}" if hw is not None else "(1 seed)")
 
 
+def _signed(cell: dict) -> str:
+    """A paired difference: signed mean ± half-width, * when its interval excludes 0."""
+    return f"{_mean_pm(cell, '+')}{' *' if _excludes_zero(cell) else ''}"
+
+
 def _versus(cell: dict) -> str:
+    """The reference minus the policy: the paired difference (policy minus reference) negated."""
     if not any(cell["values"]):
         return "0 (the same layers)"
-    return f"{_mean_pm({**cell, 'mean': -cell['mean']}, '+')}{' *' if _excludes_zero(cell) else ''}"
+    return _signed({**cell, "mean": -cell["mean"]})
 
 
 def _excludes_zero(cell: dict) -> bool:
@@ -159,14 +178,13 @@ def report(tag: str) -> str:
         return f"## {tag}\n\n(no finished analysis and probe yet)\n"
     out = [f"## {tag}", "", f"Probe {probe['run']} ({len(probe['seeds'])} seeds), score run {analyze['run']}:",
            gains_line(probe), "", agreement_table(probe), ""]
-    fair, cheap = _load(f"fair-compare-{tag}.json"), _load(f"cheap-probe-{tag}.json")
+    fair, cheap = _fair_compare(tag), _load(f"cheap-probe-{tag}.json")
     if fair:
-        summary = open_run(fair["run"]).read_json("compare.json")
-        results = _compare_results(summary, _load(f"fair-compare-cheap-{tag}.json"))
+        run, summary, results = fair
         base = summary["base"]["metrics"]["val_loss"]
         selection = summary.get("selection", {})
         done = f"partial: {len(summary['results'])} cells so far; " if summary["partial"] else ""
-        out += [f"Fair compare {fair['run']} ({done}val examples seen by the probe: "
+        out += [f"Fair compare {run} ({done}val examples seen by the probe: "
                 f"{selection.get('val_seen_by_probe', '?')}; * = interval excludes 0):", "",
                 compare_table(results, base), "", versus_table(results, "probe"), "",
                 versus_table(results, "cheap probe"), "", cost_table(analyze, probe, cheap, results), ""]
@@ -190,14 +208,13 @@ def overview_row(tag: str, probe: dict, cheap: dict | None, results: list[dict])
     measured choices beat FLoE's (paired by seed), and how well the cheap probe's ranking
     matches the full probe's."""
     agree = probe["agreement"]
-    diffs = {(c["policy"], c["k"]): c for c in paired_differences(results, "floe", 0.95)
-             if c["metric"] == "val_loss"}
+    diffs = _val_loss_differences(results, "floe")
     cells = [tag] + [_fmt_ci(agree[p]["spearman"], agree[p].get("spearman_ci")) if p in agree else "n/a"
                      for p in ("floe", "adapter-norm")]
     for policy in ("probe", "cheap probe"):
         for k in (4, 8):
             d = diffs.get((policy, k))
-            cells.append(f"{_mean_pm(d, '+')}{' *' if _excludes_zero(d) else ''}" if d else "")
+            cells.append(_signed(d) if d else "")
     cells.append(f"{spearman(cheap['gain'], probe['gain']):+.2f}" if cheap else "")
     return "| " + " | ".join(cells) + " |"
 
@@ -210,11 +227,9 @@ OVERVIEW_HEAD = ("| setting | FLoE ρ | adapter-norm ρ | probe minus floe, k=4 
 def overview(tags: list[str]) -> str:
     rows = [OVERVIEW_HEAD]
     for tag in tags:
-        probe, fair = _load(f"probe-{tag}.json"), _load(f"fair-compare-{tag}.json")
+        probe, fair = _load(f"probe-{tag}.json"), _fair_compare(tag)
         if probe and fair:
-            summary = open_run(fair["run"]).read_json("compare.json")
-            results = _compare_results(summary, _load(f"fair-compare-cheap-{tag}.json"))
-            rows.append(overview_row(tag, probe, _load(f"cheap-probe-{tag}.json"), results))
+            rows.append(overview_row(tag, probe, _load(f"cheap-probe-{tag}.json"), fair[2]))
     return "\n".join(rows)
 
 
