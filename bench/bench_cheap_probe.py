@@ -47,11 +47,11 @@ def main() -> None:
     fresh_cache("floe-bench-cheap-")
 
     from floe.adapters.hydralora import HydraLoraConfig
+    from floe.experiments.cheap_probe import run_cheap_probe
+    from floe.experiments.probe import PROBE_BUDGET, SUMMARY, ProbeConfig
     from floe.method.agreement import spearman
-    from floe.pipeline.cheap_probe import run_cheap_probe
     from floe.pipeline.data import DataConfig
     from floe.pipeline.policies import probe_ranking
-    from floe.pipeline.probe import PROBE_BUDGET, SUMMARY, ProbeConfig
     from floe.pipeline.score import ScoreConfig, run_score
     from floe.pipeline.train import TrainConfig
     from floe.pipeline.warmup import ModelConfig, run_warmup
@@ -107,8 +107,8 @@ def main() -> None:
 
 
 def _full_probe(out, cheap, args, data, training, adapter, t0, c0):
+    from floe.experiments.cheap_probe import train_layers
     from floe.models.load import load_model
-    from floe.pipeline.cheap_probe import train_layers
     from floe.pipeline.data import load_split, tokenize
     from floe.pipeline.train import total_steps, validation_loss
     model, tok = load_model(args.model, "cpu")

@@ -41,8 +41,8 @@ def main() -> None:
     import torch
 
     from floe.adapters.hydralora import HydraLoraConfig
+    from floe.experiments.probe import PROBE_BUDGET, ProbeConfig, cell_layers
     from floe.pipeline.data import DataConfig
-    from floe.pipeline.probe import PROBE_BUDGET, ProbeConfig, cell_layers
     from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
     from floe.pipeline.train import TrainConfig
     from floe.pipeline.warmup import ModelConfig

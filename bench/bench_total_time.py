@@ -1,7 +1,7 @@
 """FLoE total time (layer selection + sparse training on k layers) against full-layer
 training on the same data (paper Table 5), measured in one run on SmolLM2.
 
-Selection = warm-up on a sample of the data + FLoE scoring (``floe.pipeline.study.run_analysis``);
+Selection = warm-up on a sample of the data + FLoE scoring (``floe.experiments.study.run_analysis``);
 then HydraLoRA on the top-k layers and on all layers, same data, rank and budget. Runs
 in a fresh cache so nothing is reused. Prints a table and writes
 bench/results/total_time.json.
@@ -35,10 +35,10 @@ def main() -> None:
     import torch
 
     from floe.adapters.hydralora import HydraLoraConfig
+    from floe.experiments.study import run_analysis
     from floe.pipeline.data import DataConfig
     from floe.pipeline.score import ScoreConfig
     from floe.pipeline.sparse import SparseConfig, run_sparse_training, summary_of
-    from floe.pipeline.study import run_analysis
     from floe.pipeline.train import TrainConfig
     from floe.pipeline.warmup import ModelConfig
 

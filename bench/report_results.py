@@ -16,8 +16,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from floe.experiments.compare import paired_differences
 from floe.method.agreement import spearman
-from floe.pipeline.compare import mean_ci, paired_differences
+from floe.method.stats import mean_ci
 from floe.store.runs import open_run
 
 RESULTS = Path(__file__).parent / "results" / "ground_truth"

@@ -111,7 +111,7 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
 
 
 def make_study_run(root: Path, model: str, ratios=(1.0, 0.7, 0.3), **kw):
-    from floe.pipeline.study import ranks_of
+    from floe.experiments.study import ranks_of
     runs = {str(r): make_score_run(root, model, ratio=r, **kw) for r in ratios}
     study = run_for("study", {"floe": __version__, "model": {"model": model}, "data": {"data": "general"},
                               "score": {"beta": 0.5}, "ratios": list(ratios)}, root)

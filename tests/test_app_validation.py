@@ -8,7 +8,7 @@ from test_app_pages import figure, only_job, open_page, text_of
 
 from floe import __version__
 from floe.app import validation
-from floe.pipeline.compare import mean_ci
+from floe.method.stats import mean_ci
 from floe.store import jobs
 from floe.store.runs import run_for
 

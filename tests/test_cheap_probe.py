@@ -52,8 +52,8 @@ def test_successive_halving_keeps_the_better_half_and_ranks_by_rung():
 def test_training_a_layer_after_another_equals_a_fresh_model(tiny_model_dir, qa_file):
     from helpers import tiny_configs
 
+    from floe.experiments.cheap_probe import train_layers
     from floe.models.load import load_model
-    from floe.pipeline.cheap_probe import train_layers
     from floe.pipeline.data import load_split, tokenize
     model_cfg, data, adapter, training = tiny_configs(tiny_model_dir, qa_file, max_steps=3)
 
@@ -140,7 +140,7 @@ def test_policy_probe_is_in_the_one_list_but_not_a_score_run_policy(score_run):
         SparseConfig(policy="probe", k=2)
     assert probe_ranking({"layers": [0, 1, 2], "gain": [0.1, None, 0.3]}) == [2, 0, 1]
     # A cheap probe is checked by its ranking (its gains compare only within a rung).
-    from floe.pipeline.validation import agreement_table
+    from floe.experiments.validation import agreement_table
     cheap = {"layers": [0, 1, 2, 3], "gain": [9.0, 0.0, 5.0, 1.0], "ranking": [3, 2, 1, 0], "n_layers": 4}
     table = agreement_table(load_layers(run), cheap, n_boot=50)
     assert table["deepest"]["spearman"] == pytest.approx(1.0) and "probe" not in table

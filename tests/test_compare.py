@@ -9,7 +9,8 @@ import pytest
 from helpers import RANKINGS
 
 from floe.cli import main
-from floe.pipeline.compare import CompareConfig, mean_ci, paired_differences, plan, reference_policy, t_cdf, t_quantile
+from floe.experiments.compare import CompareConfig, paired_differences, plan, reference_policy
+from floe.method.stats import mean_ci, t_cdf, t_quantile
 from floe.store.runs import open_run
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from floe.cli import main
+from floe.eval.evaluate import EvalConfig
+from floe.eval.lmeval import lm_eval_results
 from floe.models.load import load_model
 from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf
-from floe.pipeline.evaluate import EvalConfig
-from floe.pipeline.lmeval import lm_eval_results
 
 
 def reference_loglikelihood(model, tok, context, continuation):
@@ -34,7 +34,7 @@ def _mmlu_question(r) -> str:
 def reference_requests(task: str, limit: int, shots: int = 0) -> list[tuple[list[tuple[str, str]], int]]:
     """The (context, continuation) pairs and gold index of each sampled item, written out
     from the benchmark rows by hand (lm-eval's prompts, as floe's old scorer built them)."""
-    from floe.pipeline.lmeval import sample_indices
+    from floe.eval.lmeval import sample_indices
     if task == "arc-easy":
         rows = [r for r in _hf("ai2_arc/ARC-Easy/validation") if r["answerKey"] in r["choices"]["label"]]
         items = [([(f"Question: {r['question']}\nAnswer:", f" {t}") for t in r["choices"]["text"]],
@@ -89,7 +89,7 @@ def test_acc_norm_divides_by_the_characters_of_the_choice(tiny_model_dir):
 @pytest.mark.parametrize("task, subjects", [("mmlu-medical", MEDICAL_SUBJECTS),
                                             ("mmlu-legal", LEGAL_SUBJECTS), ("mmlu", None)])
 def test_mmlu_tasks_are_the_papers_subjects(task, subjects):
-    from floe.pipeline.lmeval import task_configs
+    from floe.eval.lmeval import task_configs
     configs = task_configs(task, shots=5)
     names = [c["task"].removeprefix("floe_mmlu_") for c in configs]
     if subjects is not None:
@@ -99,7 +99,7 @@ def test_mmlu_tasks_are_the_papers_subjects(task, subjects):
 
 
 def test_limit_is_a_seeded_sample_shared_by_every_model():
-    from floe.pipeline.lmeval import sample_indices
+    from floe.eval.lmeval import sample_indices
     sample = sample_indices(10042, 20)
     assert len(sample) == 20 and sample == sample_indices(10042, 20) == sorted(sample)
     assert sample != list(range(20)) and sample_indices(5, 0) == sample_indices(5, 9) == list(range(5))

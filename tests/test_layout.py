@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "floe"
 # Each package may import only from its own layer and the layers below it.
-LAYERS = {"store": 0, "models": 1, "adapters": 2, "method": 3, "pipeline": 4, "cli": 5, "app": 6}
+LAYERS = {"store": 0, "models": 1, "adapters": 2, "method": 3, "pipeline": 4, "eval": 5, "experiments": 6, "cli": 7,
+          "app": 8}
 MODULES = sorted(p for p in ROOT.rglob("*.py") if p.parent != ROOT)
 
 

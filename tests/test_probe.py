@@ -5,7 +5,7 @@ import json
 import pytest
 
 from floe.cli import main
-from floe.pipeline.probe import ALL, ProbeConfig, cell_layers, layer_gains, plan_cells
+from floe.experiments.probe import ALL, ProbeConfig, cell_layers, layer_gains, plan_cells
 from floe.pipeline.sparse import summary_of
 from floe.store.runs import open_run
 
@@ -103,7 +103,7 @@ def test_bad_probe_options_get_one_clear_line(capsys, tiny_args, args, message):
 def test_a_killed_probe_resumes_at_the_first_missing_cell(tiny_model_dir, qa_file, monkeypatch):
     from helpers import tiny_configs
 
-    import floe.pipeline.probe as probe_module
+    import floe.experiments.probe as probe_module
     configs = tiny_configs(tiny_model_dir, qa_file)
     probe = ProbeConfig(layers=[0, 1, 2], seeds=[5])
     real, trained = probe_module._train_cell, []

@@ -7,7 +7,7 @@ from helpers import tiny_configs
 from optuna.trial import TrialState
 
 from floe.cli import main
-from floe.pipeline.ranksearch import STUDY_DB, SUMMARY, RankSearchConfig, run_rank_search
+from floe.experiments.ranksearch import STUDY_DB, SUMMARY, RankSearchConfig, run_rank_search
 from floe.pipeline.sparse import SparseConfig
 from floe.store.runs import open_run
 

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from floe.app.common import run_json
-from floe.pipeline.ranksearch import SUMMARY as SEARCH
-from floe.pipeline.ranksearch import SearchJson
+from floe.experiments.ranksearch import SUMMARY as SEARCH
+from floe.experiments.ranksearch import SearchJson
 from floe.store.runs import DONE, Run, list_runs
 
 __all__ = ["TRIAL_COLUMNS", "rank_searches", "search_figures", "search_summary", "search_trials"]
@@ -21,14 +21,14 @@ def rank_searches(root: Path | None = None) -> list[Run]:
 
 def search_summary(run: Run) -> SearchJson | None:
     """search.json of a finished search; for one in progress, the same summary read live
-    from its Optuna study (floe.pipeline.ranksearch.summarize). None before the first trial."""
+    from its Optuna study (floe.experiments.ranksearch.summarize). None before the first trial."""
     if run.status == DONE:
         return run_json(run, SEARCH)
     db = run.file("study.db")
     if db.exists():
         import optuna
 
-        from floe.pipeline.ranksearch import summarize
+        from floe.experiments.ranksearch import summarize
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         url = f"sqlite:///{db}"
         names = optuna.get_all_study_names(url)

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from floe.app.common import describe, finished, run_label, skip_corrupt
-from floe.pipeline.study import StabilityJson, load_stability, stability_payload
+from floe.experiments.study import StabilityJson, load_stability, stability_payload
 from floe.store.runs import Run
 
 __all__ = ["stability_figure", "stability_sources", "stability_summary", "stability_table"]

@@ -14,8 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from floe.app.common import finished, memo_by_state, ranking, run_json, skip_corrupt
-from floe.pipeline.evaluate import SUMMARY as EVAL
-from floe.pipeline.evaluate import headline
+from floe.eval.evaluate import SUMMARY as EVAL
+from floe.eval.evaluate import headline
 from floe.pipeline.policies import MEASURED
 from floe.pipeline.sparse import SUMMARY as TRAIN
 from floe.pipeline.sparse import TrainJson

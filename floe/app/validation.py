@@ -3,7 +3,7 @@ layer's measured gain (a probe run) under the score rows, score against gain per
 and the policy table (rho, partial rho given depth, precision@k) with a plain verdict.
 
 No Streamlit here; the figures come from probe.json and layers.json through the
-pipeline's readers (floe.pipeline.validation)."""
+pipeline's readers (floe.experiments.validation)."""
 from __future__ import annotations
 
 import functools
@@ -14,12 +14,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from floe.app import common
-from floe.method.agreement import ranking_scores
-from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
-from floe.pipeline.probe import PROBE_BUDGET, ProbeJson
-from floe.pipeline.probe import SUMMARY as PROBE_SUMMARY
-from floe.pipeline.score import LayersJson
-from floe.pipeline.validation import (
+from floe.experiments.probe import PROBE_BUDGET, ProbeJson
+from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
+from floe.experiments.validation import (
     agreement_table,
     compare_gains,
     floe_cost,
@@ -27,6 +24,9 @@ from floe.pipeline.validation import (
     probe_cost,
     verdict,
 )
+from floe.method.agreement import ranking_scores
+from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
+from floe.pipeline.score import LayersJson
 from floe.store.runs import DONE, Run
 
 __all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "matching_probes",

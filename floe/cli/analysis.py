@@ -41,8 +41,8 @@ def ratios(text: str) -> list[float]:
 
 
 def _analyze(args) -> dict:
+    from floe.experiments.study import run_analysis, run_study
     from floe.pipeline.score import summary
-    from floe.pipeline.study import run_analysis, run_study
     from floe.store.runs import open_run
     configs_ = (from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
                 from_namespace(HydraLoraConfig, args), from_namespace(TrainConfig, args),
@@ -50,7 +50,7 @@ def _analyze(args) -> dict:
     if args.ratios is None:
         return summary(run_analysis(*configs_, force=args.force, show_progress=not args.quiet))
     study = run_study(*configs_, ratios=args.ratios, force=args.force, show_progress=not args.quiet)
-    from floe.pipeline.study import load_stability
+    from floe.experiments.study import load_stability
     stability = load_stability(study)
     per_ratio = {r: summary(open_run(i)) for r, i in stability["score_runs"].items()}
     return {"run": study.id, "path": str(study.path), **stability, "per_ratio": per_ratio,

@@ -8,11 +8,11 @@ import argparse
 
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli.options import COMMON, Command, configs, from_namespace, given, text_flag
-from floe.pipeline.compare import CompareConfig
+from floe.eval.evaluate import EvalConfig
+from floe.experiments.compare import CompareConfig
+from floe.experiments.ranksearch import RankSearchConfig
 from floe.pipeline.data import DataConfig
-from floe.pipeline.evaluate import EvalConfig
 from floe.pipeline.generate import GenerateConfig
-from floe.pipeline.ranksearch import RankSearchConfig
 from floe.pipeline.sparse import SparseConfig
 from floe.pipeline.trackers import TrackConfig
 from floe.pipeline.train import TrainConfig
@@ -67,7 +67,7 @@ def _train(args) -> dict:
 
 # --------------------------------------------------------------------------- search-rank
 def _search(args) -> dict:
-    from floe.pipeline.ranksearch import SUMMARY, run_rank_search
+    from floe.experiments.ranksearch import SUMMARY, run_rank_search
     configs = _training_configs(args)
     run = run_rank_search(*configs, from_namespace(RankSearchConfig, args), force=args.force,
                           show_progress=not args.quiet)
@@ -77,7 +77,7 @@ def _search(args) -> dict:
 
 # --------------------------------------------------------------------------- eval
 def _eval(args) -> dict:
-    from floe.pipeline.evaluate import SUMMARY, headline, run_evaluation
+    from floe.eval.evaluate import SUMMARY, headline, run_evaluation
     typed = given(args)
     model = from_namespace(ModelConfig, args)
     data_given = any(k in typed for k in ("data", "ratio", "max_samples", "val_samples", "max_length", "seed"))
@@ -94,7 +94,7 @@ def _eval(args) -> dict:
 
 # --------------------------------------------------------------------------- compare
 def _compare(args) -> dict:
-    from floe.pipeline.compare import SUMMARY, TABLE, run_compare
+    from floe.experiments.compare import SUMMARY, TABLE, run_compare
     from floe.pipeline.sparse import score_run_defaults
     typed = given(args)
     defaults = score_run_defaults(args.score_run)

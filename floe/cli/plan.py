@@ -81,7 +81,7 @@ def configs_for(command: str, args):
             model, data = from_namespace(ModelConfig, typed), from_namespace(DataConfig, typed)
             adapter = from_namespace(HydraLoraConfig, typed, layers=None)
             training = from_namespace(TrainConfig, typed)
-            from floe.pipeline.compare import CompareConfig
+            from floe.experiments.compare import CompareConfig
             grid = from_namespace(CompareConfig, typed)
             every = 1 << 30  # the full-layer row trains every layer
             return model, data, adapter, training, score, None, every if grid.include_all else max(grid.ks)
@@ -89,7 +89,7 @@ def configs_for(command: str, args):
         base = read_config(args.config) if getattr(args, "config", None) else None
         model, data, adapter, training, sparse = _training_configs(args, base)
         if command == "search-rank":
-            from floe.pipeline.ranksearch import RankSearchConfig
+            from floe.experiments.ranksearch import RankSearchConfig
             adapter = dataclasses.replace(adapter, r=from_namespace(RankSearchConfig, typed).r_max)
         from floe.pipeline.sparse import model_shape, resolve_layers
         return model, data, adapter, training, score, resolve_layers(sparse, model_shape(model).n_layers), 8

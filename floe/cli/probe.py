@@ -1,12 +1,12 @@
 """CLI command ``floe probe``: each layer's measured gain, and how well every ranking policy
-of a score run agrees with it (floe.pipeline.probe, floe.pipeline.validation)."""
+of a score run agrees with it (floe.experiments.probe, floe.experiments.validation)."""
 from __future__ import annotations
 
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli.experiments import int_list
 from floe.cli.options import COMMON, Command, configs, from_namespace, given, text_flag
+from floe.experiments.probe import PROBE_BUDGET, ProbeConfig
 from floe.pipeline.data import DataConfig
-from floe.pipeline.probe import PROBE_BUDGET, ProbeConfig
 from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 
@@ -29,10 +29,10 @@ def probe_configs(args):
 
 
 def _probe(args) -> dict:
-    from floe.pipeline.cheap_probe import run_cheap_probe
-    from floe.pipeline.probe import run_probe
+    from floe.experiments.cheap_probe import run_cheap_probe
+    from floe.experiments.probe import run_probe
+    from floe.experiments.validation import validation_summary
     from floe.pipeline.score import open_score_run
-    from floe.pipeline.validation import validation_summary
     configs = probe_configs(args)
     measure = run_probe if configs[-1].schedule == "cells" else run_cheap_probe
     run = measure(*configs, force=args.force, show_progress=not args.quiet)

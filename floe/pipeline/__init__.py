@@ -1,5 +1,5 @@
-"""The experiment pipeline: data, training, warm-up, scoring, policies, sparse training,
-rank search, comparison, per-layer probe, evaluation and export; each stage a cached run."""
+"""The stages of one run: data, training, warm-up, scoring, layer-selection policies, sparse
+training, export and generation, the memory plan and the trackers; each stage a cached run."""
 
-__all__ = ["compare", "data", "evaluate", "export", "policies", "probe", "ranksearch", "score", "sparse", "study",
-           "train", "validation", "warmup"]
+__all__ = ["data", "datafiles", "export", "generate", "plan", "policies", "score", "sparse", "trackers",
+           "train", "warmup"]

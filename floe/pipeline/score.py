@@ -2,7 +2,7 @@
 refinement, least-squares tuning, layer importance and baselines (METHOD 3-8).
 
 ``run_score`` caches one scoring per (warm-up, ScoreConfig) in a run of kind ``score``
-(floe.pipeline.study chains warm-up and scoring, and repeats both over data ratios).
+(floe.experiments.study chains warm-up and scoring, and repeats both over data ratios).
 The files written are described in docs/artifacts.md; ``LayersJson`` is layers.json.
 """
 from __future__ import annotations

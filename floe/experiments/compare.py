@@ -8,16 +8,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
-import statistics
 from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
+from floe.eval.evaluate import SUMMARY as EVAL_SUMMARY
+from floe.eval.evaluate import EvalConfig, headline, run_evaluation
+from floe.method.stats import mean_ci
 from floe.pipeline.data import DataConfig, data_key
-from floe.pipeline.evaluate import SUMMARY as EVAL_SUMMARY
-from floe.pipeline.evaluate import EvalConfig, headline, run_evaluation
 from floe.pipeline.policies import MEASURED, POLICIES, open_probe_run
 from floe.pipeline.score import open_score_run
 from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
@@ -27,8 +26,8 @@ from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
 
 __all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "Differences", "aggregate",
-           "cell_selection", "format_table", "mean_ci", "paired_differences", "plan", "reference_policy",
-           "run_compare", "selection_overlap", "t_cdf", "t_quantile", "to_csv"]
+           "cell_selection", "format_table", "paired_differences", "plan", "reference_policy",
+           "run_compare", "selection_overlap", "to_csv"]
 
 SUMMARY, TABLE = "compare.json", "compare.csv"
 
@@ -56,61 +55,6 @@ class CompareConfig:
             raise ValueError("give at least one seed")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-
-
-# --------------------------------------------------------------------------- statistics
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0 or x >= 1:
-        return float(x >= 1)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-    return 1 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Inverse CDF of Student's t, by bisection (no SciPy dependency)."""
-    lo, hi = -1e4, 1e4
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
-    """Mean and the two-sided t-interval of the mean (None with one value)."""
-    n, mean = len(values), statistics.fmean(values)
-    if n < 2:
-        return {"n": n, "mean": mean, "std": None, "half_width": None, "ci_low": None, "ci_high": None}
-    std = statistics.stdev(values)
-    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "half_width": half,
-            "ci_low": mean - half, "ci_high": mean + half}
 
 
 # --------------------------------------------------------------------------- the grid

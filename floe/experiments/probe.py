@@ -1,5 +1,5 @@
 """The probe: each layer's measured utility, the ground truth a layer ranking is checked
-against (floe.pipeline.validation).
+against (floe.experiments.validation).
 
 mode ``single``: for each layer l, train a HydraLoRA adapter on l alone under one budget
 (same data sample, steps, lr and seed for every layer) and record the validation-loss
@@ -22,11 +22,10 @@ from typing import NotRequired, TypedDict
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig
+from floe.method.stats import mean_ci
 from floe.models.load import model_fingerprint
-from floe.pipeline.compare import mean_ci
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.policies import PROBE_SUMMARY
-from floe.pipeline.ranksearch import open_storage, redact
 from floe.pipeline.sparse import (
     RunStoppedError,
     SparseConfig,
@@ -38,6 +37,7 @@ from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
 from floe.store.runs import DONE, Run, run_for
+from floe.store.storage import open_storage, redact
 
 __all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeCell", "ProbeConfig", "ProbeJson", "cell_layers",
            "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe"]
@@ -45,7 +45,7 @@ __all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeCell", "ProbeC
 SUMMARY = PROBE_SUMMARY
 MODES = ("single", "leave-one-out")
 # How the cells are scheduled: "cells" trains every (layer, seed) as its own cached run;
-# the cheap schedules (floe.pipeline.cheap_probe) load the model once: "halving" runs
+# the cheap schedules (floe.experiments.cheap_probe) load the model once: "halving" runs
 # successive halving over the layers, "joint" trains all layers at once and reads each
 # layer's gain with only its adapter switched on (leave-one-in).
 SCHEDULES = ("cells", "halving", "joint")
@@ -130,7 +130,7 @@ class ProbeJson(TypedDict):
     base_val_loss: float | None  # the unadapted model's validation loss
     cell_seconds: float | None   # mean wall time of the cells computed in this session
     storage: str | None          # the shared storage, password redacted
-    # Cheap schedules (floe.pipeline.cheap_probe) only: the measured ranking (the layers
+    # Cheap schedules (floe.experiments.cheap_probe) only: the measured ranking (the layers
     # dropped at an early rung were measured on fewer steps, so their gains rank them
     # only within their rung), the rungs, and the wall time of the whole probe.
     schedule: NotRequired[str]

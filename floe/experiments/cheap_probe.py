@@ -31,11 +31,11 @@ from floe.adapters.hydralora import (
     apply_hydralora,
     remove_hydralora,
 )
+from floe.experiments.probe import SUMMARY, ProbeConfig, ProbeJson, layer_gains, probe_run
 from floe.method.halving import halving_cost, halving_schedule, successive_halving
 from floe.models import arch
 from floe.models.load import load_model, resolve_device
 from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
-from floe.pipeline.probe import SUMMARY, ProbeConfig, ProbeJson, layer_gains, probe_run
 from floe.pipeline.train import TrainConfig, total_steps, train, validation_loss
 from floe.pipeline.warmup import ModelConfig
 from floe.store.config import to_dict
@@ -126,7 +126,7 @@ def run_cheap_probe(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLora
                     show_progress: bool = True) -> Run:
     """Measure the layers with one model load (schedule halving or joint); a probe run."""
     if probe.schedule == "cells":
-        raise ValueError("schedule cells trains each cell as its own run: use floe.pipeline.probe.run_probe")
+        raise ValueError("schedule cells trains each cell as its own run: use floe.experiments.probe.run_probe")
     run = probe_run(model_cfg, data, adapter, training, probe)
     if reuse_finished(run, force):
         return run

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import time
 from dataclasses import dataclass
 from typing import TypedDict
@@ -30,9 +29,10 @@ from floe.pipeline.train import TrainConfig
 from floe.pipeline.warmup import ModelConfig
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, run_for
+from floe.store.storage import open_storage, redact
 
 __all__ = ["STUDY_DB", "SUMMARY", "RankSearchConfig", "SearchJson", "best_rank", "eval_steps",
-           "fail_stale_trials", "make_objective", "open_storage", "redact", "run_rank_search",
+           "fail_stale_trials", "make_objective", "run_rank_search",
            "search_key", "summarize"]
 
 SUMMARY = "search.json"
@@ -71,28 +71,6 @@ def search_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
     del key["adapter"]["r"]  # searched
     space = {k: v for k, v in to_dict(search).items() if k not in ("n_trials", "storage", "study_name")}
     return {**key, "search": space}
-
-
-def open_storage(url: str):
-    """An Optuna RDB storage, with heartbeats so trials of killed workers are retried."""
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as e:  # sqlalchemy raises many types for bad URLs and unreachable hosts
-        raise ValueError(f"cannot open the Optuna storage {redact(url)}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and summaries."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def fail_stale_trials(study) -> list[dict]:

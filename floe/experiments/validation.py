@@ -3,11 +3,11 @@ per-layer gains (floe.method.agreement), and, where a compare run exists for the
 run, each policy's measured top-k result next to it."""
 from __future__ import annotations
 
+from floe.experiments.compare import SUMMARY as COMPARE_SUMMARY
+from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
+from floe.experiments.probe import ProbeJson
 from floe.method.agreement import agreement
-from floe.pipeline.compare import SUMMARY as COMPARE_SUMMARY
 from floe.pipeline.policies import POLICIES, available_policies, probe_ranking, ranking_from
-from floe.pipeline.probe import SUMMARY as PROBE_SUMMARY
-from floe.pipeline.probe import ProbeJson
 from floe.pipeline.score import TIMINGS, LayersJson, load_layers
 from floe.pipeline.warmup import SUMMARY as WARMUP
 from floe.store.runs import DONE, Run, list_runs, open_run

