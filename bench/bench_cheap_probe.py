@@ -26,7 +26,8 @@ import platform
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, fresh_cache
+from bench.common import fresh_cache, save
+from floe.models.load import DEFAULT_MODEL
 
 
 def _cpu() -> float:
@@ -36,7 +37,7 @@ def _cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default="general")
     parser.add_argument("--min-steps", type=int, default=2)
     parser.add_argument("--full-from", help="take the full probe's gains from this earlier result "
@@ -53,8 +54,9 @@ def main() -> None:
     from floe.pipeline.data import DataConfig
     from floe.pipeline.policies import probe_ranking
     from floe.pipeline.score import ScoreConfig, run_score
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig, run_warmup
+    from floe.pipeline.warmup import run_warmup
 
     model_cfg = ModelConfig(model=args.model, device="cpu")
     data = DataConfig(data=args.data, **PROBE_BUDGET["data"])
@@ -64,7 +66,7 @@ def main() -> None:
                  "torch_threads": os.environ.get("OMP_NUM_THREADS"), "load_before": os.getloadavg()}
 
     t0, c0 = time.perf_counter(), _cpu()
-    warm = run_warmup(model_cfg, data, adapter, TrainConfig(), show_progress=False)
+    warm = run_warmup(Setup(model_cfg, data, adapter, TrainConfig()), show_progress=False)
     run_score(warm, ScoreConfig(), "cpu", show_progress=False)
     out["floe"] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0}
 
@@ -72,7 +74,7 @@ def main() -> None:
     for schedule in ("halving", "joint"):
         probe = ProbeConfig(schedule=schedule, min_steps=args.min_steps)
         t0, c0 = time.perf_counter(), _cpu()
-        run = run_cheap_probe(model_cfg, data, adapter, training, probe, show_progress=False)
+        run = run_cheap_probe(Setup(model_cfg, data, adapter, training), probe, show_progress=False)
         summary = run.read_json(SUMMARY)
         cheap[schedule] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
                            "ranking": probe_ranking(summary), "train_steps": summary["train_steps"],
@@ -101,13 +103,12 @@ def main() -> None:
     out["cheap"] = cheap
     out["full_top8"] = sorted(full_rank[:8])
     out["load_after"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cheap_probe.json").write_text(json.dumps(out, indent=2))
+    save("cheap_probe", out)
     print(json.dumps(out, indent=2))
 
 
 def _full_probe(out, cheap, args, data, training, adapter, t0, c0):
-    from floe.experiments.cheap_probe import train_layers
+    from floe.experiments.cheap_probe import Bench, train_layers
     from floe.models.load import load_model
     from floe.pipeline.data import load_split, tokenize
     from floe.pipeline.train import total_steps, validation_loss
@@ -121,8 +122,8 @@ def _full_probe(out, cheap, args, data, training, adapter, t0, c0):
     halving = cheap["halving"]["summary"]
     reused = {c["layer"]: c["gain"] for c in halving["cells"] if c["steps"] == full_steps}
     n_layers = halving["n_layers"]
-    gains = [reused[k] if k in reused else
-             base - train_layers(model, rows, val, tok.pad_token_id, adapter, training, [k], full_steps)
+    bench = Bench(model, rows, val, tok.pad_token_id, base)
+    gains = [reused[k] if k in reused else base - train_layers(bench, adapter, training, [k], full_steps)
              for k in range(n_layers)]
     out["full_probe"] = {"wall_s_without_reused": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
                          "reused_layers": sorted(reused), "gains": gains, "base_val_loss": base,

@@ -19,6 +19,7 @@ import time
 import torch
 
 from bench.common import current_rss_mib, in_subprocess, peak_rss_mib, reset_peak_rss, save
+from floe.models.load import DEFAULT_MODEL
 
 TARGETS = ["gate", "up", "down"]
 
@@ -27,7 +28,7 @@ def build(kind: str, r: int = 8):
     from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
     from floe.models import arch
     from floe.models.load import load_model
-    model, _ = load_model("smollm2-135m", "cpu")
+    model, _ = load_model(DEFAULT_MODEL, "cpu")
     torch.manual_seed(0)
     if kind == "hydra":
         apply_hydralora(model, HydraLoraConfig(r=r, experts=4, dropout=0.05, targets=TARGETS))

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from bench.common import RESULTS, current_rss_mib, peak_rss_mib, reset_peak_rss
+from bench.common import current_rss_mib, in_subprocess, peak_rss_mib, reset_peak_rss, save
+from floe.models.load import DEFAULT_MODEL
 
 N = 30  # SmolLM2-135M layers
 CONFIGS = {  # name: layers (number varies at the top; position varies at 8 layers)
@@ -44,7 +41,7 @@ def measure(layers: list[int], batch: int, seq: int, steps: int) -> dict:
     from floe.models.load import load_model
 
     torch.manual_seed(0)
-    model, _ = load_model("smollm2-135m", "cpu")
+    model, _ = load_model(DEFAULT_MODEL, "cpu")
     gc.collect()
     reset_peak_rss()  # the peak from here on is training's, not the loading transient's
     rss_loaded = int(current_rss_mib() * 2**20)
@@ -83,12 +80,9 @@ def main() -> None:
           f"median of {args.steps} steps; HydraLoRA r=8 M=4 on gate/up/down", flush=True)
     rows = {}
     for name, layers in CONFIGS.items():
-        out = subprocess.run([sys.executable, "-m", "bench.bench_layers", "--child", json.dumps(layers),
-                              "--batch", str(args.batch), "--seq", str(args.seq),
-                              "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True, env=os.environ,
-                             cwd=Path(__file__).resolve().parent.parent)
-        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[name] = in_subprocess("bench.bench_layers", "--child", json.dumps(layers),
+                                   "--batch", str(args.batch), "--seq", str(args.seq),
+                                   "--steps", str(args.steps))
         r = rows[name]
         print(f"{name:>18}: step {r['step_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB "
               f"(+{r['overhead_bytes'] / 2**20:.0f} MiB over the loaded model), "
@@ -101,12 +95,10 @@ def main() -> None:
         r["overhead_ratio"] = r["overhead_bytes"] / ref["overhead_bytes"]
         print(f"{name:>18}: step x{r['step_ratio']:.2f}, peak x{r['peak_ratio']:.2f}, "
               f"training overhead x{r['overhead_ratio']:.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    payload = {"model": "smollm2-135m", "device": "cpu", "threads": torch.get_num_threads(),
+    payload = {"model": DEFAULT_MODEL, "device": "cpu", "threads": torch.get_num_threads(),
                "batch": args.batch, "seq": args.seq, "steps": args.steps, "torch": torch.__version__,
                "host": platform.node(), "configs": rows}
-    (RESULTS / "layers_cpu.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {RESULTS / 'layers_cpu.json'}")
+    print(f"wrote {save('layers_cpu', payload)}")
 
 
 if __name__ == "__main__":

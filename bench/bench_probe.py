@@ -23,12 +23,13 @@ import os
 import platform
 import time
 
-from bench.common import RESULTS, fresh_cache
+from bench.common import fresh_cache, save
+from floe.models.load import DEFAULT_MODEL
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default="general")
     parser.add_argument("--layers", default="0,15,29", help="layers whose cells are timed")
     args = parser.parse_args()
@@ -43,9 +44,9 @@ def main() -> None:
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.experiments.probe import PROBE_BUDGET, ProbeConfig, cell_layers
     from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig
 
     model = ModelConfig(model=args.model, device="cpu")
     data = DataConfig(data=args.data, **PROBE_BUDGET["data"])
@@ -57,8 +58,8 @@ def main() -> None:
         load = os.getloadavg()[0]
         cpu = os.times()
         start = time.perf_counter()
-        run = run_sparse_training(model, data, HydraLoraConfig(), dataclasses.replace(training, seed=seed),
-                                  SparseConfig(layers=layers), show_progress=False)
+        setup = Setup(model, data, HydraLoraConfig(), dataclasses.replace(training, seed=seed))
+        run = run_sparse_training(setup, SparseConfig(layers=layers), show_progress=False)
         wall = time.perf_counter() - start
         cpu_s = sum(os.times()[:2]) - sum(cpu[:2])  # user + system CPU seconds of this process
         s = summary_of(run)
@@ -91,8 +92,7 @@ def main() -> None:
         "affinity": len(os.sched_getaffinity(0)), "python": platform.python_version(),
         "torch": torch.__version__}
     print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "probe.json").write_text(json.dumps(result, indent=2))
+    save("probe", result)
 
 
 if __name__ == "__main__":

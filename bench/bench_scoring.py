@@ -19,6 +19,7 @@ import time
 import torch
 
 from bench.common import save
+from floe.models.load import DEFAULT_MODEL
 
 
 def _sync(device):
@@ -107,7 +108,7 @@ def build(model_name: str, device: str, samples: int, batch_size: int, max_lengt
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -11,16 +11,17 @@ Usage: .venv/bin/python -m bench.bench_total_time [--k 8] [--samples 64] [--warm
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import platform
 import time
 
-from bench.common import RESULTS, fresh_cache
+from bench.common import fresh_cache, save
+from floe.models.load import DEFAULT_MODEL
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default="general")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--samples", type=int, default=64, help="training examples")
@@ -38,18 +39,18 @@ def main() -> None:
     from floe.experiments.study import run_analysis
     from floe.pipeline.data import DataConfig
     from floe.pipeline.score import ScoreConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.sparse import SparseConfig, run_sparse_training, summary_of
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig
 
     model = ModelConfig(model=args.model, device=args.device)
     data = DataConfig(data=args.data, max_samples=args.samples, val_samples=16, max_length=128)
     adapter, training = HydraLoraConfig(), TrainConfig(epochs=args.epochs, lr=1e-3)
 
     start = time.perf_counter()
-    score = run_analysis(model, DataConfig(**{**data.__dict__, "ratio": args.warmup_ratio}),
-                         adapter, training, ScoreConfig(score_samples=args.score_samples),
-                         show_progress=False)
+    setup = Setup(model, data, adapter, training)
+    score = run_analysis(setup.replace(data=dataclasses.replace(data, ratio=args.warmup_ratio)),
+                         ScoreConfig(score_samples=args.score_samples), show_progress=False)
     selection_s = time.perf_counter() - start
     print(f"selection (warm-up on {args.warmup_ratio:.0%} + scoring): {selection_s:.1f} s", flush=True)
 
@@ -57,7 +58,7 @@ def main() -> None:
     for name, sparse in (("sparse", SparseConfig(score_run=score.id, policy="floe", k=args.k)),
                          ("full", SparseConfig(score_run=score.id, policy="all"))):
         start = time.perf_counter()
-        run = run_sparse_training(model, data, adapter, training, sparse, show_progress=False)
+        run = run_sparse_training(setup, sparse, show_progress=False)
         timings[name] = {"wall_s": time.perf_counter() - start, **{
             k: summary_of(run)[k] for k in ("layers", "seconds", "steps", "val_loss_after",
                                             "trainable_parameters", "peak_memory_bytes")}}
@@ -69,7 +70,6 @@ def main() -> None:
     full = timings["full"]["wall_s"]
     print(f"\nFLoE total {total:.1f} s vs full-layer {full:.1f} s: x{total / full:.2f} "
           f"({(1 - total / full):+.0%} saved); sparse training alone x{timings['sparse']['wall_s'] / full:.2f}")
-    RESULTS.mkdir(exist_ok=True)
     payload = {"model": args.model, "data": args.data, "k": args.k, "samples": args.samples,
                "warmup_ratio": args.warmup_ratio, "epochs": args.epochs,
                "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -78,8 +78,7 @@ def main() -> None:
                "score_timings": score.read_json("timings.json"), "selection_s": selection_s,
                "training": timings, "floe_total_s": total, "full_layer_s": full,
                "ratio": total / full}
-    (RESULTS / "total_time.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {RESULTS / 'total_time.json'}")
+    print(f"wrote {save('total_time', payload)}")
 
 
 if __name__ == "__main__":

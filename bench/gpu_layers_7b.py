@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import LLAMA_7B, LLAMA_TINY, RESULTS  # noqa: E402
+from bench.common import LLAMA_7B, LLAMA_TINY, save  # noqa: E402
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora  # noqa: E402
 
 # The paper's adapter dropout: with dropout an adapter's input copy is what autograd keeps,
@@ -116,11 +115,9 @@ def main() -> None:
             r["peak_vs_peft"] = r["peak_bytes"] / ref["peak_bytes"] if r["peak_bytes"] else None
             print(f"{r['config']:>10} batch {r['batch']}: HydraLoRA/peft step x{r['step_vs_peft']:.2f}"
                   + (f", peak x{r['peak_vs_peft']:.2f}" if r["peak_vs_peft"] else ""))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("gpu_layers_tiny.json" if args.tiny else "gpu_layers_7b.json")
-    out.write_text(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                               else "cpu", "torch": torch.__version__, "shape": shape,
-                               "rows": rows}, indent=2))
+    out = save("gpu_layers_tiny" if args.tiny else "gpu_layers_7b",
+               {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__, "shape": shape, "rows": rows})
     print(f"wrote {out}")
 
 

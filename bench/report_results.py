@@ -19,6 +19,7 @@ from pathlib import Path
 from floe.experiments.compare import paired_differences
 from floe.method.agreement import spearman
 from floe.method.stats import mean_ci
+from floe.pipeline.policies import layer_ranges
 from floe.store.runs import open_run
 
 RESULTS = Path(__file__).parent / "results" / "ground_truth"
@@ -89,7 +90,7 @@ def compare_table(results: list[dict], base: float) -> str:
                 line += ["", "", ""]
                 continue
             layers = {tuple(r["layers"]) for r in cell}
-            line.append(_layers(next(iter(layers))) if len(layers) == 1 else "per seed")
+            line.append(layer_ranges(next(iter(layers))) if len(layers) == 1 else "per seed")
             line.append(_mean_pm(mean_ci([r["metrics"]["val_loss"] for r in cell])))
             d = diffs.get((policy, k))
             line.append(_signed(d) if d else "")
@@ -133,18 +134,6 @@ def _versus(cell: dict) -> str:
 
 def _excludes_zero(cell: dict) -> bool:
     return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
-
-
-def _layers(layers) -> str:
-    out, run = [], [layers[0]]
-    for x in layers[1:]:
-        if x == run[-1] + 1:
-            run.append(x)
-        else:
-            out.append(run)
-            run = [x]
-    out.append(run)
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in out)
 
 
 def _wall(run_id: str) -> float:

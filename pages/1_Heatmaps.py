@@ -39,6 +39,12 @@ st.caption("Hover a cell for its components: retained head and neuron shares aft
            "the Fisher (how much the adapted model's loss depends on the units) and Taylor "
            "(what the units cost in the base model) sums. Rows that agree on the dots agree on "
            "which layers to adapt.")
+st.caption("Warm-up budgets (FLoE's scores come from the warmed-up adapter): "
+           + "; ".join(f"{common.run_label(r)}: {common.budget_line(r)}" for r in rows) + ".")
+starved = [r for r in rows if common.budget_warning(r)]
+if starved:
+    st.warning(common.budget_warning(starved[0]) + (f" ({len(starved)} of the {len(rows)} rows.)"
+               if len(rows) > 1 else ""), icon=":material/warning:")
 
 st.subheader("Drill-down: one layer's head and neuron masks")
 run = ui.pick_run(rows, "Run", "score")

@@ -45,7 +45,7 @@ st.caption(f"layers {training.chosen_layers(run, policy, k)}. Running the same s
            "finished trials are kept and their training runs reused; more trials extend it.")
 with st.expander("All options of `floe search-rank`"):
     values = ui.option_widgets("search-rank", {**common.training_preset(run), **ui.cpu_only({"n_trials": "5"})},
-                               skip=("score_run", "probe_run", "policy", "k", "layers"))
+                               skip=training.SELECTION_SKIP)
 ui.launcher(["search-rank", "--score-run", run.id, "--policy", policy, "--k", str(k)], "search-rank",
             values, f"rank search · {policy} top-{k} · {common.run_label(run)}", "Start / resume the search")
 ui.job_panel(("search-rank",), recent=1)

@@ -7,9 +7,6 @@ from floe.pipeline.policies import POLICIES, available_policies
 from floe.store import jobs
 from floe.store.runs import CorruptRunError
 
-# A train run's evaluation takes its model and held-out data from the run.
-EVAL_SKIP = ("train_run", "adapter", "ratio", "max_samples", "val_samples", "max_length", "seed")
-
 ui.page("Train & export", "Pick how many layers to adapt and by which ranking; train the sparse "
         "adapter in the background; download the layer list, the config and the adapter.")
 
@@ -53,8 +50,7 @@ if memory:
 
 st.subheader("Sparse training")
 with st.expander("All options of `floe train`"):
-    values = ui.option_widgets("train", common.training_preset(run),
-                               skip=("score_run", "probe_run", "policy", "k", "layers", "config"))
+    values = ui.option_widgets("train", common.training_preset(run), skip=(*training.SELECTION_SKIP, "config"))
 selection = ["--probe-run", ranked_by.id] if policy == "probe" else ["--score-run", run.id]
 ui.launcher(["train", *selection, "--policy", policy, "--k", str(k)], "train", values,
             f"train · {policy} top-{len(chosen)} · {common.run_label(run)}", "Start sparse training")
@@ -76,7 +72,8 @@ if trained:
         if evals:
             st.dataframe(training.eval_table(evals), hide_index=True)
         with st.expander("Evaluate this adapter (`floe eval`)", expanded=not evals):
-            eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL), skip=EVAL_SKIP)
+            eval_values = ui.option_widgets("eval", ui.cpu_only(ui.QUICK_EVAL),
+                                             skip=training.TRAIN_RUN_EVAL_SKIP)
             ui.launcher(["eval", "--train-run", train_run.id], "eval", eval_values,
                         f"evaluate {train_run.id}", "Start evaluation")
 else:

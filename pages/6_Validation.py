@@ -29,6 +29,9 @@ else:
     st.caption("Bars: each probed layer's mean validation-loss gain over the probe's seeds, with its "
                "95 % t-interval (two or more seeds); above, the FLoE scores of the same layers.")
     table = validation.agreement(run, probe_run)
+    st.caption(f"FLoE's warm-up budget for this score run: {common.budget_line(run)}.")
+    if warning := common.budget_warning(run):
+        st.warning(warning, icon=":material/warning:")
     if not table:
         st.info("The agreement needs measured gains on at least 2 layers.", icon=":material/info:")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import artifact_examples as examples
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -31,6 +32,13 @@ def _ranking(scores: np.ndarray) -> list[int]:
     return [int(k) for k in np.argsort(-scores, kind="stable")]
 
 
+def _scores_of(ranking: list[int], n_layers: int) -> np.ndarray:
+    """Layer scores whose ranking is ``ranking``: 1 for the first layer, falling by 1/n."""
+    scores = np.zeros(n_layers)
+    scores[ranking] = 1.0 - np.arange(n_layers) / n_layers
+    return scores
+
+
 def make_warmup_run(root: Path, model: str, n_layers: int = 4, hidden: int = 32, inter: int = 48,
                     r: int = 8, experts: int = 4, ratio: float = 1.0, seed: int = 42, data: str = "general"):
     cfg = {"floe": __version__, "model": {"model": model, "files_sig": "fixture"},
@@ -51,21 +59,31 @@ def make_warmup_run(root: Path, model: str, n_layers: int = 4, hidden: int = 32,
             tensors[f"{prefix}.lora_router"] = np.zeros((experts, dims[i]), np.float32)
     (run.path / "adapter").mkdir(exist_ok=True)
     save_file(tensors, str(run.file("adapter/adapter_model.safetensors")))
-    run.write_json("warmup.json", {"steps": 4, "losses": [3.0, 2.5, 2.2, 2.0]})
+    run.write_json("warmup.json", examples.warmup_json(4))
     run.log(event="start", stage="warmup", total_steps=4, resumed_from=0)
     run.finish(["warmup.json", "adapter/adapter_model.safetensors"])
     return run
 
 
-def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, n_neurons: int = 48,
+def make_score_run(root: Path | None, model: str, n_layers: int = 4, n_heads: int = 4, n_neurons: int = 48,
                    ratio: float = 1.0, seed: int = 42, beta: float = 0.5, data: str = "general",
-                   hidden: int = 32):
-    """A finished score run (and its warm-up) with random but consistent files."""
-    warm = make_warmup_run(root, model, n_layers, hidden, n_neurons, ratio=ratio, seed=seed, data=data)
+                   hidden: int = 32, rankings: dict[str, list[int]] | None = None, warmup: dict | None = None):
+    """A finished score run (and its warm-up) with random but consistent files, in ``root``
+    (None: the cache). ``rankings`` (policy -> layers, most important first; floe,
+    floe-no-refine and stored baselines): these instead of random rankings. ``warmup``: the
+    key of the warm-up the run claims, e.g. a real model's (helpers.default_warmup_key), so
+    that training accepts it for that model; no warm-up run is written then."""
+    if warmup is None:
+        warm = make_warmup_run(root, model, n_layers, hidden, n_neurons, ratio=ratio, seed=seed, data=data)
+        warmup, warmup_id = warm.config, warm.id
+    else:
+        warmup_id = "warmup-test"
     rng = np.random.default_rng(seed + int(ratio * 100))
-    cfg = {"floe": __version__, "warmup": warm.config, "warmup_run": warm.id,
+    cfg = {"floe": __version__, "warmup": warmup, "warmup_run": warmup_id,
            "score": {"beta": beta, "score_samples": 64, "score_batch_size": 8, "damping": 0.01,
                      "bound": 10.0}}
+    if rankings is not None:
+        cfg["rankings"] = rankings
     run = run_for("score", cfg, root)
     tau_h, tau_n = rng.gamma(1.0, 1.0, (n_layers, n_heads)), rng.gamma(1.0, 1.0, (n_layers, n_neurons))
     cost_h, cost_n = rng.gamma(2.0, 1.0, (n_layers, n_heads)), rng.gamma(2.0, 1.0, (n_layers, n_neurons))
@@ -87,6 +105,12 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
     if n_layers > 3:  # refinement swaps the order of a middle pair
         i, j = _ranking(scores)[1:3]
         scores_nr[i], scores_nr[j] = scores[j], scores[i]
+    baselines = {"random": [int(x) for x in rng.permutation(n_layers)],
+                 "weight_norm": list(range(n_layers))[::-1],
+                 "adapter_norm": _ranking(tau_n.sum(1)), "all": list(range(n_layers))}
+    if rankings is not None:  # scores falling with each given rank
+        scores, scores_nr = (_scores_of(rankings[p], n_layers) for p in ("floe", "floe-no-refine"))
+        baselines = {p.replace("-", "_"): r for p, r in rankings.items() if p not in ("floe", "floe-no-refine")}
     lst = lambda a: [float(x) for x in a]  # noqa: E731
     run.write_json("layers.json", {
         "model": model, "data": data, "ratio": ratio, "seed": seed, "beta": beta,
@@ -99,10 +123,8 @@ def make_score_run(root: Path, model: str, n_layers: int = 4, n_heads: int = 4, 
                        "taylor_heads": lst(cost_h.sum(1)), "taylor_neurons": lst(cost_n.sum(1)),
                        "retained_heads": [int(x) for x in refined_h.sum(1)],
                        "retained_neurons": [int(x) for x in refined_n.sum(1)]},
-        "baselines": {"random": [int(x) for x in rng.permutation(n_layers)],
-                      "weight_norm": list(range(n_layers))[::-1],
-                      "adapter_norm": _ranking(tau_n.sum(1)), "all": list(range(n_layers))}})
-    run.write_json("timings.json", {"taylor": 1.0, "fisher": 1.0, "total": 3.0, "device": "cpu"})
+        **examples.layer_extras(n_layers, baselines)})
+    run.write_json("timings.json", examples.timings_json())
     for stage in ("taylor", "fisher"):
         run.log(event="stage", stage=stage, message=f"{stage} started")
         run.log(event="progress", stage=stage, done=2, total=2)
@@ -142,10 +164,7 @@ def make_train_run(root: Path, score_run, policy: str = "floe", k: int = 2, step
         save_file({"model.layers.0.mlp.up_proj.lora_A": np.ones((2, 2), np.float32)},
                   str(run.file("adapter/adapter_model.safetensors")))
         run.write_json("adapter/adapter_config.json", {"adapter": cfg["adapter"]})
-        run.write_json("train.json", {"steps": steps, "losses": [3.0 / s for s in range(1, steps + 1)],
-                                      "layers": chosen, "r": 8, "val_loss_before": 3.1,
-                                      "val_loss_after": 2.4, "trainable_parameters": 1234,
-                                      "peak_memory_bytes": 2 ** 30, "device": "cpu"})
+        run.write_json("train.json", examples.train_json(chosen, steps))
         run.finish(["train.json", "adapter/adapter_model.safetensors"])
     return run
 
@@ -154,8 +173,7 @@ def make_eval_run(root: Path, train_run, acc: float = 0.4):
     run = run_for("eval", {"floe": __version__, "model": train_run.config["model"],
                            "adapter": {"train_run": train_run.id},
                            "eval": {"tasks": ["arc-easy"], "limit": 100}}, root)
-    run.write_json("eval.json", {"val_loss": 2.4, "perplexity": 11.0,
-                                 "tasks": {"arc-easy": {"acc": acc, "acc_norm": acc + 0.01, "n": 100}}})
+    run.write_json("eval.json", examples.eval_json(tasks={"arc-easy": examples.task_result(acc)}))
     run.finish(["eval.json"])
     return run
 
@@ -172,7 +190,8 @@ def make_search_run(root: Path, score_run, k: int = 2, rs=(4, 8, 2, 12, 6), done
                "train_seconds": 10.0, "train_run": f"train-{i:012d}"} for i, r in enumerate(rs)]
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     best = min(complete, key=lambda t: t["value"])
-    run.write_json("search.json", {"study_name": run.id, "best_r": best["r"], "best_value": best["value"],
+    run.write_json("search.json", {"study_name": run.id, "storage": "sqlite:///study.db",
+                                   "best_r": best["r"], "best_value": best["value"],
                                    "best_trial": best["number"], "n_complete": len(complete),
                                    "n_finished": len(trials), "trials": trials, "n_trials": len(trials)})
     run.log(event="start", stage="search", total_steps=len(trials), resumed_from=0)
@@ -192,9 +211,8 @@ def make_compare_run(root: Path, score_run, ks=(3, 2), policies=("floe", "floe-n
     diffs = [{**c, "mean": c["mean"] - next(r["mean"] for r in cells if (r["k"], r["policy"], r["metric"]) ==
                                              (c["k"], policies[0], c["metric"]))}
              for c in cells if c["policy"] != policies[0]]
-    run.write_json("compare.json", {"score_run": score_run.id, "metrics": ["arc-easy/acc", "val_loss"],
-                                    "cells": cells, "results": [],
-                                    "differences": {"reference": policies[0], "cells": diffs, "tables": {}}})
+    run.write_json("compare.json", examples.compare_json(
+        score_run.id, cells, differences={"reference": policies[0], "cells": diffs, "tables": {}}))
     run.file("compare.csv").write_text("k,policy\n")
     run.finish(["compare.json", "compare.csv"])
     return run

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import json
 
 import pytest
-from helpers import tiny_configs, tiny_model, write_score_run
+from helpers import RANKINGS, default_warmup_key, tiny_configs, tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,6 +24,27 @@ def _isolated_cache(tmp_path_factory):
     (root / "models").symlink_to(shared_models, target_is_directory=True)
     os.environ["FLOE_CACHE"] = str(root)
     yield root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache of the test's own (its run folders can be counted); converted models shared."""
+    from floe.store import runs
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "models").symlink_to(runs.cache_root() / "models", target_is_directory=True)
+    monkeypatch.setenv("FLOE_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def queued_jobs(monkeypatch):
+    """Jobs are queued on the CPU slot but not started: launching is tested in test_jobs and
+    the browser test."""
+    from floe.store import jobs
+    monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
+    monkeypatch.setattr(jobs, "_launch", lambda job, devices, root=None: job)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +86,10 @@ def qa_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def score_run(tiny_model_dir):
-    return write_score_run(tiny_model_dir).id
+    """A finished score run of the tiny model holding helpers.RANKINGS."""
+    import app_fixtures as fx
+    return fx.make_score_run(None, str(tiny_model_dir), rankings=RANKINGS,
+                             warmup=default_warmup_key(tiny_model_dir)).id
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +103,6 @@ def tiny_args(tiny_model_dir, qa_file):
 def trained_run(tiny_model_dir, qa_file, score_run):
     """One finished sparse training (top-2 FLoE layers) shared by eval and export tests."""
     from floe.pipeline.sparse import SparseConfig, run_sparse_training
-    return run_sparse_training(*tiny_configs(tiny_model_dir, qa_file, epochs=2),
+    return run_sparse_training(tiny_configs(tiny_model_dir, qa_file, epochs=2),
                                SparseConfig(score_run=score_run, policy="floe", k=2),
                                show_progress=False)

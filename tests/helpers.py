@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: tiny random models of each supported family, a
-hand-written score run (after docs/artifacts.md) and configs for a seconds-long training.
+"""Helpers shared by the tests: tiny random models of each supported family, the rankings
+and warm-up key of the fixture score run (app_fixtures.make_score_run writes it) and
+configs for a seconds-long training.
 Fixtures live in conftest.py; tests import these by module name (tests/ is on sys.path)."""
 from __future__ import annotations
 
@@ -41,37 +42,23 @@ RANKINGS = {"floe": [1, 2, 3, 0], "floe-no-refine": [2, 3, 1, 0], "random": [2, 
             "weight-norm": [0, 1, 2, 3], "adapter-norm": [3, 1, 0, 2], "all": [0, 1, 2, 3]}
 
 
-def write_score_run(model_dir, rankings=RANKINGS, n_layers: int = 4):
-    """A finished score run for ``model_dir`` holding ``rankings`` (docs/artifacts.md)."""
+def default_warmup_key(model_dir) -> dict:
+    """The key of a default warm-up of ``model_dir`` (its real fingerprint): a fixture score
+    run claiming it is accepted by training on that model."""
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig, warmup_key
-    from floe.store.runs import run_for
-
-    warm = warmup_key(ModelConfig(model=str(model_dir)), DataConfig(), HydraLoraConfig(), TrainConfig())
-    run = run_for("score", {"floe": "test", "warmup": warm, "warmup_run": "warmup-test",
-                            "score": {"beta": 0.5}, "rankings": rankings})
-    scores = [0.0] * n_layers
-    for position, layer in enumerate(rankings["floe"]):
-        scores[layer] = 1.0 - position / n_layers
-    run.write_json("layers.json", {
-        "model": str(model_dir), "data": "general", "ratio": 1.0, "seed": 42, "beta": 0.5,
-        "n_layers": n_layers, "n_heads": 4, "n_neurons": 48, "layer_scores": scores,
-        "ranking": rankings["floe"], "layer_scores_without_refinement": scores,
-        "ranking_without_refinement": rankings["floe-no-refine"], "components": {},
-        "baselines": {k.replace("-", "_"): v for k, v in rankings.items()
-                      if k not in ("floe", "floe-no-refine")}})
-    run.finish(["layers.json"])
-    return run
+    from floe.pipeline.warmup import warmup_key
+    return warmup_key(Setup(ModelConfig(model=str(model_dir)), DataConfig(), HydraLoraConfig(), TrainConfig()))
 
 
 def tiny_configs(model_dir, data_file, **train):
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig
-    return (ModelConfig(model=str(model_dir), device="cpu"),
-            DataConfig(data=data_file, max_samples=16, val_samples=8, max_length=48),
-            HydraLoraConfig(r=4),
-            TrainConfig(**{"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, **train}))
+    return Setup(ModelConfig(model=str(model_dir), device="cpu"),
+                 DataConfig(data=data_file, max_samples=16, val_samples=8, max_length=48),
+                 HydraLoraConfig(r=4),
+                 TrainConfig(**{"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, **train}))

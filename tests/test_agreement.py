@@ -67,3 +67,24 @@ def test_agreement_of_a_subset_probe():
     # truth top order: 3, 5, 1; ranking restricted: 5, 3, 1 -> P@1 0, P@2 1, P@3 1
     assert out["precision_at_k"] == pytest.approx([0.0, 1.0, 1.0])
     assert len(out["spearman_ci"]) == 2
+
+
+def test_spread_precision_scores_the_evenly_spaced_layers_it_adapts():
+    """Spread's rho comes from its ranking, its precision@k from what it adapts at k."""
+    from floe.experiments.validation import agreement_table
+    from floe.pipeline.policies import spread_layers, spread_ranking
+    n = 30
+    layers = {"n_layers": n, "ranking": list(range(n)), "ranking_without_refinement": list(range(n)),
+              "baselines": {"all": list(range(n))}}
+    # The four largest gains on 0, 10, 19, 29: the evenly spaced four.
+    gains = [1.0 if k in (0, 10, 19, 29) else 0.01 * k for k in range(n)]
+    probe = {"n_layers": n, "layers": list(range(n)), "gain": gains}
+    figures = agreement_table(layers, probe, n_boot=10)["spread"]
+    truth = sorted(range(n), key=lambda k: (-gains[k], k))
+    assert figures["precision_at_k"][3] == 1.0
+    assert figures["precision_at_k"] == [len(set(spread_layers(n, k)) & set(truth[:k])) / k
+                                         for k in range(1, n + 1)]
+    assert figures["spearman"] == pytest.approx(agreement(spread_ranking(n), gains, n_boot=10)["spearman"])
+    # A probe of a subset: spread over the probed layers.
+    sub = {"n_layers": n, "layers": [1, 3, 5, 7, 9], "gain": [5.0, 0.0, 0.0, 0.0, 4.0]}
+    assert agreement_table(layers, sub, n_boot=10)["spread"]["precision_at_k"][:2] == [0.0, 1.0]

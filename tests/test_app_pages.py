@@ -17,18 +17,10 @@ from floe.store import jobs
 from floe.store.runs import list_runs, run_for
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["pages/1_Heatmaps.py", "pages/2_Stability.py", "pages/3_Refinement.py",
-         "pages/4_Rank_search.py", "pages/5_Train_export.py"]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOE_CACHE", str(tmp_path))
-    monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
-    monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
-    # Jobs are queued but not started: launching is tested in test_jobs and the browser test.
-    monkeypatch.setattr(jobs, "_launch", lambda job, devices, root=None: job)
-    return tmp_path
+# The app's pages besides app.py: what Streamlit finds in pages/, in their numbered order.
+PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
+# Jobs are queued but not started (conftest.queued_jobs).
+pytestmark = pytest.mark.usefixtures("queued_jobs")
 
 
 @pytest.fixture
@@ -72,6 +64,10 @@ def text_of(at: AppTest) -> str:
 def only_job() -> dict:
     (job,) = jobs.list_jobs()
     return job
+
+
+def test_the_navigation_links_every_page():
+    assert [path for path, _, _ in ui.PAGES] == ["app.py", *PAGES]
 
 
 # --------------------------------------------------------------------------- empty cache
@@ -144,7 +140,7 @@ def test_a_stopped_run_is_resumed_through_its_job(cache):
     run.update_state(status="cancelled", error="cancelled")
     job = jobs.submit(jobs.floe_command(["warmup"]), "warm-up", ["warmup"])
     jobs.cancel(job["id"])
-    jobs._update(job["id"], None, runs=[run.id])
+    jobs.update_job(job["id"], None, runs=[run.id])
     at = open_page()
     at.multiselect[0].select(run.id).run()
     next(b for b in at.button if b.label == "Resume").click().run()
@@ -324,7 +320,7 @@ def test_train_page_policy_all_adapts_every_layer(cache, model):
 
 def test_a_failed_job_shows_its_message_and_can_be_resumed(cache):
     job = jobs.submit(jobs.floe_command(["analyze"]), "analyse broken", ["analyze", "--data", "x.csv"])
-    jobs._update(job["id"], None, status=jobs.FAILED, error="floe analyze: error: data file x.csv does not exist")
+    jobs.update_job(job["id"], None, status=jobs.FAILED, error="floe analyze: error: data file x.csv does not exist")
     at = open_page()
     assert [e.value for e in at.error] == ["floe analyze: error: data file x\\.csv does not exist"]
     assert at.button(key=f"resume:{job['id']}").label == "Resume"

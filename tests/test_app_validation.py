@@ -3,25 +3,18 @@ run whose gains follow depth, so FLoE's ranking can be checked against known ans
 from __future__ import annotations
 
 import app_fixtures as fx
+import artifact_examples as examples
 import pytest
 from test_app_pages import figure, only_job, open_page, text_of
 
 from floe import __version__
-from floe.app import validation
+from floe.app import common, validation
 from floe.method.stats import mean_ci
 from floe.store import jobs
 from floe.store.runs import run_for
 
 PAGE = "pages/6_Validation.py"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOE_CACHE", str(tmp_path))
-    monkeypatch.setenv("FLOE_DEVICE_SLOTS", "cpu")
-    monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
-    monkeypatch.setattr(jobs, "_launch", lambda job, devices, root=None: job)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("queued_jobs")  # conftest: jobs queued, not started
 
 
 def make_probe_run(root, score_run, gains_by_seed: dict[int, list[float]]):
@@ -41,11 +34,6 @@ def make_probe_run(root, score_run, gains_by_seed: dict[int, list[float]]):
         "cell_seconds": 1.0, "storage": None})
     run.finish(["probe.json"])
     return run
-
-
-def test_empty_validation_page_says_what_to_do(cache):
-    at = open_page(PAGE)
-    assert at.info and not at.get("plotly_chart")
 
 
 def test_validation_page_aligns_gains_ranks_policies_and_states_the_verdict(cache):
@@ -132,3 +120,63 @@ def test_train_page_takes_the_probe_ranking(cache):
     assert "**Adapted layers (2):** 2, 5" in text_of(at)
     next(b for b in at.button if b.label == "Start sparse training").click().run()
     assert only_job()["args"][:7] == ["train", "--probe-run", probe.id, "--policy", "probe", "--k", "2"]
+
+
+def test_the_cost_ratio_times_the_probe_and_floe_alike(cache):
+    """A cheap probe's cost is its run's wall time (its model load included): FLoE's must be
+    the warm-up's and the scoring's wall times. A cell probe's is its cells' training time
+    (loads excluded): FLoE's must be the warm-up's training time and the scoring's stages."""
+    from floe.experiments.validation import floe_cost
+    from floe.store.runs import open_run
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)
+    warm = open_run(score.config["warmup_run"], cache)
+    warm.write_json("warmup.json", examples.warmup_json(4, seconds=100.0))
+    warm.finish(["warmup.json", "adapter/adapter_model.safetensors"])
+    stages = {"taylor": 10.0, "fisher": 20.0, "search": 1.0, "refine": 2.0, "tune": 3.0, "baselines": 4.0}
+    score.write_json("timings.json", examples.timings_json(**stages, total=50.0, threads=2))  # 10 s: the load
+    score.finish(["units.safetensors", "layers.json", "timings.json"])
+    cells = make_probe_run(cache, score, {1: [0.01 * ((3 * k) % 8) for k in range(8)]})  # 8 x 1 s
+    cheap = make_probe_run(cache, score, {2: [0.01 * k for k in range(8)]})
+    cheap.write_json("probe.json", {**cheap.read_json("probe.json"), "schedule": "joint", "seconds": 90.0,
+                                    "ranking": list(range(8))[::-1]})
+    cheap.finish(["probe.json"])
+    # A warm-up without a recorded wall time (never held by a job): no ratio, not a wrong one.
+    assert "started" not in warm.state and validation.measured_selection(score, cheap, 2)["ratio"] is None
+
+    warm.update_state(started=1000.0, finished=1130.0)  # wall 130 s: load, validations, training
+    wall = validation.measured_selection(score, cheap, 2)
+    assert wall["seconds"] == 90.0 and wall["floe_seconds"] == pytest.approx(130.0 + 50.0)
+    assert wall["ratio"] == pytest.approx(90.0 / 180.0)
+    assert "wall time" in wall["what"] and "load" in wall["what"]
+    trained = validation.measured_selection(score, cells, 2)
+    assert trained["seconds"] == 8.0 and trained["floe_seconds"] == pytest.approx(100.0 + 40.0)
+    assert trained["ratio"] == pytest.approx(8.0 / 140.0)
+    assert "loads" in trained["what"] and "excluded" in trained["what"]
+    assert floe_cost(score, "wall") == pytest.approx(180.0) and floe_cost(score, "training") == pytest.approx(140.0)
+
+
+# --------------------------------------------------------------------------- the warm-up budget
+def test_heatmaps_and_validation_say_the_warmup_budget_and_flag_a_starved_one(cache):
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)  # its warm-up: 4 steps over 32 examples
+    make_probe_run(cache, score, {1: [0.01 * k for k in range(8)], 2: [0.01 * k + 0.001 for k in range(8)]})
+    for page in ("pages/1_Heatmaps.py", PAGE):
+        text = text_of(open_page(page))
+        assert "4 warm-up steps · 32 examples · ≤ 128 tokens each" in text
+        assert "barely trained (under 100 steps" in text and "15,000" in text
+
+
+def test_a_warmup_of_100_steps_or_more_is_not_flagged(cache):
+    from floe.store.runs import open_run
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    score = fx.make_score_run(cache, model, n_layers=8)
+    warm = open_run(score.config["warmup_run"], cache)
+    warm.write_json("warmup.json", examples.warmup_json(128, n_train=1024))
+    warm.log(event="step", stage="warmup", step=128, total_steps=128, loss=1.0, lr=2e-4, tokens_per_s=1000.0,
+             elapsed=65.5, eta=0.0)
+    warm.finish(["warmup.json", "adapter/adapter_model.safetensors"])
+    budget = common.warmup_budget(score)
+    assert (budget["steps"], budget["examples"], budget["tokens"], budget["starved"]) == (128, 1024, 65500, False)
+    assert common.budget_warning(score) is None
+    assert common.budget_line(score) == "128 warm-up steps · 1024 examples · ≤ 128 tokens each · 65,500 tokens"

@@ -15,12 +15,6 @@ from floe.store.runs import list_runs, run_for
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOE_CACHE", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
 def model(cache):
     return str(fx.make_model_folder(cache / "tiny-model"))
 
@@ -179,7 +173,7 @@ def test_job_view_of_a_failed_and_a_queued_job(cache, monkeypatch):
     job = jobs.submit(jobs.floe_command(["analyze"]), "analyse x", ["analyze", "--model", "x"])
     view = runs.job_view(job)
     assert view["status"] == "queued" and view["command"] == "floe analyze --model x"
-    failed = jobs._update(job["id"], None, status=jobs.FAILED, error="floe analyze: error: no such model")
+    failed = jobs.update_job(job["id"], None, status=jobs.FAILED, error="floe analyze: error: no such model")
     assert runs.job_view(failed)["error"] == "floe analyze: error: no such model"
 
 

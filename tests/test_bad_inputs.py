@@ -12,21 +12,11 @@ from streamlit.testing.v1 import AppTest
 from floe.app import pickers
 from floe.cli import main
 from floe.pipeline import datafiles
-from floe.store.runs import cache_root
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad"
 FILES = sorted(p.name for p in CORPUS.iterdir() if p.name != "README.md")
 MADE = ["directory", "symlink-to-directory", "broken-symlink", "symlink-loop", "fifo",
         "huge-csv-field", "huge-jsonl-line", "missing"]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "models").symlink_to(cache_root() / "models", target_is_directory=True)
-    monkeypatch.setenv("FLOE_CACHE", str(root))
-    return root
 
 
 def made(name: str, folder: Path, monkeypatch) -> Path:

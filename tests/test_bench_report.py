@@ -1,5 +1,6 @@
 """bench/report_results.py: the tables of docs/results.md, from compare results."""
-from bench.report_results import _layers, compare_table, overview_row, versus_table
+from bench.report_results import compare_table, overview_row, versus_table
+from floe.pipeline.policies import layer_ranges
 
 
 def _cell(policy, k, seed, loss, layers):
@@ -13,7 +14,7 @@ RESULTS = [_cell("floe", 2, s, 3.0 + 0.01 * s, [2, 3]) for s in (1, 2, 3)] + \
 
 
 def test_layer_runs_are_ranges():
-    assert _layers([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7, 8"
+    assert layer_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7, 8"
 
 
 def test_compare_table_pairs_each_policy_with_floe():

@@ -52,23 +52,24 @@ def test_successive_halving_keeps_the_better_half_and_ranks_by_rung():
 def test_training_a_layer_after_another_equals_a_fresh_model(tiny_model_dir, qa_file):
     from helpers import tiny_configs
 
-    from floe.experiments.cheap_probe import train_layers
+    from floe.experiments.cheap_probe import Bench, train_layers
     from floe.models.load import load_model
     from floe.pipeline.data import load_split, tokenize
-    model_cfg, data, adapter, training = tiny_configs(tiny_model_dir, qa_file, max_steps=3)
+    setup = tiny_configs(tiny_model_dir, qa_file, max_steps=3)
+    adapter, training = setup.adapter, setup.training
 
-    def fresh():
-        model, tok = load_model(model_cfg.model, "cpu")
-        split = load_split(data)
-        return model, tok, tokenize(tok, split.train, 48), tokenize(tok, split.val, 48)
-    model, tok, rows, val = fresh()
+    def fresh() -> Bench:
+        model, tok = load_model(setup.model.model, "cpu")
+        split = load_split(setup.data)
+        return Bench(model, tokenize(tok, split.train, 48), tokenize(tok, split.val, 48), tok.pad_token_id, 0.0)
+    bench = fresh()
+    model = bench.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    after_m = train_layers(model, rows, val, tok.pad_token_id, adapter, training, [0], 3)
-    reused = train_layers(model, rows, val, tok.pad_token_id, adapter, training, [2], 3)
+    after_m = train_layers(bench, adapter, training, [0], 3)
+    reused = train_layers(bench, adapter, training, [2], 3)
     assert {n: p for n, p in model.named_parameters()}.keys() == before.keys()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # base untouched
-    model2, tok2, rows2, val2 = fresh()
-    alone = train_layers(model2, rows2, val2, tok2.pad_token_id, adapter, training, [2], 3)
+    alone = train_layers(fresh(), adapter, training, [2], 3)
     assert reused == alone  # bit-identical on CPU
     assert reused != after_m  # and the two layers did differ
 
@@ -163,3 +164,13 @@ def test_compare_takes_the_probe_ranking_on_another_data_seed(capsys, tiny_args,
     assert cell["layers"] == sorted(ranking[:2])
     code, err = _cli(capsys, "compare", *[a for a in args if a not in ("--probe-run", probe["run"])])
     assert code == 2 and "--probe-run" in err
+
+
+def test_readme_states_the_min_steps_default():
+    """README's `--min-steps` default is the option's (ProbeConfig), not the pure schedule's."""
+    import re
+    from pathlib import Path
+
+    from floe.experiments.probe import ProbeConfig
+    stated = re.search(r"`--min-steps` \((?:default )?(\d+)", (Path(__file__).parents[1] / "README.md").read_text())
+    assert stated is not None and int(stated.group(1)) == ProbeConfig().min_steps == 2

@@ -95,3 +95,23 @@ def test_compare_on_the_tiny_model(tiny_args, score_run, capsys):
     assert diff["policy"] == "random" and diff["values"] == pytest.approx(
         [rand[r["seed"]] - r["metrics"]["val_loss"] for r in floe])
     assert "val_loss minus floe, paired by seed" in out["table"]
+
+
+def test_tables_show_perplexity_and_loss_differences():
+    """Perplexities to 4 significant figures and losses to 4 decimals: two policies a few
+    hundredths apart print apart (at one decimal both printed 11.0)."""
+    from floe.experiments.compare import format_table
+
+    def cell(policy, metric, mean, half_width):
+        return {"k": 4, "policy": policy, "metric": metric, "n": 3, "mean": mean, "half_width": half_width}
+    rows = [cell("floe", "perplexity", 11.0312, 0.0123), cell("spread", "perplexity", 11.0487, None),
+            cell("floe", "val_loss", 2.40078, 0.00112), cell("spread", "val_loss", 2.40237, 0.0009),
+            cell("floe", "arc-easy/acc", 0.4567, 0.0123)]
+    ppl = format_table(rows, "perplexity", ["floe", "spread"])
+    assert "| 4 | 11.03 ± 0.01230 | 11.05 |" in ppl
+    assert "| 4 | 2.4008 ± 0.0011 | 2.4024 ± 0.0009 |" in format_table(rows, "val_loss", ["floe", "spread"])
+    assert "| 4 | 45.67 ± 1.23 |" in format_table(rows, "arc-easy/acc", ["floe"])
+    diff = format_table([cell("spread", "perplexity", -0.0175, 0.0042)], "perplexity", ["spread"])
+    assert "| 4 | -0.01750 ± 0.004200 |" in diff
+    big = format_table([cell("floe", "perplexity", 1250.37, 12.5)], "perplexity", ["floe"])
+    assert "| 4 | 1250 ± 12.50 |" in big

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import app_fixtures as fx
 import pytest
-from helpers import write_score_run
+from helpers import RANKINGS, default_warmup_key
 
 from floe.store import jobs
 from floe.store.runs import cache_root, list_runs
@@ -33,7 +34,31 @@ pytestmark = pytest.mark.crash
 
 SEED = 11
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS: list[dict] = []  # one per kill point: stage, point, outcome
+RESULTS: list[dict] = []  # one per kill point of the tests that ran: stage, point, outcome
+
+
+def by_stage(results: list[dict]) -> dict[str, dict]:
+    """Kill points per stage and how many ended identical to an uninterrupted run."""
+    out: dict[str, dict] = {}
+    for r in results:
+        s = out.setdefault(r["stage"], {"points": 0, "identical": 0, "other": 0})
+        s["points"] += 1
+        s["identical" if r["outcome"] == "identical" else "other"] += 1
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crash_report():
+    """The figures of whichever crash tests ran, in any order (each asserts its own points):
+    written after the last of them to test-output/crash.json and printed (``-s``)."""
+    RESULTS.clear()
+    yield RESULTS
+    if RESULTS:
+        stages = by_stage(RESULTS)
+        out = ROOT / "test-output"
+        out.mkdir(exist_ok=True)
+        (out / "crash.json").write_text(json.dumps({"stages": stages, "points": RESULTS}, indent=2))
+        print("\ncrash suite:", json.dumps(stages, indent=1))
 
 
 # A fresh interpreter per command: a fork of pytest would inherit torch's OpenMP thread
@@ -246,11 +271,7 @@ def _check_rank_search(base: Path, common: tuple, rng: random.Random) -> None:
 def _check_compare(base: Path, common: tuple, rng: random.Random) -> None:
     ref = _cache(base, "ref-compare")
     model = common[common.index("--model") + 1]
-    os.environ["FLOE_CACHE"], saved = str(ref), os.environ["FLOE_CACHE"]
-    try:
-        score = write_score_run(model).id
-    finally:
-        os.environ["FLOE_CACHE"] = saved
+    score = fx.make_score_run(ref, model, rankings=RANKINGS, warmup=default_warmup_key(model)).id
     cmd = ("compare", "--score-run", score, *common, "--ks", "1", "--policies", "floe,random",
            "--seeds", "0,1", "--max-steps", "2", "--tasks", "arc-easy", "--limit", "4")
     points = trace(ref, *cmd)
@@ -331,17 +352,14 @@ def _wait(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_zz_report():
-    """The suite's figures: kill points per stage and how each ended."""
-    if not RESULTS:
-        pytest.skip("no crash test ran")
-    by_stage: dict[str, dict] = {}
-    for r in RESULTS:
-        s = by_stage.setdefault(r["stage"], {"points": 0, "identical": 0, "other": 0})
-        s["points"] += 1
-        s["identical" if r["outcome"] == "identical" else "other"] += 1
-    out = ROOT / "test-output"
-    out.mkdir(exist_ok=True)
-    (out / "crash.json").write_text(json.dumps({"stages": by_stage, "points": RESULTS}, indent=2))
-    print("\ncrash suite:", json.dumps(by_stage, indent=1))
-    assert all(r["outcome"] != "different" for r in RESULTS)
+def test_report_counts_each_stage_and_outcome():
+    """The report's figures (crash_report writes them), on records of every kind."""
+    records = [{"stage": "warm-up", "point": "log:warmup:1", "killed": True, "outcome": "identical"},
+               {"stage": "warm-up", "point": "write:2", "killed": False, "outcome": "identical"},
+               {"stage": "rank-search trial", "point": "log:train:1", "killed": True,
+                "outcome": "reported and repaired"},
+               {"stage": "export", "point": "write:1", "killed": True, "outcome": "different"}]
+    assert by_stage(records) == {"warm-up": {"points": 2, "identical": 2, "other": 0},
+                                 "rank-search trial": {"points": 1, "identical": 0, "other": 1},
+                                 "export": {"points": 1, "identical": 0, "other": 1}}
+    assert by_stage([]) == {}

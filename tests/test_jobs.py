@@ -184,6 +184,6 @@ def test_a_dead_supervisor_is_settled_as_failed(root, worker):
 def test_a_reused_pid_is_not_taken_for_the_supervisor(root, worker):
     """After a reboot the registry's pid may belong to another process."""
     job = wait_for(root, jobs.submit(worker("quick"), "old", root=root)["id"])
-    jobs._update(job["id"], root, status=jobs.RUNNING, pid=os.getpid())  # alive, but not it
+    jobs.update_job(job["id"], root, status=jobs.RUNNING, pid=os.getpid())  # alive, but not it
     jobs.tick(root)
     assert jobs.get(job["id"], root)["status"] == jobs.FAILED

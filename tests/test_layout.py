@@ -98,9 +98,10 @@ def test_run_keys_are_those_of_0_3_0(smol_path):
     (0.3.0 changed what a score run computes: new baselines, fixed layers.json fields.)"""
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig, warmup_run
-    run = warmup_run(ModelConfig(model="smollm2-135m"), DataConfig(), HydraLoraConfig(), TrainConfig())
+    from floe.pipeline.warmup import warmup_run
+    run = warmup_run(Setup(ModelConfig(model="smollm2-135m"), DataConfig(), HydraLoraConfig(), TrainConfig()))
     assert run.id == "warmup-7ab1e2079a49"
 
 
@@ -109,3 +110,14 @@ def test_the_project_cache_is_beside_app_py(monkeypatch):
     monkeypatch.delenv("FLOE_CACHE")
     assert (runs.PROJECT_DIR / "app.py").is_file()
     assert runs.cache_root() == runs.PROJECT_DIR / "cache"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A helper another module needs is public in its home module (in its ``__all__``)."""
+    wrong = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("floe"):
+                wrong += [f"{_name(path)} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "\n".join(wrong)

@@ -38,17 +38,15 @@ def test_spread_top_k_is_spread_over_the_depth():
 
 
 def test_hill_alpha_by_hand():
-    # eigenvalues 1, 2, 4, 8: tail from the median (index 2): 4, 8 -> 1 + 2 / log 2
-    assert hill_alpha(torch.tensor([1.0, 2.0, 4.0, 8.0])) == pytest.approx(1 + 2 / math.log(2))
-    assert hill_alpha(torch.tensor([8.0, 0.0, 2.0, 1.0, 4.0])) == pytest.approx(1 + 2 / math.log(2))
     with pytest.raises(ValueError, match="2 positive"):
         hill_alpha(torch.tensor([0.0, 3.0]))
 
 
 def _alpha_powers(base: float, n: int) -> float:
-    """Hill alpha of eigenvalues base^0 .. base^(n-1): tail base^i..base^(n-1), i = n // 2."""
-    m = n - n // 2
-    return 1 + m / (math.log(base) * m * (m - 1) / 2)
+    """Hill alpha of eigenvalues base^0 .. base^(n-1): k = n // 2, threshold base^(n-k-1),
+    tail base^(n-k) .. base^(n-1), whose logs over the threshold's are log(base) * (1..k)."""
+    k = n // 2
+    return 1 + k / (math.log(base) * k * (k + 1) / 2)
 
 
 def test_ht_sr_alpha_of_each_layer_is_the_mean_over_its_weights():
@@ -92,3 +90,94 @@ def test_lora_drop_sums_the_squared_adapter_output_over_real_tokens():
         expected.append(total)
     assert norms.tolist() == pytest.approx(expected, rel=1e-9)
     assert all(v > 0 for v in expected)
+
+
+def test_lora_drop_counts_each_role_of_a_fused_projection_once():
+    """Phi-3 fuses q/k/v and gate/up: one HydraLoRA per role, nested around the fused
+    linear. Each role's ||Delta h(x)||^2 (experts mixed by the router) must count once."""
+    from floe.adapters.hydralora import base_layer, role_adapter
+    model = tiny_model("phi3", num_hidden_layers=2).double()
+    roles = list(arch.ROLES)
+    apply_hydralora(model, HydraLoraConfig(r=2, experts=2, targets=roles, dropout=0.0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    ids = torch.randint(3, 96, (2, 6), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    inputs, handles = {}, []
+    for k in range(2):
+        for role in roles:  # the fused linear's input is every role's input
+            handles.append(base_layer(arch.projection(model, k, role)).register_forward_pre_hook(
+                lambda m, i, key=(k, role): inputs.__setitem__(key, i[0].detach())))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    for h in handles:
+        h.remove()
+    share = {}
+    for k in range(2):
+        for role in roles:
+            m, x = role_adapter(model, k, role).requires_grad_(False), inputs[(k, role)]
+            w = torch.softmax(x @ m.lora_router.T, dim=-1)                      # [B, T, M]
+            per_expert = torch.einsum("btr,mor->btmo", x @ m.lora_A.T, m.lora_B)  # B_i A x
+            delta = m.scaling * (w.unsqueeze(-1) * per_expert).sum(-2)         # [B, T, rows]
+            assert delta.shape[-1] == arch.role_weight(model, k, role).shape[0]
+            share[k, role] = float((delta.square().sum(-1) * mask).sum())
+    assert all(v > 0 for v in share.values())
+    # q and gate are the innermost wrappers, v and up the outermost.
+    for chosen in (roles, ["q", "v", "o"], ["gate", "up"], ["k", "down"]):
+        expected = [sum(share[k, r] for r in chosen) for k in range(2)]
+        # rel 1e-7: output - base(x) cancels digits; counting a role twice is off by > 1e-3
+        assert adapter_output_norms(model, [batch], chosen).tolist() == pytest.approx(expected, rel=1e-7)
+
+
+def test_spread_selects_k_evenly_spaced_layers():
+    from floe.pipeline.policies import selected_layers, spread_layers
+    assert spread_layers(30, 4) == [0, 10, 19, 29]
+    assert spread_layers(30, 2) == [0, 29]
+    assert spread_layers(30, 1) == [14] and spread_layers(5, 1) == [2]  # the middle (ties: lower)
+    assert spread_layers(30, 3) == [0, 14, 29]                        # 14.5 -> 14: ties to the lower
+    assert spread_layers(30, 30) == list(range(30)) and spread_layers(1, 1) == [0]
+    assert spread_layers(18, 8) == [0, 2, 5, 7, 10, 12, 15, 17]
+    for n in (1, 2, 7, 18, 30):
+        for k in range(1, n + 1):
+            chosen = spread_layers(n, k)
+            assert len(set(chosen)) == k and chosen == sorted(chosen) and 0 <= chosen[0] <= chosen[-1] < n
+            if k > 1:  # round(i (n-1) / (k-1)), halves down
+                assert chosen == [round(i * (n - 1) / (k - 1) - 1e-9) for i in range(k)]
+            # What train, compare and the app adapt for policy spread: exactly these layers.
+            assert selected_layers("spread", ranking_from({**OLD, "n_layers": n}, "spread"), k) == chosen
+    with pytest.raises(ValueError):
+        spread_layers(30, 0)
+    with pytest.raises(ValueError):
+        spread_layers(30, 31)
+    assert selected_layers("floe", [3, 1, 4, 0, 2], 3) == [1, 3, 4]  # other policies: first k
+
+
+def test_hill_alpha_thresholds_at_lambda_n_minus_k():
+    """METHOD's PL_Alpha_Hill: the tail is the largest k = n // 2 eigenvalues, the threshold
+    the one below them, lambda_{n-k} (1-based, ascending); it is not itself in the tail."""
+    ln2 = math.log(2)
+    # 1, 2, 4, 8: k = 2, threshold 2, tail 4, 8 -> 1 + 2 / (log 2 + log 4)
+    assert hill_alpha(torch.tensor([1.0, 2.0, 4.0, 8.0])) == pytest.approx(1 + 2 / (3 * ln2))
+    # 1, 2, 4, 8, 16 (n = 5): k = 2, threshold 4 (the middle), tail 8, 16
+    assert hill_alpha(torch.tensor([16.0, 1.0, 8.0, 2.0, 4.0])) == pytest.approx(1 + 2 / (3 * ln2))
+    # Zero eigenvalues are not part of the spectrum: 1, 2, 4, 8 again.
+    assert hill_alpha(torch.tensor([8.0, 0.0, 2.0, 1.0, 4.0])) == pytest.approx(1 + 2 / (3 * ln2))
+    # Only the threshold and the tail matter: the eigenvalues below the threshold do not.
+    lam = torch.tensor([0.5, 0.9, 1.0, 3.0, 7.0, 20.0])
+    assert hill_alpha(lam) == pytest.approx(1 + 3 / sum(math.log(v / 1.0) for v in (3.0, 7.0, 20.0)))
+    assert hill_alpha(torch.tensor([0.01, 0.2, 1.0, 3.0, 7.0, 20.0])) == pytest.approx(hill_alpha(lam))
+    assert hill_alpha(torch.tensor([1.0, 3.0])) == pytest.approx(1 + 1 / math.log(3))  # n = 2: k = 1
+    assert hill_alpha(torch.tensor([2.0, 2.0, 2.0, 2.0])) == math.inf
+
+
+def test_hill_alpha_recovers_a_pareto_tail():
+    """Eigenvalues drawn from a Pareto law with tail index a (P(lambda > x) = x^-a, density
+    ~ x^-(1+a)): the Hill estimate of the density's exponent is 1 + a."""
+    g = torch.Generator().manual_seed(0)
+    for a in (1.0, 2.0, 4.0):
+        lam = torch.rand(40_000, generator=g, dtype=torch.float64) ** (-1 / a)
+        assert hill_alpha(lam) == pytest.approx(1 + a, abs=0.05 * a)

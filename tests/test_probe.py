@@ -104,7 +104,7 @@ def test_a_killed_probe_resumes_at_the_first_missing_cell(tiny_model_dir, qa_fil
     from helpers import tiny_configs
 
     import floe.experiments.probe as probe_module
-    configs = tiny_configs(tiny_model_dir, qa_file)
+    setup = tiny_configs(tiny_model_dir, qa_file)
     probe = ProbeConfig(layers=[0, 1, 2], seeds=[5])
     real, trained = probe_module._train_cell, []
 
@@ -115,13 +115,13 @@ def test_a_killed_probe_resumes_at_the_first_missing_cell(tiny_model_dir, qa_fil
         return trained[-1]
     monkeypatch.setattr(probe_module, "_train_cell", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        probe_module.run_probe(*configs, probe, show_progress=False)
-    run = probe_module.probe_run(*configs, probe)
+        probe_module.run_probe(setup, probe, show_progress=False)
+    run = probe_module.probe_run(setup, probe)
     assert run.status != "done" and len(run.read_json("probe.json")["cells"]) == 2
     stamps = {c["train_run"]: open_run(c["train_run"]).file("state.json").stat().st_mtime_ns
               for c in trained}
     monkeypatch.setattr(probe_module, "_train_cell", real)
-    run = probe_module.run_probe(*configs, probe, show_progress=False)
+    run = probe_module.run_probe(setup, probe, show_progress=False)
     cells = run.read_json("probe.json")["cells"]
     assert run.status == "done" and [c["layer"] for c in cells] == [0, 1, 2]
     assert stamps == {r: open_run(r).file("state.json").stat().st_mtime_ns for r in stamps}

@@ -15,8 +15,7 @@ SEARCH = ["--layers", "1,3", "--r-min", "2", "--r-max", "8", "--lr", "1e-2"]
 
 
 def _search(model_dir, data_file, train=None, **kw):
-    configs = tiny_configs(model_dir, data_file, **(train or {}))
-    return run_rank_search(*configs, SparseConfig(layers=[1, 3]),
+    return run_rank_search(tiny_configs(model_dir, data_file, **(train or {})), SparseConfig(layers=[1, 3]),
                            RankSearchConfig(**{"r_min": 2, "r_max": 8, **kw}), show_progress=False)
 
 

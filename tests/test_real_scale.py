@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from floe.method.taylor import taylor_costs
-from floe.models.load import _dispatch_kwargs
+from floe.models.load import dispatch_kwargs
 
 pytestmark = pytest.mark.real
 
@@ -29,7 +29,7 @@ def test_real_costs_in_passes_and_offloaded_equal_one_pass(smol_path, real_batch
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
                   **{f"model.layers.{k}": "cpu" if k < 20 else "disk" for k in range(30)}}
     dispatched = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32,
-                                                      **_dispatch_kwargs(device_map, str(smol_path))).eval()
+                                                      **dispatch_kwargs(device_map, str(smol_path))).eval()
     assert dispatched.model.layers[25].mlp.down_proj.weight.device.type == "meta"
     heads_d, neurons_d = taylor_costs(dispatched, real_batch, chunks=2)
     torch.testing.assert_close(heads_d, heads, rtol=1e-5, atol=0)
@@ -41,10 +41,10 @@ def test_real_plan_has_every_stage(smol_path):
     from floe.pipeline.data import DataConfig
     from floe.pipeline.plan import build_plan
     from floe.pipeline.score import ScoreConfig
+    from floe.pipeline.setup import ModelConfig, Setup
     from floe.pipeline.train import TrainConfig
-    from floe.pipeline.warmup import ModelConfig
-    plan = build_plan(ModelConfig(model="smollm2-135m", device="cpu"), DataConfig(), HydraLoraConfig(),
-                      TrainConfig(), ScoreConfig(), device_memory_gib=8.0)
+    plan = build_plan(Setup(ModelConfig(model="smollm2-135m", device="cpu"), DataConfig(), HydraLoraConfig(),
+                            TrainConfig()), ScoreConfig(), device_memory_gib=8.0)
     assert set(plan.stages) == {"warmup", "taylor", "fisher", "tuning", "training"}
     # 135M fp32 parameters (tied embeddings) are the weights of every stage.
     assert plan.stages["training"].parts["weights"] == 134_515_008 * 4  # counted from config.json alone

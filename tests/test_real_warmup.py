@@ -6,16 +6,17 @@ import pytest
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli import main
 from floe.pipeline.data import DataConfig
+from floe.pipeline.setup import ModelConfig, Setup
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig, load_warmed_up, run_warmup
+from floe.pipeline.warmup import load_warmed_up, run_warmup
 
 pytestmark = pytest.mark.real
 
 
 def test_real_warmup_lowers_the_loss_and_is_cached(capsys):
     data = DataConfig(max_samples=16, val_samples=8, max_length=96)
-    run = run_warmup(ModelConfig(device="cpu"), data, HydraLoraConfig(),
-                     TrainConfig(lr=1e-3, epochs=2, batch_size=4), show_progress=False)
+    run = run_warmup(Setup(ModelConfig(device="cpu"), data, HydraLoraConfig(),
+                           TrainConfig(lr=1e-3, epochs=2, batch_size=4)), show_progress=False)
     summary = run.read_json("warmup.json")
     assert summary["steps"] == 8 and summary["n_train"] == 16
     # Training loss over the two epochs falls, and so does the held-out loss.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import floe.method.refine
+import floe.method.swaps
 from floe.method.refine import RefineResult, Swap, refine_masks
 from floe.method.search import budget_limit, budget_of, greedy_masks, masked_loss, within_budget
 
@@ -16,7 +17,7 @@ def both_paths(request, monkeypatch):
     function over front pairs (the default for small fronts) and the answer at the
     current slack with its validity interval (forced by a zero pair cap)."""
     if request.param == "best_at_slack":
-        monkeypatch.setattr(floe.method.refine, "PAIR_CAP", 0)
+        monkeypatch.setattr(floe.method.swaps, "PAIR_CAP", 0)
     return request.param
 
 
@@ -180,21 +181,21 @@ def test_both_paths_agree_exactly_even_with_ties(monkeypatch):
         budget = 0.5 * float(pool(cost_h, cost_n).sum())
         default = run_recorded(tau_h, tau_n, cost_h, cost_n, keep_h, keep_n, budget)
         with monkeypatch.context() as m:
-            m.setattr(floe.method.refine, "PAIR_CAP", 0)
+            m.setattr(floe.method.swaps, "PAIR_CAP", 0)
             at_slack = run_recorded(tau_h, tau_n, cost_h, cost_n, keep_h, keep_n, budget)
         assert default[1] == at_slack[1]
         assert torch.equal(default[0].keep_neurons, at_slack[0].keep_neurons)
 
 
 def test_step_lookup_takes_the_last_step_within_the_slack():
-    best = floe.method.refine.LayerBest(
+    best = floe.method.swaps.LayerBest(
         needs=[-1.0, 2.0, 2.0], gains=[0.5, 1.0, 1.5], swaps=[(0, 1), (2, 3), (4, 5)]
     )
     assert best.best_at(-1.5) == (-math.inf, -1, -1)
     assert best.best_at(-1.0) == (0.5, 0, 1)  # need == slack is valid
     assert best.best_at(1.999) == (0.5, 0, 1)
     assert best.best_at(2.0) == (1.5, 4, 5)
-    assert best.holds_at(1e9) and floe.method.refine.LayerBest([], [], [], lo=0.0, hi=1.0).holds_at(1.0) is False
+    assert best.holds_at(1e9) and floe.method.swaps.LayerBest([], [], [], lo=0.0, hi=1.0).holds_at(1.0) is False
 
 
 def test_fronts_match_brute_force_dominance():
@@ -203,10 +204,10 @@ def test_fronts_match_brute_force_dominance():
         tau = torch.rand(40, generator=g, dtype=torch.float64)
         cost = torch.rand(40, generator=g, dtype=torch.float64)
         keep = torch.rand(40, generator=g) < 0.5
-        layer = floe.method.refine.index_layer(tau, cost)
+        layer = floe.method.swaps.index_layer(tau, cost)
         kept_by_cost = keep[layer.by_cost]
-        masked = set(layer.by_cost[floe.method.refine.masked_front(kept_by_cost, layer.tau_by_cost, 0.2)].tolist())
-        retained = set(layer.by_cost[floe.method.refine.retained_front(kept_by_cost, layer.tau_by_cost, 0.8)].tolist())
+        masked = set(layer.by_cost[floe.method.swaps.masked_front(kept_by_cost, layer.tau_by_cost, 0.2)].tolist())
+        retained = set(layer.by_cost[floe.method.swaps.retained_front(kept_by_cost, layer.tau_by_cost, 0.8)].tolist())
         m_idx, r_idx = (~keep).nonzero().squeeze(1).tolist(), keep.nonzero().squeeze(1).tolist()
         expect_m = {
             q for q in m_idx

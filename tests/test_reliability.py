@@ -12,17 +12,7 @@ from helpers import tiny_configs
 
 from floe.cli import main
 from floe.pipeline.data import DataConfig, DataError, load_file_examples
-from floe.store.runs import cache_root, list_runs
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A cache of its own, so run folders left behind can be counted."""
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "models").symlink_to(cache_root() / "models", target_is_directory=True)
-    monkeypatch.setenv("FLOE_CACHE", str(root))
-    return root
+from floe.store.runs import list_runs
 
 
 def run_folders(root: Path) -> list[str]:
@@ -57,14 +47,14 @@ def test_an_edited_data_file_is_another_run(tmp_path, tiny_model_dir):
     from floe.pipeline.sparse import SparseConfig, train_key
     from floe.pipeline.warmup import warmup_run
     data = write_rows(tmp_path / "data.jsonl")
-    model, cfg, adapter, training = tiny_configs(tiny_model_dir, str(data))
-    adapter = dataclasses.replace(adapter, layers=[0])
-    before = warmup_run(model, cfg, adapter, training).id
-    train_before = train_key(model, cfg, adapter, training, SparseConfig(layers=[0]))
+    setup = tiny_configs(tiny_model_dir, str(data))
+    setup = setup.replace(adapter=dataclasses.replace(setup.adapter, layers=[0]))
+    before = warmup_run(setup).id
+    train_before = train_key(setup, SparseConfig(layers=[0]))
     with open(data, "a") as f:
         f.write("\n" + json.dumps({"instruction": "one more", "output": "row"}))
-    assert warmup_run(model, cfg, adapter, training).id != before
-    assert train_key(model, cfg, adapter, training, SparseConfig(layers=[0])) != train_before
+    assert warmup_run(setup).id != before
+    assert train_key(setup, SparseConfig(layers=[0])) != train_before
 
 
 def test_the_same_file_name_in_another_folder_is_another_run(tmp_path, tiny_model_dir, monkeypatch):
@@ -74,8 +64,7 @@ def test_the_same_file_name_in_another_folder_is_another_run(tmp_path, tiny_mode
         (tmp_path / folder).mkdir()
         write_rows(tmp_path / folder / "data.jsonl", n)
         monkeypatch.chdir(tmp_path / folder)
-        model, cfg, adapter, training = tiny_configs(tiny_model_dir, "data.jsonl")
-        ids.append(warmup_run(model, cfg, adapter, training).id)
+        ids.append(warmup_run(tiny_configs(tiny_model_dir, "data.jsonl")).id)
     assert ids[0] != ids[1]
 
 

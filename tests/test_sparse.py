@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
+import app_fixtures as fx
 import pytest
 import torch
-from helpers import RANKINGS, tiny_configs, write_score_run
+from helpers import RANKINGS, default_warmup_key, tiny_configs
 from safetensors.torch import load_file
 
 from floe.cli import main
@@ -44,7 +45,7 @@ def test_each_policy_takes_its_own_ranking(score_run, policy):
 
 
 def test_explicit_layers_and_fewer_trainable_parameters(tiny_model_dir, qa_file, trained_run):
-    one = run_sparse_training(*tiny_configs(tiny_model_dir, qa_file), SparseConfig(layers=[3]),
+    one = run_sparse_training(tiny_configs(tiny_model_dir, qa_file), SparseConfig(layers=[3]),
                               show_progress=False)
     two = summary_of(trained_run)
     assert summary_of(one)["layers"] == [3]
@@ -58,10 +59,9 @@ def test_training_lowers_the_held_out_loss(trained_run):
 
 
 def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, qa_file):
-    model, data, adapter, training = tiny_configs(tiny_model_dir, qa_file, epochs=2,
-                                                  checkpoint_every=2, seed=7)
+    setup = tiny_configs(tiny_model_dir, qa_file, epochs=2, checkpoint_every=2, seed=7)
     # No dropout: floe.pipeline.train restores weights and optimizer, not the RNG stream of dropout.
-    configs = (model, data, dataclasses.replace(adapter, dropout=0.0), training)
+    setup = setup.replace(adapter=dataclasses.replace(setup.adapter, dropout=0.0))
     sparse = SparseConfig(layers=[0, 2])
 
     def die_at_step_3(record, validate):
@@ -69,12 +69,12 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, qa_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_sparse_training(*configs, sparse, show_progress=False, on_record=die_at_step_3)
-    run = run_sparse_training(*configs, sparse, show_progress=False)
+        run_sparse_training(setup, sparse, show_progress=False, on_record=die_at_step_3)
+    run = run_sparse_training(setup, sparse, show_progress=False)
     assert run.status == "done" and summary_of(run)["resumed_from"] == 2
     resumed = load_file(str(run.file("adapter/adapter_model.safetensors")))
 
-    fresh = run_sparse_training(*configs, sparse, force=True, show_progress=False)
+    fresh = run_sparse_training(setup, sparse, force=True, show_progress=False)
     assert summary_of(fresh)["resumed_from"] == 0
     again = load_file(str(fresh.file("adapter/adapter_model.safetensors")))
     assert all(torch.allclose(resumed[k], again[k], atol=1e-6) for k in again)
@@ -97,9 +97,10 @@ def test_bad_selections_get_one_clear_line(tiny_args, score_run, extra, message,
 
 
 def test_score_run_of_another_model_is_refused(tiny_model_dir, qa_file, tmp_path):
-    other = write_score_run(tmp_path / "elsewhere")  # fingerprint of another folder
+    elsewhere = tmp_path / "elsewhere"  # the fingerprint of another folder
+    other = fx.make_score_run(None, str(elsewhere), rankings=RANKINGS, warmup=default_warmup_key(elsewhere))
     with pytest.raises(ValueError, match="computed on"):
-        run_sparse_training(*tiny_configs(tiny_model_dir, qa_file),
+        run_sparse_training(tiny_configs(tiny_model_dir, qa_file),
                             SparseConfig(score_run=other.id, k=2), show_progress=False)
 
 
@@ -131,3 +132,11 @@ def test_two_processes_follow_the_single_process_lr_schedule(tiny_args):
     _, run = _train_on_two_processes(tiny_args)
     lrs = [r["lr"] for r in run.progress() if r.get("event") == "step"]
     assert lrs[0] == pytest.approx(2e-4 * 0.5)  # linear decay over 2 steps, no warm-up
+
+
+def test_spread_adapts_the_k_evenly_spaced_layers(score_run):
+    from floe.pipeline.policies import spread_layers
+    assert resolve_layers(SparseConfig(score_run=score_run, policy="spread", k=2), n_layers=4) == [0, 3]
+    for k in range(1, 5):
+        assert (resolve_layers(SparseConfig(score_run=score_run, policy="spread", k=k), n_layers=4)
+                == spread_layers(4, k))

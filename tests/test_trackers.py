@@ -60,11 +60,11 @@ def test_wandb_without_the_package_is_one_clear_line(tiny_args, score_run, capsy
 
 
 def test_trial_records_become_curves_over_trials_and_bookkeeping_does_not():
-    from floe.pipeline.trackers import _metrics, _step
+    from floe.pipeline.trackers import record_metrics, record_step
     trial = {"event": "progress", "stage": "search", "done": 3, "total": 8, "trial": 2,
              "state": "COMPLETE", "r": 6, "value": 1.25, "time": 1.0}
-    assert _metrics(trial) == {"search/r": 6, "search/value": 1.25} and _step(trial) == 2
+    assert record_metrics(trial) == {"search/r": 6, "search/value": 1.25} and record_step(trial) == 2
     pruned = {**trial, "state": "PRUNED", "value": None}
-    assert _metrics(pruned) == {"search/r": 6}
+    assert record_metrics(pruned) == {"search/r": 6}
     scoring = {"event": "progress", "stage": "fisher", "done": 2, "total": 4}
-    assert _metrics(scoring) == {} and _step(scoring) is None
+    assert record_metrics(scoring) == {} and record_step(scoring) is None

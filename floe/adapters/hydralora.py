@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch import nn
 from floe.models import arch
 from floe.models.dispatch import execution_device
 from floe.store.config import option, to_dict
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "HydraLoraConfig", "HydraLoraLinear",
            "adapted_layers", "adapter_state_dict", "adapters_disabled", "apply_hydralora",
@@ -72,7 +76,7 @@ class HydraLoraLinear(nn.Module):
     role of a fused projection); None: all of them.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, experts: int,
+    def __init__(self, base: nn.Linear | HydraLoraLinear, r: int, alpha: float, dropout: float, experts: int,
                  rows: tuple[int, int] | None = None):
         super().__init__()
         self.base = base
@@ -81,10 +85,10 @@ class HydraLoraLinear(nn.Module):
         out = base.out_features if rows is None else rows[1] - rows[0]
         # Low-precision bases keep fp32 adapters (as peft does) so small updates survive.
         dtype = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
-        kw = dict(device=execution_device(base), dtype=dtype)  # not meta when offloaded
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
-        self.lora_B = nn.Parameter(torch.zeros(experts, out, r, **kw))
-        self.lora_router = (nn.Parameter(torch.empty(experts, base.in_features, **kw))
+        device = execution_device(base)  # not meta when offloaded
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(experts, out, r, device=device, dtype=dtype))
+        self.lora_router = (nn.Parameter(torch.empty(experts, base.in_features, device=device, dtype=dtype))
                             if experts > 1 else None)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         if self.lora_router is not None:
@@ -235,14 +239,14 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(model: nn.Module, config: HydraLoraConfig, folder: str | Path,
+def save_adapter(model: PreTrainedModel, config: HydraLoraConfig, folder: str | Path,
                  extra: dict | None = None) -> Path:
     """Write adapter weights (safetensors) and config (JSON) into ``folder`` atomically."""
     from floe.store.runs import atomic_save_tensors, atomic_write_json  # runs imports none of ours
 
     folder = Path(folder)
     atomic_save_tensors(folder / ADAPTER_WEIGHTS, adapter_state_dict(model))
-    payload = {"adapter": to_dict(config), "model_type": model.config.model_type}
+    payload: dict[str, Any] = {"adapter": to_dict(config), "model_type": model.config.model_type}
     payload["adapter"]["layers"] = adapted_layers(model)
     payload.update(extra or {})
     atomic_write_json(folder / ADAPTER_CONFIG, payload)

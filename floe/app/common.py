@@ -6,16 +6,20 @@ draw. Readers are memoised on the run's state file, so a page rerun costs little
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
 
+from floe.pipeline.data import DataConfig
 from floe.pipeline.policies import ranking_for
-from floe.pipeline.score import LayersJson, load_layers
+from floe.pipeline.score import load_layers
+from floe.store.artifacts import LayersJson
 from floe.store.runs import DONE, CorruptRunError, Run, list_runs
 
-__all__ = ["describe", "finished", "layers", "memo_by_state", "ranking", "run_json", "run_label",
-           "short_name", "skip_corrupt", "training_preset", "usable_score_runs"]
+__all__ = ["budget_line", "budget_warning", "describe", "finished", "layers", "memo_by_state", "ranking",
+           "run_json", "run_label", "short_name", "skip_corrupt", "training_preset", "usable_score_runs",
+           "warmup_budget"]
 
 
 def _stamp(run: Run) -> int:
@@ -33,7 +37,7 @@ def memo_by_state(fn):
     @functools.wraps(fn)
     def wrapper(run: Run, *args):
         return cached(str(run.path), _stamp(run), *args)
-    wrapper.cache_clear = cached.cache_clear
+    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]  # typeshed's wraps() type takes no attributes
     return wrapper
 
 
@@ -67,11 +71,19 @@ def usable_score_runs(root: Path | None = None) -> tuple[list[Run], dict[str, Co
     return good, bad
 
 
+# The data options a training on an analysis's layers does not take from the analysis:
+# those that pick the examples (the data comes with --score-run; ratio and seed stay the
+# training's own).
+_OWN_DATA_OPTIONS = ("data", "ratio", "seed")
+
+
 def training_preset(score_run: Run) -> dict[str, str]:
-    """Training defaults taken from the analysis: the same sample sizes and batch size."""
+    """Training defaults taken from the analysis: its other data options (sample sizes,
+    length) and its batch size."""
     warm = score_run.config["warmup"]
-    return {"max_samples": str(warm["data"]["max_samples"]), "val_samples": str(warm["data"]["val_samples"]),
-            "max_length": str(warm["data"]["max_length"]), "batch_size": str(warm["train"]["batch_size"])}
+    data = {f.name: warm["data"][f.name] for f in dataclasses.fields(DataConfig)
+            if f.name not in _OWN_DATA_OPTIONS and f.name in warm["data"]}
+    return {**{name: str(value) for name, value in data.items()}, "batch_size": str(warm["train"]["batch_size"])}
 
 
 def finished(kind: str, root: Path | None = None) -> list[Run]:
@@ -134,3 +146,26 @@ class skip_corrupt:
 
     def __exit__(self, kind, exc, tb):
         return kind is not None and issubclass(kind, (CorruptRunError, FileNotFoundError, KeyError))
+
+
+def warmup_budget(run: Run) -> dict:
+    """The warm-up budget behind a score run's FLoE scores (steps, examples, tokens)."""
+    from floe.experiments.validation import warmup_budget as budget
+    return budget(run)
+
+
+def budget_line(run: Run) -> str:
+    """A score run's warm-up budget in a few words, e.g. "8 steps · 64 examples · ≤ 128 tokens each"."""
+    b = warmup_budget(run)
+    if b["steps"] is None:
+        return "warm-up budget unknown"
+    tokens = f" · {b['tokens']:,} tokens" if b["tokens"] else ""
+    return f"{b['steps']} warm-up steps · {b['examples']} examples · ≤ {b['max_length']} tokens each{tokens}"
+
+
+def budget_warning(run: Run) -> str | None:
+    """The plain note for a score run whose warm-up barely trained the adapter, else None."""
+    from floe.experiments.validation import budget_sentence
+    b = warmup_budget(run)
+    return budget_sentence(b) if b["starved"] else None
+

@@ -7,7 +7,8 @@ import os
 from floe.cli import command_options
 from floe.store.config import Option
 
-__all__ = ["FORM_SKIP", "REMOTE_CODE_ENV", "cli_args", "form_options", "is_switch", "remote_code_allowed"]
+__all__ = ["FORM_SKIP", "REMOTE_CODE_ENV", "check_preset", "cli_args", "form_options", "is_switch",
+           "remote_code_allowed"]
 
 # Set by the page itself (model and data pickers) or meaningless in a background job.
 FORM_SKIP = ("model", "data", "json", "quiet", "out")
@@ -26,6 +27,16 @@ def form_options(command: str, skip: tuple[str, ...] = ()) -> list[Option]:
     hidden = FORM_SKIP + skip + (() if remote_code_allowed() else ("trust_remote_code",))
     shown = [o for o in command_options(command) if o.dest not in hidden]
     return sorted(shown, key=lambda o: o.from_config)
+
+
+def check_preset(command: str, preset: dict) -> None:
+    """ValueError naming the keys of ``preset`` that are no option of ``floe <command>``
+    (a typo would otherwise be a value silently never shown nor passed)."""
+    valid = [o.dest for o in command_options(command)]
+    unknown = sorted(set(preset) - set(valid))
+    if unknown:
+        raise ValueError(f"preset for floe {command}: unknown option(s) {', '.join(unknown)}; "
+                         f"its options are {', '.join(sorted(valid))}")
 
 
 def is_switch(opt: Option) -> bool:

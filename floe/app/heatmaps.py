@@ -9,7 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from floe.app.common import layers, run_label
-from floe.pipeline.score import UNITS, LayersJson
+from floe.pipeline.score import UNITS
+from floe.store.artifacts import LayersJson
 from floe.store.runs import Run
 
 __all__ = ["HOVER", "VALUES", "heatmap_data", "heatmap_figure", "mask_figures"]

@@ -32,11 +32,10 @@ def launch_plan(args: list[str]) -> dict | None:
     except SystemExit:  # an invalid form value: the launcher reports it
         return None
     try:
-        model, data, adapter, training, score, layers, k = configs_for(args[0], parsed)
-        if not _model_here(model.model):
+        setup, score, layers, k = configs_for(args[0], parsed)
+        if not _model_here(setup.model.model):
             return None
-        plan = build_plan(model, data, adapter, training, score, layers=layers, k=k,
-                          device_memory_gib=parsed.device_memory)
+        plan = build_plan(setup, score, layers=layers, k=k, device_memory_gib=parsed.device_memory)
     except (ValueError, OSError, KeyError, argparse.ArgumentError) as e:
         return {"lines": [], "fits": True, "problem": f"no memory plan: {e}"}
     stages = CHECKED_STAGES[args[0]]

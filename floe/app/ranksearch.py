@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from floe.app.common import run_json
 from floe.experiments.ranksearch import SUMMARY as SEARCH
-from floe.experiments.ranksearch import SearchJson
+from floe.store.artifacts import SearchJson
 from floe.store.runs import DONE, Run, list_runs
 
 __all__ = ["TRIAL_COLUMNS", "rank_searches", "search_figures", "search_summary", "search_trials"]

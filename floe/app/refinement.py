@@ -9,9 +9,8 @@ import plotly.graph_objects as go
 
 from floe.app.common import finished, run_json, skip_corrupt
 from floe.experiments.compare import SUMMARY as COMPARE
-from floe.experiments.compare import CompareJson
 from floe.experiments.study import ranks_of
-from floe.pipeline.score import LayersJson
+from floe.store.artifacts import CompareJson, LayersJson
 from floe.store.runs import Run
 
 __all__ = ["compare_reference", "compare_runs", "compare_table", "differing_ks", "refinement_figure",

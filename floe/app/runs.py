@@ -4,17 +4,19 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from floe.app.common import describe
 from floe.store import jobs
+from floe.store.artifacts import JobRecord, StateJson
 from floe.store.runs import CorruptRunError, Run
 
 __all__ = ["format_record", "job_view", "progress_of", "runs_table", "status_of"]
 
 
-def _when(state: dict) -> str:
+def _when(state: StateJson) -> str:
     t = state.get("finished") or state.get("started") or state.get("updated")
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 
@@ -40,7 +42,7 @@ def status_of(run: Run) -> str:
         return "corrupt"
 
 
-def _safe_state(run: Run) -> dict | None:
+def _safe_state(run: Run) -> StateJson | None:
     try:
         return run.state
     except CorruptRunError:
@@ -90,13 +92,14 @@ def progress_of(records: list[dict]) -> dict:
     return {"fraction": None, "text": format_record(last).split("  ", 1)[1], "eta": ""}
 
 
-def job_view(job: dict, root: Path | None = None) -> dict:
+def job_view(job: JobRecord, root: Path | None = None) -> dict:
     """What the job panel shows: status, progress, ETA, last lines, error, result run."""
-    view = {"id": job["id"], "label": job["label"], "status": job["status"],
-            "command": jobs.display_command(job["args"]) if job.get("args") else " ".join(job["command"]),
-            "fraction": None, "text": "", "eta": "", "lines": [], "error": job.get("error"),
-            "run": (job.get("result") or {}).get("run"), "devices": ", ".join(job.get("devices", [])),
-            "command_name": (job.get("args") or [""])[0]}
+    view: dict[str, Any] = {
+        "id": job["id"], "label": job["label"], "status": job["status"],
+        "command": jobs.display_command(job["args"]) if job.get("args") else " ".join(job["command"]),
+        "fraction": None, "text": "", "eta": "", "lines": [], "error": job.get("error"),
+        "run": (job.get("result") or {}).get("run"), "devices": ", ".join(job.get("devices", [])),
+        "command_name": (job.get("args") or [""])[0]}
     if job["status"] == jobs.QUEUED:
         view["text"] = "waiting for the device"
     elif job["status"] == jobs.RUNNING:

@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from floe.app.common import describe, finished, run_label, skip_corrupt
-from floe.experiments.study import StabilityJson, load_stability, stability_payload
+from floe.experiments.study import load_stability, stability_payload
+from floe.store.artifacts import StabilityJson
 from floe.store.runs import Run
 
 __all__ = ["stability_figure", "stability_sources", "stability_summary", "stability_table"]
@@ -56,7 +57,8 @@ def stability_sources(root: Path | None = None) -> dict[str, StabilityJson]:
 
 def _ranks_frame(payload: StabilityJson, key: str) -> pd.DataFrame:
     """Layers x ratios (largest ratio first) of one variant's ranks."""
-    ranks = pd.DataFrame(payload[key])
+    variants = {"ranks": payload["ranks"], "ranks_without_refinement": payload["ranks_without_refinement"]}
+    ranks = pd.DataFrame(variants[key])
     return ranks[sorted(ranks.columns, key=float, reverse=True)]
 
 

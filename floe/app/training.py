@@ -2,6 +2,7 @@
 expected memory), training runs, evaluations and the export's downloads."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -16,22 +17,33 @@ import plotly.graph_objects as go
 from floe.app.common import finished, memo_by_state, ranking, run_json, skip_corrupt
 from floe.eval.evaluate import SUMMARY as EVAL
 from floe.eval.evaluate import headline
-from floe.pipeline.policies import MEASURED
+from floe.pipeline.data import DataConfig
+from floe.pipeline.policies import MEASURED, selected_layers
 from floe.pipeline.sparse import SUMMARY as TRAIN
-from floe.pipeline.sparse import TrainJson
+from floe.pipeline.sparse import SparseConfig
 from floe.pipeline.trackers import tracker_logs
+from floe.store.artifacts import TrainJson
 from floe.store.runs import Run, list_runs, open_run
 
-__all__ = ["adapter_parameters", "chosen_layers", "eval_runs_for", "eval_table", "export_downloads",
+__all__ = ["SELECTION_SKIP", "TRAIN_RUN_EVAL_SKIP", "adapter_parameters", "chosen_layers", "eval_runs_for",
+           "eval_table", "export_downloads",
            "export_folder", "loss_curve", "memory_estimate", "model_facts", "selection_file",
            "tracker_logs", "train_runs_for", "train_summary", "trainable_parameters"]
 
+# The options a form for ``floe eval --train-run`` leaves out: the evaluation takes the
+# adapter, and the model and held-out data (every data option), from the train run.
+TRAIN_RUN_EVAL_SKIP = ("train_run", "adapter", *(f.name for f in dataclasses.fields(DataConfig)))
+# The options a page's layer choice sets (ranking run, policy, k, layers), left out of its
+# form; a policy-random draw's seed stays an option.
+SELECTION_SKIP = tuple(f.name for f in dataclasses.fields(SparseConfig) if f.name != "random_seed")
+
 
 def chosen_layers(run: Run, policy: str, k: int) -> list[int]:
-    """The layers a policy adapts: the top-k of its ranking, sorted (all layers for 'all').
-    ``run``: the score run, or for policy probe the probe run that ranks the layers."""
+    """The layers a policy adapts: the top-k of its ranking, sorted (all layers for 'all';
+    for 'spread' the k evenly spaced layers). ``run``: the score run, or for policy probe
+    the probe run that ranks the layers."""
     order = ranking(run, policy)
-    return sorted(order if policy == "all" else order[:k])
+    return sorted(order) if policy == "all" else selected_layers(policy, order, k)
 
 
 def _adapter_file(score_run: Run) -> Path:
@@ -44,7 +56,8 @@ def adapter_parameters(score_run: Run) -> tuple[dict[int, int], dict[int, int], 
     """Per layer, the warm-up adapter's rank-proportional (A, B) and fixed (router) counts,
     and its rank: from the safetensors header, nothing loaded."""
     from safetensors import safe_open
-    per_rank, fixed = {}, {}
+    per_rank: dict[int, int] = {}
+    fixed: dict[int, int] = {}
     with safe_open(str(_adapter_file(score_run)), framework="numpy") as f:
         for name in f.keys():
             m = re.search(r"layers\.(\d+)\.", name)
@@ -130,7 +143,7 @@ def loss_curve(run: Run) -> go.Figure:
 def train_summary(run: Run) -> pd.DataFrame:
     """The headline of a finished training run (its train.json)."""
     t: TrainJson = run_json(run, TRAIN)
-    peak = t.get("peakmemo_by_statery_bytes")
+    peak = t.get("peak_memory_bytes")
     return pd.DataFrame([{"layers": ", ".join(map(str, t.get("layers", []))), "r": t.get("r"),
                           "steps": t.get("steps"), "val loss before": t.get("val_loss_before"),
                           "val loss after": t.get("val_loss_after"),

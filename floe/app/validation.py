@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from floe.app import common
-from floe.experiments.probe import PROBE_BUDGET, ProbeJson
+from floe.experiments.probe import PROBE_BUDGET
 from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
 from floe.experiments.validation import (
     agreement_table,
@@ -26,7 +26,7 @@ from floe.experiments.validation import (
 )
 from floe.method.agreement import ranking_scores
 from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
-from floe.pipeline.score import LayersJson
+from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, Run
 
 __all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "matching_probes",
@@ -66,12 +66,14 @@ def _agreement(score_path: str, probe_path: str, stamp: int) -> dict:
 
 def measured_selection(score_run: Run, probe_run: Run, k: int) -> dict | None:
     """Policy probe ("select by measurement") from a finished probe: its top-k, what the
-    probe cost and what FLoE's warm-up + scoring cost on the score run (None: unfinished)."""
+    probe cost and what FLoE's warm-up + scoring cost on the score run, both timed alike
+    ("what" says how; None: unfinished)."""
     if probe_run.status != DONE:
         return None
     p = probe_payload(probe_run)
     order = probe_ranking(p)
-    cost, floe = probe_cost(p), floe_cost(score_run)
+    cost = probe_cost(p)
+    floe = floe_cost(score_run, cost["basis"])
     ratio = cost["seconds"] / floe if cost["seconds"] is not None and floe else None
     return {"label": POLICIES["probe"], "ranking": order, "layers": sorted(order[:k]),
             "seconds": cost["seconds"], "what": cost["what"], "floe_seconds": floe, "ratio": ratio}
@@ -103,12 +105,13 @@ def gain_figure(layers: LayersJson, probe: ProbeJson, score_label: str) -> go.Fi
                              hovertemplate="layer %{x}: %{z:.3f}<extra>%{y}</extra>"), row=1, col=1)
     xs, ys, up, down = [], [], [], []
     for k, ci in zip(probe["layers"], probe["gain_ci"]):
-        if ci.get("mean") is None:
+        mean, high, low = ci.get("mean"), ci.get("ci_high"), ci.get("ci_low")
+        if mean is None:
             continue
         xs.append(k)
-        ys.append(ci["mean"])
-        up.append((ci["ci_high"] - ci["mean"]) if ci.get("ci_high") is not None else 0.0)
-        down.append((ci["mean"] - ci["ci_low"]) if ci.get("ci_low") is not None else 0.0)
+        ys.append(mean)
+        up.append((high - mean) if high is not None else 0.0)
+        down.append((mean - low) if low is not None else 0.0)
     fig.add_trace(go.Bar(x=xs, y=ys, error_y={"type": "data", "array": up, "arrayminus": down},
                          marker_color="#1f77b4", name="measured gain",
                          hovertemplate="layer %{x}: gain %{y:.4f}<extra></extra>"), row=2, col=1)

@@ -113,6 +113,7 @@ def pick_run(runs: list[Run], label: str, key: str, help: str | None = None) -> 
     index = ids.index(st.session_state[shared]) if st.session_state.get(shared) in by_id else 0
     choice = st.selectbox(label, ids, index=index, format_func=lambda i: common.run_label(by_id[i]),
                           key=f"{key}:widget", help=help)
+    assert choice is not None, "a selectbox with an index always has a choice"
     st.session_state[shared] = choice
     return by_id[choice]
 
@@ -198,7 +199,9 @@ def _job_buttons(view: dict) -> None:
 
 def option_widgets(command: str, preset: dict, skip: tuple[str, ...] = ()) -> dict:
     """One widget per option of ``floe <command>``, grouped as in its ``--help``; ``preset``
-    overrides the CLI's defaults shown (values equal to the CLI default are not passed)."""
+    overrides the CLI's defaults shown (values equal to the CLI default are not passed); a
+    key that is no option of the command is a ValueError."""
+    forms.check_preset(command, preset)
     values = {}
     for group, items in groupby(forms.form_options(command, skip), key=lambda o: o.group):
         st.markdown(f"**{'general' if group == 'options' else group}**")
@@ -234,6 +237,7 @@ def launcher(fixed: list[str], command: str, values: dict, label: str, button: s
         plan_caption(args)
     if st.button(button, disabled=not (args and ready), icon=":material/play_arrow:",
                  key=key or f"start:{command}"):
+        assert args is not None, "the button is disabled without a command"
         start_job(args, label)
         st.rerun()
 

@@ -40,9 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "to cache/ (or $FLOE_CACHE), one folder per run keyed by its config.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        add_options(sub.add_parser(name, help=command.help, description=command.help,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter),
-                    command.options)
+        # Each option's help says its default once (floe.cli.options.help_text).
+        add_options(sub.add_parser(name, help=command.help, description=command.help), command.options)
     return parser
 
 

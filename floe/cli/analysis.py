@@ -4,21 +4,19 @@ from __future__ import annotations
 import argparse
 
 from floe.adapters.hydralora import HydraLoraConfig
-from floe.cli.options import COMMON, Command, configs, from_namespace, text_flag
+from floe.cli.options import COMMON, Command, configs, from_namespace, setup_from, text_flag
 from floe.pipeline.data import DataConfig
 from floe.pipeline.score import ScoreConfig
+from floe.pipeline.setup import ModelConfig
 from floe.pipeline.trackers import TrackConfig
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
 
 __all__ = ["COMMANDS"]
 
 
 def _warmup(args) -> dict:
     from floe.pipeline.warmup import SUMMARY, run_warmup
-    run = run_warmup(from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
-                     from_namespace(HydraLoraConfig, args), from_namespace(TrainConfig, args),
-                     force=args.force, show_progress=not args.quiet)
+    run = run_warmup(setup_from(args), force=args.force, show_progress=not args.quiet)
     return {"run": run.id, "path": str(run.path), **run.read_json(SUMMARY)}
 
 
@@ -44,12 +42,10 @@ def _analyze(args) -> dict:
     from floe.experiments.study import run_analysis, run_study
     from floe.pipeline.score import summary
     from floe.store.runs import open_run
-    configs_ = (from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
-                from_namespace(HydraLoraConfig, args), from_namespace(TrainConfig, args),
-                from_namespace(ScoreConfig, args))
+    setup, score = setup_from(args), from_namespace(ScoreConfig, args)
     if args.ratios is None:
-        return summary(run_analysis(*configs_, force=args.force, show_progress=not args.quiet))
-    study = run_study(*configs_, ratios=args.ratios, force=args.force, show_progress=not args.quiet)
+        return summary(run_analysis(setup, score, force=args.force, show_progress=not args.quiet))
+    study = run_study(setup, score, ratios=args.ratios, force=args.force, show_progress=not args.quiet)
     from floe.experiments.study import load_stability
     stability = load_stability(study)
     per_ratio = {r: summary(open_run(i)) for r, i in stability["score_runs"].items()}

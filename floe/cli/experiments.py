@@ -5,20 +5,21 @@ Thin: parse options into the stages' config dataclasses, call the stage, return 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from floe.adapters.hydralora import HydraLoraConfig
-from floe.cli.options import COMMON, Command, configs, from_namespace, given, text_flag
+from floe.cli.options import COMMON, Command, configs, from_namespace, given, setup_from, text_flag
 from floe.eval.evaluate import EvalConfig
 from floe.experiments.compare import CompareConfig
 from floe.experiments.ranksearch import RankSearchConfig
 from floe.pipeline.data import DataConfig
 from floe.pipeline.generate import GenerateConfig
+from floe.pipeline.setup import ModelConfig, Setup
 from floe.pipeline.sparse import SparseConfig
 from floe.pipeline.trackers import TrackConfig
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "training_setup"]
 
 
 def int_list(text: str) -> list[int]:
@@ -32,9 +33,9 @@ LAYERS = text_flag("layers", "explicit decoder layers to adapt, comma-separated 
                    "--score-run/--policy/--k)", parse=int_list)
 
 
-def _training_configs(args, base: dict | None = None):
-    """(model, data, adapter, training, sparse) from a --config file, score-run defaults
-    and the command line, later ones winning."""
+def training_setup(args, base: dict | None = None) -> tuple[Setup, SparseConfig]:
+    """(setup, sparse) from a --config file, score-run defaults and the command line, later
+    ones winning."""
     from floe.pipeline.sparse import probe_run_defaults, score_run_defaults
     typed, base = given(args), base or {}
     sections = {s: dict(base.get(s) or {}) for s in ("model", "data", "adapter", "train")}
@@ -44,22 +45,21 @@ def _training_configs(args, base: dict | None = None):
         sections["model"].setdefault("model", defaults["model"])
         sections["data"].setdefault("data", defaults["data"])
     selection = {"layers": base.get("layers")} if base.get("layers") and not ranked_by else {}
-    model = from_namespace(ModelConfig, {**sections["model"], **typed})
-    data = from_namespace(DataConfig, {**sections["data"], **typed})
-    adapter = from_namespace(HydraLoraConfig, {**sections["adapter"], **typed}, layers=None)
-    training = from_namespace(TrainConfig, {**sections["train"], **typed})
-    sparse = from_namespace(SparseConfig, {**selection, **typed})
-    return model, data, adapter, training, sparse
+    setup = Setup(from_namespace(ModelConfig, {**sections["model"], **typed}),
+                  from_namespace(DataConfig, {**sections["data"], **typed}),
+                  from_namespace(HydraLoraConfig, {**sections["adapter"], **typed}, layers=None),
+                  from_namespace(TrainConfig, {**sections["train"], **typed}))
+    return setup, from_namespace(SparseConfig, {**selection, **typed})
 
 
 # --------------------------------------------------------------------------- train
 def _train(args) -> dict:
     from floe.pipeline.export import read_config
-    from floe.pipeline.sparse import SUMMARY, _distributed, run_sparse_training
+    from floe.pipeline.sparse import SUMMARY, rank_and_world_size, run_sparse_training
     base = read_config(args.config) if args.config else None
-    run = run_sparse_training(*_training_configs(args, base), force=args.force,
+    run = run_sparse_training(*training_setup(args, base), force=args.force,
                               show_progress=not args.quiet)
-    rank = _distributed()[0]
+    rank = rank_and_world_size()[0]
     if rank != 0:
         return {"rank": rank, "run": run.id}
     return {"run": run.id, "path": str(run.path), **run.read_json(SUMMARY)}
@@ -68,8 +68,8 @@ def _train(args) -> dict:
 # --------------------------------------------------------------------------- search-rank
 def _search(args) -> dict:
     from floe.experiments.ranksearch import SUMMARY, run_rank_search
-    configs = _training_configs(args)
-    run = run_rank_search(*configs, from_namespace(RankSearchConfig, args), force=args.force,
+    setup, sparse = training_setup(args)
+    run = run_rank_search(setup, sparse, from_namespace(RankSearchConfig, args), force=args.force,
                           show_progress=not args.quiet)
     summary = run.read_json(SUMMARY)
     return {"run": run.id, "path": str(run.path), **summary}
@@ -80,7 +80,7 @@ def _eval(args) -> dict:
     from floe.eval.evaluate import SUMMARY, headline, run_evaluation
     typed = given(args)
     model = from_namespace(ModelConfig, args)
-    data_given = any(k in typed for k in ("data", "ratio", "max_samples", "val_samples", "max_length", "seed"))
+    data_given = any(f.name in typed for f in dataclasses.fields(DataConfig))
     run = run_evaluation(typed.get("model") if args.train_run else model.model,
                          from_namespace(EvalConfig, args),
                          data=from_namespace(DataConfig, args) if data_given or not args.train_run else None,
@@ -98,11 +98,9 @@ def _compare(args) -> dict:
     from floe.pipeline.sparse import score_run_defaults
     typed = given(args)
     defaults = score_run_defaults(args.score_run)
-    model = from_namespace(ModelConfig, {"model": defaults["model"], **typed})
-    data = from_namespace(DataConfig, {"data": defaults["data"], **typed})
-    run = run_compare(args.score_run, data, from_namespace(HydraLoraConfig, args, layers=None),
-                      from_namespace(TrainConfig, args), from_namespace(EvalConfig, args),
-                      from_namespace(CompareConfig, args), model, force=args.force,
+    setup = setup_from({"model": defaults["model"], "data": defaults["data"], **typed}, layers=None)
+    run = run_compare(args.score_run, setup, from_namespace(EvalConfig, args),
+                      from_namespace(CompareConfig, args), force=args.force,
                       show_progress=not args.quiet, probe_run=args.probe_run)
     summary = run.read_json(SUMMARY)
     tables = [*summary["tables"].values(), *summary.get("differences", {}).get("tables", {}).values()]

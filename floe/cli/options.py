@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from floe.store.config import Option, options_of
 
 __all__ = ["COMMON", "POSITIONAL", "Command", "add_options", "configs", "flag", "from_namespace", "given",
-           "positional", "text_flag"]
+           "help_text", "positional", "setup_from", "text_flag"]
 
 POSITIONAL = "positional arguments"
 
@@ -47,46 +49,55 @@ class Command:
 
     help: str
     options: tuple[Option, ...]
-    run: object  # Callable[[argparse.Namespace], dict]
+    run: Callable[[argparse.Namespace], dict]
 
     def __post_init__(self):
         # A name shared by two configs (e.g. seed) is one option setting both.
-        unique = {}
+        unique: dict[str, Option] = {}
         for opt in self.options:
             unique.setdefault(opt.dest, opt)
         object.__setattr__(self, "options", tuple(unique.values()))
 
 
-def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
-    """One argparse option per Option. Config options default to SUPPRESS (absent means
-    the class default) and show that default in their help."""
+def help_text(opt: Option) -> str:
+    """``opt``'s help with its default said once: the one its text writes, else its value;
+    none for no value (None), an off-by-default flag or a required option."""
+    text = opt.help
+    if not ("(default:" in text or opt.kind == "flag" or opt.default is None or opt.required):
+        text += f" (default: {opt.text_default})"
+    if opt.item_type is not None:
+        text += "; comma-separated"
+    return text.replace("%", "%%")  # argparse %-formats help
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """One argparse option per Option, its help saying its default (help_text). Config
+    options default to SUPPRESS: absent, they keep the class default."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for opt in options:
         if opt.group == POSITIONAL:
             many = isinstance(opt.default, list)
-            parser.add_argument(opt.dest, help=opt.help, choices=opt.choices or None,
-                                nargs="*" if many else None, **({"default": []} if many else {}))
+            default: dict[str, Any] = {"default": []} if many else {}
+            parser.add_argument(opt.dest, help=help_text(opt), choices=opt.choices or None,
+                                nargs="*" if many else None, **default)
             continue
         if not opt.from_config:
             if opt.kind == "flag":
-                parser.add_argument(opt.flag, action="store_true", help=opt.help)
+                parser.add_argument(opt.flag, action="store_true", help=help_text(opt))
             else:
-                parser.add_argument(opt.flag, type=opt.parse, default=opt.default,
-                                    required=opt.required, help=opt.help)
+                # typeshed leaves out type=None, argparse's own default (no conversion)
+                parser.add_argument(opt.flag, type=opt.parse, default=opt.default,  # type: ignore[arg-type]
+                                    required=opt.required, help=help_text(opt))
             continue
         if opt.group not in groups:
             groups[opt.group] = parser.add_argument_group(opt.group, opt.group_help)
         group = groups[opt.group]
-        help_text = f"{opt.help} (default: {opt.default})"
         if opt.kind == "bool":
             group.add_argument(opt.flag, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-        elif isinstance(opt.default, list) or getattr(opt.parse, "__name__", "").startswith("list["):
-            group.add_argument(opt.flag, type=opt.parse, default=argparse.SUPPRESS,
-                               help=help_text + "; comma-separated")
+                               default=argparse.SUPPRESS, help=help_text(opt))
         else:
-            group.add_argument(opt.flag, type=opt.parse, default=argparse.SUPPRESS,
-                               help=help_text, choices=opt.choices or None)
+            group.add_argument(opt.flag, type=opt.parse, default=argparse.SUPPRESS,  # type: ignore[arg-type]  # as above
+                               help=help_text(opt), choices=opt.choices or None)
 
 
 def from_namespace(cls, namespace: argparse.Namespace | dict, **overrides):
@@ -96,6 +107,17 @@ def from_namespace(cls, namespace: argparse.Namespace | dict, **overrides):
     kwargs = {k: v for k, v in values.items() if k in names}
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+def setup_from(namespace: argparse.Namespace | dict, **adapter):
+    """The four configs of a run (a ``Setup``) from parsed options; ``adapter`` overrides
+    the adapter's (``layers=None``: the command chooses the layers)."""
+    from floe.adapters.hydralora import HydraLoraConfig
+    from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
+    from floe.pipeline.train import TrainConfig
+    return Setup(from_namespace(ModelConfig, namespace), from_namespace(DataConfig, namespace),
+                 from_namespace(HydraLoraConfig, namespace, **adapter), from_namespace(TrainConfig, namespace))
 
 
 def given(args) -> dict:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 from floe.adapters.hydralora import HydraLoraConfig
-from floe.cli.options import COMMON, Command, configs, flag, from_namespace, given, text_flag
+from floe.cli.options import COMMON, Command, configs, flag, from_namespace, given, setup_from, text_flag
 from floe.pipeline.data import DataConfig, data_config
 from floe.pipeline.score import ScoreConfig
+from floe.pipeline.setup import ModelConfig, Setup
 from floe.pipeline.sparse import SparseConfig
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
 
 __all__ = ["CHECKED_STAGES", "COMMANDS", "PLAN_OPTIONS", "check_command", "configs_for", "with_plan_check"]
 
@@ -47,55 +47,50 @@ def _layer_list(args) -> tuple[list[int] | None, int]:
 def _plan(args) -> dict:
     from floe.pipeline.plan import build_plan, plan_lines
     layers, k = _layer_list(args)
-    plan = build_plan(from_namespace(ModelConfig, args), from_namespace(DataConfig, args),
-                      from_namespace(HydraLoraConfig, args, layers=None), from_namespace(TrainConfig, args),
-                      from_namespace(ScoreConfig, args), layers=layers, k=k,
+    plan = build_plan(setup_from(args, layers=None), from_namespace(ScoreConfig, args), layers=layers, k=k,
                       device_memory_gib=args.device_memory)
     if args.json:
         return dict(plan.to_json())
     return {"plan": "\n" + "\n".join(plan_lines(plan))}
 
 
-def _warm_configs(run_id: str):
-    """The configs a warm-up run was made with (for ``floe score``'s check)."""
+def _warm_setup(run_id: str) -> Setup:
+    """The setup a warm-up run was made with (for ``floe score``'s check)."""
     from floe.store.runs import open_run
     cfg = open_run(run_id).config
-    return (ModelConfig(model=cfg["model"]["model"]), data_config(cfg["data"]),
-            HydraLoraConfig(**{**cfg["adapter"], "layers": None}), TrainConfig(**cfg["train"]))
+    return Setup(ModelConfig(model=cfg["model"]["model"]), data_config(cfg["data"]),
+                 HydraLoraConfig(**{**cfg["adapter"], "layers": None}), TrainConfig(**cfg["train"]))
 
 
-def configs_for(command: str, args):
-    """(model, data, adapter, training, score, layers, k) a command will run with."""
+def configs_for(command: str, args) -> tuple[Setup, ScoreConfig, list[int] | None, int]:
+    """(setup, score, layers, k) a command will run with."""
     typed = given(args)
     score = from_namespace(ScoreConfig, typed) if command in ("analyze", "score") else ScoreConfig()
     if command == "score":
-        model, data, adapter, training = _warm_configs(args.warmup_run)
-        model = dataclasses.replace(model, device=typed.get("device", "auto"), device_map=typed.get("device_map"))
-        return model, data, adapter, training, score, None, 8
+        setup = _warm_setup(args.warmup_run)
+        model = dataclasses.replace(setup.model, device=typed.get("device", "auto"),
+                                    device_map=typed.get("device_map"))
+        return setup.replace(model=model), score, None, 8
     if command in ("train", "search-rank", "compare"):
-        from floe.cli.experiments import _training_configs
+        from floe.cli.experiments import training_setup
         from floe.pipeline.sparse import score_run_defaults
         if command == "compare":
             defaults = score_run_defaults(args.score_run)
             typed = {"model": defaults["model"], "data": defaults["data"], **typed}
-            model, data = from_namespace(ModelConfig, typed), from_namespace(DataConfig, typed)
-            adapter = from_namespace(HydraLoraConfig, typed, layers=None)
-            training = from_namespace(TrainConfig, typed)
             from floe.experiments.compare import CompareConfig
             grid = from_namespace(CompareConfig, typed)
             every = 1 << 30  # the full-layer row trains every layer
-            return model, data, adapter, training, score, None, every if grid.include_all else max(grid.ks)
+            return setup_from(typed, layers=None), score, None, every if grid.include_all else max(grid.ks)
         from floe.pipeline.export import read_config
         base = read_config(args.config) if getattr(args, "config", None) else None
-        model, data, adapter, training, sparse = _training_configs(args, base)
+        setup, sparse = training_setup(args, base)
         if command == "search-rank":
             from floe.experiments.ranksearch import RankSearchConfig
-            adapter = dataclasses.replace(adapter, r=from_namespace(RankSearchConfig, typed).r_max)
+            setup = setup.replace(adapter=dataclasses.replace(setup.adapter,
+                                                              r=from_namespace(RankSearchConfig, typed).r_max))
         from floe.pipeline.sparse import model_shape, resolve_layers
-        return model, data, adapter, training, score, resolve_layers(sparse, model_shape(model).n_layers), 8
-    model, data = from_namespace(ModelConfig, typed), from_namespace(DataConfig, typed)
-    return (model, data, from_namespace(HydraLoraConfig, typed, layers=None), from_namespace(TrainConfig, typed),
-            score, None, 8)
+        return setup, score, resolve_layers(sparse, model_shape(setup.model).n_layers), 8
+    return setup_from(typed, layers=None), score, None, 8
 
 
 def check_command(command: str, args) -> None:
@@ -106,11 +101,11 @@ def check_command(command: str, args) -> None:
         return
     from floe.models.load import resolve_device
     from floe.pipeline.plan import build_plan, check_plan
-    model, data, adapter, training, score, layers, k = configs_for(command, args)
+    setup, score, layers, k = configs_for(command, args)
+    model = setup.model
     if model.device_map or (resolve_device(model.device).type != "cuda" and args.device_memory is None):
         return
-    plan = build_plan(model, data, adapter, training, score, layers=layers, k=k,
-                      device_memory_gib=args.device_memory)
+    plan = build_plan(setup, score, layers=layers, k=k, device_memory_gib=args.device_memory)
     check_plan(plan, CHECKED_STAGES[command])
 
 

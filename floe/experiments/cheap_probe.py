@@ -22,6 +22,8 @@ import dataclasses
 import math
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,17 +33,17 @@ from floe.adapters.hydralora import (
     apply_hydralora,
     remove_hydralora,
 )
-from floe.experiments.probe import SUMMARY, ProbeConfig, ProbeJson, layer_gains, probe_run
+from floe.experiments.probe import SUMMARY, ProbeConfig, layer_gains, probe_run, summary_head
 from floe.method.halving import halving_cost, halving_schedule, successive_halving
 from floe.models import arch
 from floe.models.load import load_model, resolve_device
-from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
+from floe.pipeline.data import load_split, tokenize
+from floe.pipeline.setup import Setup
 from floe.pipeline.train import TrainConfig, total_steps, train, validation_loss
-from floe.pipeline.warmup import ModelConfig
-from floe.store.config import to_dict
+from floe.store.artifacts import ProbeCell, ProbeHead, ProbeJson
 from floe.store.runs import Run, reuse_finished
 
-__all__ = ["only_layers_on", "layer_adapter", "measure_halving", "measure_joint",
+__all__ = ["Bench", "only_layers_on", "layer_adapter", "measure_halving", "measure_joint",
            "run_cheap_probe", "train_layers"]
 
 
@@ -74,19 +76,32 @@ def only_layers_on(model, layers: set[int]):
             m.enabled = state
 
 
-def train_layers(model, rows, val, pad_id: int, adapter: HydraLoraConfig, training: TrainConfig,
+@dataclass(frozen=True)
+class Bench:
+    """The loaded model (its weights frozen), the tokenised sample and the unadapted
+    model's validation loss: what every measurement of one cheap probe shares."""
+
+    model: Any
+    rows: list[dict]
+    val: list[dict]
+    pad_id: int
+    base_loss: float
+
+
+def train_layers(bench: Bench, adapter: HydraLoraConfig, training: TrainConfig,
                  layers: list[int], steps: int) -> float:
     """Validation loss after training an adapter on ``layers`` for ``steps`` steps (the
     adapter removed again before returning)."""
-    with layer_adapter(model, adapter, layers, training.seed):
-        train(model, rows, dataclasses.replace(training, max_steps=steps), pad_id, show_progress=False)
-        return validation_loss(model, val, pad_id)
+    with layer_adapter(bench.model, adapter, layers, training.seed):
+        train(bench.model, bench.rows, dataclasses.replace(training, max_steps=steps), bench.pad_id,
+              show_progress=False)
+        return validation_loss(bench.model, bench.val, bench.pad_id)
 
 
-def measure_halving(model, rows, val, pad_id, adapter, training, probe: ProbeConfig,
-                    layers: list[int], base_loss: float, on_cell=None):
+def measure_halving(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], on_cell=None):
     """Successive halving over ``layers``; each measurement is the mean gain over seeds."""
-    full = total_steps(len(rows), training)
+    training = setup.training
+    full = total_steps(len(bench.rows), training)
     schedule = halving_schedule(len(layers), full, min(probe.min_steps, full), probe.eta)
     first = schedule[0][1]
     if first - math.ceil(training.warmup_ratio * first) < 1:  # warm-up steps train at lr 0
@@ -94,8 +109,8 @@ def measure_halving(model, rows, val, pad_id, adapter, training, probe: ProbeCon
                          "raise --min-steps or lower --warmup-ratio")
 
     def measure(layer: int, steps: int) -> float:
-        gains = [base_loss - train_layers(model, rows, val, pad_id, adapter,
-                                          dataclasses.replace(training, seed=s), [layer], steps)
+        gains = [bench.base_loss - train_layers(bench, setup.adapter, dataclasses.replace(training, seed=s),
+                                                [layer], steps)
                  for s in probe.seeds]
         if on_cell:
             on_cell(layer, steps)
@@ -103,76 +118,80 @@ def measure_halving(model, rows, val, pad_id, adapter, training, probe: ProbeCon
     return successive_halving(layers, measure, schedule), schedule
 
 
-def measure_joint(model, rows, val, pad_id, adapter, training, probe: ProbeConfig,
-                  layers: list[int], base_loss: float, n_layers: int) -> dict:
+def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int) -> dict:
     """One all-layer adapter per seed; each layer's gain with only its adapter on."""
     per_layer: dict[int, list[float]] = {k: [] for k in layers}
+    model, training = bench.model, setup.training
     for s in probe.seeds:
-        with layer_adapter(model, adapter, list(range(n_layers)), s):
-            train(model, rows, dataclasses.replace(training, seed=s), pad_id, show_progress=False)
+        with layer_adapter(model, setup.adapter, list(range(n_layers)), s):
+            train(model, bench.rows, dataclasses.replace(training, seed=s), bench.pad_id, show_progress=False)
             for k in layers:
                 with only_layers_on(model, {k}):
-                    per_layer[k].append(base_loss - validation_loss(model, val, pad_id))
+                    per_layer[k].append(bench.base_loss - validation_loss(model, bench.val, bench.pad_id))
     gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
-    steps = total_steps(len(rows), training)
+    steps = total_steps(len(bench.rows), training)
     rung = {"steps": steps, "layers": layers, "gains": [gains[k] for k in layers], "kept": layers}
     ranking = sorted(layers, key=lambda k: (-gains[k], k))
     return {"ranking": ranking, "rungs": [rung], "measured": {k: {steps: g} for k, g in gains.items()},
             "per_seed": per_layer}
 
 
-def run_cheap_probe(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-                    training: TrainConfig, probe: ProbeConfig, force: bool = False,
-                    show_progress: bool = True) -> Run:
+def _load_bench(setup: Setup, probe: ProbeConfig) -> tuple[Bench, list[int], int]:
+    """The model loaded once, the sample, and the layers to measure (checked)."""
+    model_cfg, data, training = setup.model, setup.data, setup.training
+    model, tok = load_model(model_cfg.model, str(resolve_device(model_cfg.device)),
+                            trust_remote_code=model_cfg.trust_remote_code, device_map=model_cfg.device_map)
+    n_layers = arch.shape_of(model.config).n_layers
+    layers = probe.layers if probe.layers is not None else list(range(n_layers))
+    bad = [k for k in layers if not 0 <= k < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has {n_layers} layers (0..{n_layers - 1})")
+    split = load_split(data)
+    rows = tokenize(tok, split.train, data.max_length)
+    val = tokenize(tok, split.val, data.max_length) if split.val else []
+    if not val:
+        raise ValueError("the probe measures validation loss: set val_samples >= 1")
+    if len(rows) < training.batch_size:
+        raise ValueError(f"the sample has {len(rows)} examples, fewer than the batch size "
+                         f"{training.batch_size}: raise max_samples or lower batch_size")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    base_loss = validation_loss(model, val, tok.pad_token_id)
+    return Bench(model, rows, val, tok.pad_token_id, base_loss), layers, n_layers
+
+
+def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progress: bool = True) -> Run:
     """Measure the layers with one model load (schedule halving or joint); a probe run."""
     if probe.schedule == "cells":
         raise ValueError("schedule cells trains each cell as its own run: use floe.experiments.probe.run_probe")
-    run = probe_run(model_cfg, data, adapter, training, probe)
+    run = probe_run(setup, probe)
     if reuse_finished(run, force):
         return run
     with run.hold():
         start = time.perf_counter()
-        model, tok = load_model(model_cfg.model, str(resolve_device(model_cfg.device)),
-                                trust_remote_code=model_cfg.trust_remote_code, device_map=model_cfg.device_map)
-        n_layers = arch.shape_of(model.config).n_layers
-        layers = probe.layers if probe.layers is not None else list(range(n_layers))
-        bad = [k for k in layers if not 0 <= k < n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} do not exist: the model has {n_layers} layers (0..{n_layers - 1})")
-        split = load_split(data)
-        rows = tokenize(tok, split.train, data.max_length)
-        val = tokenize(tok, split.val, data.max_length) if split.val else []
-        if not val:
-            raise ValueError("the probe measures validation loss: set val_samples >= 1")
-        if len(rows) < training.batch_size:
-            raise ValueError(f"the sample has {len(rows)} examples, fewer than the batch size "
-                             f"{training.batch_size}: raise max_samples or lower batch_size")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        base_loss = validation_loss(model, val, tok.pad_token_id)
+        bench, layers, n_layers = _load_bench(setup, probe)
         run.log(event="start", stage="probe", total_steps=len(layers), resumed_from=0)
         if probe.schedule == "halving":
-            done = []
-            result, schedule = measure_halving(
-                model, rows, val, tok.pad_token_id, adapter, training, probe, layers, base_loss,
-                on_cell=lambda k, s: (done.append(k), run.log(event="progress", stage="probe",
-                                                               done=len(done), layer=k, steps=s)))
+            done: list[int] = []
+
+            def on_cell(k: int, s: int) -> None:
+                done.append(k)
+                run.log(event="progress", stage="probe", done=len(done), layer=k, steps=s)
+            result, schedule = measure_halving(bench, setup, probe, layers, on_cell=on_cell)
             steps = halving_cost(schedule)
         else:
-            result = measure_joint(model, rows, val, tok.pad_token_id, adapter, training, probe,
-                                   layers, base_loss, n_layers)
-            steps = total_steps(len(rows), training)
-        _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, layers, result,
-                       base_loss, steps * len(probe.seeds), time.perf_counter() - start)
+            result = measure_joint(bench, setup, probe, layers, n_layers)
+            steps = total_steps(len(bench.rows), setup.training)
+        result.update(train_steps=steps * len(probe.seeds), seconds=time.perf_counter() - start)
+        _write_summary(run, summary_head(setup, probe, n_layers, layers), probe, bench.base_loss, result)
         run.finish([SUMMARY])
     return run
 
 
-def _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, layers, result,
-                   base_loss, train_steps, seconds) -> None:
+def _write_summary(run: Run, head: ProbeHead, probe: ProbeConfig, base_loss: float, result: dict) -> None:
     """probe.json: each layer's gain at the last rung it reached (comparable only within a
     rung; the ranking orders across rungs), the rungs, the ranking and the wall time."""
-    def cell(k: int, seed: int | None, g: float) -> dict:
+    def cell(k: int, seed: int | None, g: float) -> ProbeCell:
         return {"layer": k, "seed": seed, "train_run": None, "adapted": [k], "val_loss_before": base_loss,
                 "val_loss_after": base_loss - g, "gain": g, "train_seconds": None,
                 "steps": max(result["measured"][k])}
@@ -180,14 +199,10 @@ def _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, lay
         cells = [cell(k, s, g) for k, gains in result["per_seed"].items() for s, g in zip(probe.seeds, gains)]
     else:  # halving: the mean over seeds at the layer's last rung
         cells = [cell(k, None, by_steps[max(by_steps)]) for k, by_steps in result["measured"].items()]
-    gain, gain_ci = layer_gains(cells, layers, probe.seeds, probe.confidence)
+    gain, gain_ci = layer_gains(cells, head["layers"], probe.seeds, probe.confidence)
     payload: ProbeJson = {
-        "model": model_cfg.model, "data": data.data, "mode": probe.mode, "n_layers": n_layers,
-        "layers": layers, "seeds": probe.seeds, "partial": False,
-        "config": {"data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
-                   "train": {**to_dict(training), "seed": None}, "probe": to_dict(probe)},
-        "cells": cells, "gain": gain, "gain_ci": gain_ci, "base_val_loss": base_loss,
+        **head, "partial": False, "cells": cells, "gain": gain, "gain_ci": gain_ci, "base_val_loss": base_loss,
         "cell_seconds": None, "storage": None, "schedule": probe.schedule,
-        "ranking": result["ranking"], "rungs": result["rungs"], "seconds": seconds,
-        "train_steps": train_steps}
+        "ranking": result["ranking"], "rungs": result["rungs"], "seconds": result["seconds"],
+        "train_steps": result["train_steps"]}
     run.write_json(SUMMARY, payload)

@@ -8,28 +8,29 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import Any
 
 from floe import KEY_VERSIONS
-from floe.adapters.hydralora import HydraLoraConfig
 from floe.eval.evaluate import SUMMARY as EVAL_SUMMARY
 from floe.eval.evaluate import EvalConfig, headline, run_evaluation
 from floe.method.stats import mean_ci
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.policies import MEASURED, POLICIES, open_probe_run
 from floe.pipeline.score import open_score_run
+from floe.pipeline.setup import ModelConfig, Setup
 from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
-from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
+from floe.store import artifacts
+from floe.store.artifacts import CompareCell, CompareJson
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
 
-__all__ = ["SUMMARY", "TABLE", "CompareCell", "CompareConfig", "CompareJson", "Differences", "aggregate",
-           "cell_selection", "format_table", "paired_differences", "plan", "reference_policy",
-           "run_compare", "selection_overlap", "to_csv"]
+__all__ = ["SUMMARY", "TABLE", "CompareConfig", "aggregate", "cell_selection", "format_table", "paired_differences",
+           "plan", "reference_policy", "run_compare", "selection_overlap", "to_csv"]
 
-SUMMARY, TABLE = "compare.json", "compare.csv"
+SUMMARY, TABLE = artifacts.COMPARE, "compare.csv"
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _rows(cells: dict[tuple[int, str, str], list[float]], confidence: float) -> 
 
 def aggregate(results: list[dict], confidence: float) -> list[CompareCell]:
     """One row per (k, policy, metric): the values over seeds, mean and interval."""
-    cells = {}
+    cells: dict[tuple[int, str, str], list[float]] = {}
     for r in results:
         for metric, value in r["metrics"].items():
             cells.setdefault((r["k"], r["policy"], metric), []).append(value)
@@ -99,7 +100,7 @@ def paired_differences(results: list[dict], reference: str, confidence: float) -
     and initialisation, so the pairing removes that noise from the comparison; an interval
     that excludes 0 is a difference the seeds support."""
     ref = {(r["k"], r["seed"]): r["metrics"] for r in results if r["policy"] == reference}
-    cells = {}
+    cells: dict[tuple[int, str, str], list[float]] = {}
     for r in results:
         base = ref.get((r["k"], r["seed"]))
         if r["policy"] == reference or base is None:
@@ -116,14 +117,23 @@ def reference_policy(policies: list[str]) -> str | None:
     return "floe" if "floe" in named else (named[0] if named else None)
 
 
-def _fmt(metric: str) -> tuple[float, str]:
-    """Accuracies in percent (as the paper's tables), losses with 4 decimals."""
+def _significant(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant figures, without an exponent: 11.034 -> 11.03,
+    0.012345 -> 0.01235, 1234.5 -> 1234 (differences between perplexities stay visible)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:.{digits - 1}f}"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _fmt(metric: str) -> tuple[float, Callable[[float], str]]:
+    """Accuracies in percent (as the paper's tables) with 2 decimals, losses with 4,
+    perplexities with 4 significant figures."""
     if "acc" in metric:
-        return 100.0, "{:.2f}"
-    return 1.0, "{:.1f}" if metric == "perplexity" else "{:.4f}"
+        return 100.0, "{:.2f}".format
+    return 1.0, _significant if metric == "perplexity" else "{:.4f}".format
 
 
-def format_table(rows: list[dict], metric: str, policies: list[str], title: str | None = None) -> str:
+def format_table(rows: list[CompareCell], metric: str, policies: list[str], title: str | None = None) -> str:
     """A Table-2-like text table of one metric: rows k (descending), columns policies."""
     scale, fmt = _fmt(metric)
     cells = {(r["k"], r["policy"]): r for r in rows if r["metric"] == metric}
@@ -139,14 +149,14 @@ def format_table(rows: list[dict], metric: str, policies: list[str], title: str 
             if c is None:
                 line.append("")
             elif c["half_width"] is None:
-                line.append(fmt.format(c["mean"] * scale))
+                line.append(fmt(c["mean"] * scale))
             else:
-                line.append(f"{fmt.format(c['mean'] * scale)} ± {fmt.format(c['half_width'] * scale)}")
+                line.append(f"{fmt(c['mean'] * scale)} ± {fmt(c['half_width'] * scale)}")
         out.append(f"| {k} | " + " | ".join(line) + " |")
     return "\n".join(out)
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     fields = ["k", "policy", "metric", "n", "mean", "std", "ci_low", "ci_high", "half_width", "values"]
     writer = csv.DictWriter(buf, fieldnames=fields)
@@ -156,14 +166,25 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _cell(score_run, k, policy, seed, config, model_cfg, data, adapter, training,
-          evaluation, show_progress, probe_run=None) -> dict:
+@dataclass(frozen=True)
+class _Grid:
+    """What every cell of one compare shares."""
+
+    setup: Setup
+    score_run: str
+    config: CompareConfig
+    evaluation: EvalConfig
+    probe_run: str | None
+    show_progress: bool
+
+
+def _cell(grid: _Grid, k: int, policy: str, seed: int) -> dict:
     """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
-    sparse = cell_selection(score_run, k, policy, seed, config, probe_run)
-    trained = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
-                                  sparse, show_progress=show_progress)
-    evaluated = run_evaluation(None, evaluation, train_run=trained.id, device=model_cfg.device,
-                               show_progress=show_progress)
+    sparse = cell_selection(grid.score_run, k, policy, seed, grid.config, grid.probe_run)
+    setup = grid.setup.replace(training=dataclasses.replace(grid.setup.training, seed=seed))
+    trained = run_sparse_training(setup, sparse, show_progress=grid.show_progress)
+    evaluated = run_evaluation(None, grid.evaluation, train_run=trained.id, device=setup.model.device,
+                               show_progress=grid.show_progress)
     summary = summary_of(trained)
     return {"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
             "train_run": trained.id, "eval_run": evaluated.id,
@@ -171,45 +192,6 @@ def _cell(score_run, k, policy, seed, config, model_cfg, data, adapter, training
             "train_seconds": summary["seconds"],
             "metrics": headline(evaluated.read_json(EVAL_SUMMARY))}
 
-
-class CompareCell(TypedDict):
-    """One (k, policy, metric) of a compare run: its values over seeds and their interval."""
-
-    k: int
-    policy: str
-    metric: str
-    values: list[float]
-    n: int
-    mean: float
-    std: float | None
-    ci_low: float | None
-    ci_high: float | None
-    half_width: float | None
-
-
-class CompareJson(TypedDict):
-    """compare.json of a compare run (rewritten after every cell while it runs)."""
-
-    score_run: str
-    model: str
-    n_layers: int
-    partial: bool                # True until every cell is done
-    config: dict                 # the CompareConfig
-    metrics: list[str]           # accuracies first
-    cells: list[CompareCell]
-    results: list[dict]          # one per trained cell: k, policy, seed, layers, runs, metrics
-    base: dict                   # the base model's eval run and metrics
-    tables: dict[str, str]       # metric -> Table-2-like text table
-    differences: NotRequired[Differences]  # each policy minus the reference, paired by seed
-    selection: NotRequired[dict]  # with a probe run: its id, its data and the overlap with ours
-
-
-class Differences(TypedDict):
-    """compare.json's paired differences against one reference policy."""
-
-    reference: str
-    cells: list[CompareCell]     # policy = the policy compared with the reference
-    tables: dict[str, str]       # metric -> text table of the differences
 
 
 def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: int,
@@ -224,6 +206,7 @@ def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: i
     reference = reference_policy(config.policies)
     diffs = paired_differences(results, reference, config.confidence) if reference else []
     if diffs:
+        assert reference is not None, "differences need a reference policy"
         others = [p for p in config.policies if p != reference]
         payload["differences"] = {"reference": reference, "cells": diffs, "tables": {
             m: format_table(diffs, m, others, f"{m} minus {reference}, paired by seed") for m in metrics}}
@@ -261,15 +244,16 @@ def _probe_selection(probe_run: str | None, config: CompareConfig, fingerprint: 
     return {"probe_run": run.id, **selection_overlap(run.config["data"], data)}
 
 
-def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
-                evaluation: EvalConfig, config: CompareConfig, model_cfg: ModelConfig | None = None,
+def run_compare(score_run: str, setup: Setup, evaluation: EvalConfig, config: CompareConfig,
                 force: bool = False, show_progress: bool = True, probe_run: str | None = None) -> Run:
     """Train and evaluate every (k, policy, seed) cell; write compare.json and compare.csv.
-    Policy ``probe`` takes its ranking from ``probe_run``; give ``data`` another seed than
-    the probe's so the probe is judged on data it never saw (compare.json's "selection")."""
+    ``setup``'s model is the score run's (its device and loading options are the caller's);
+    its adapter's layers and training seed are the cells'. Policy ``probe`` takes its
+    ranking from ``probe_run``; give ``setup.data`` another seed than the probe's so the
+    probe is judged on data it never saw (compare.json's "selection")."""
     scored = open_score_run(score_run)
     scored.verify()
-    model_cfg = model_cfg or ModelConfig(model=scored.config["warmup"]["model"]["model"])
+    model_cfg, data, adapter, training = setup.model, setup.data, setup.adapter, setup.training
     n_layers = model_shape(model_cfg).n_layers
     cells = plan(config, n_layers)
     selection = _probe_selection(probe_run, config, scored.config["warmup"]["model"], data)
@@ -285,14 +269,14 @@ def run_compare(score_run: str, data: DataConfig, adapter: HydraLoraConfig, trai
     with run.hold():
         total = len(cells) * len(config.seeds)
         run.log(event="start", stage="compare", total_steps=total, resumed_from=0)
-        base = run_evaluation(model_cfg.model, evaluation, data=data, device=model_cfg.device,
-                              show_progress=show_progress)
-        base = {"eval_run": base.id, "metrics": headline(base.read_json(EVAL_SUMMARY))}
+        base_run = run_evaluation(model_cfg.model, evaluation, data=data, device=model_cfg.device,
+                                  show_progress=show_progress)
+        base = {"eval_run": base_run.id, "metrics": headline(base_run.read_json(EVAL_SUMMARY))}
         results = []
+        grid = _Grid(setup, scored.id, config, evaluation, probe_run, show_progress)
         for seed in config.seeds:  # seed-major: an early look already covers every cell
             for k, policy in cells:
-                results.append(_cell(scored.id, k, policy, seed, config, model_cfg, data,
-                                     adapter, training, evaluation, show_progress, probe_run))
+                results.append(_cell(grid, k, policy, seed))
                 run.log(event="progress", stage="compare", done=len(results), total=total,
                         k=k, policy=policy, seed=seed)
                 # The table so far, for the app and for a look while the grid runs.

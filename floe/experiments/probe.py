@@ -18,14 +18,11 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import Literal, get_args
 
-from floe import KEY_VERSIONS
-from floe.adapters.hydralora import HydraLoraConfig
 from floe.method.stats import mean_ci
-from floe.models.load import model_fingerprint
-from floe.pipeline.data import DataConfig, data_key
-from floe.pipeline.policies import PROBE_SUMMARY
+from floe.pipeline.data import data_key
+from floe.pipeline.setup import Setup
 from floe.pipeline.sparse import (
     RunStoppedError,
     SparseConfig,
@@ -33,28 +30,30 @@ from floe.pipeline.sparse import (
     run_sparse_training,
     summary_of,
 )
-from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
+from floe.store import artifacts
+from floe.store.artifacts import MeanCI, ProbeCell, ProbeHead, ProbeJson
 from floe.store.config import option, to_dict
 from floe.store.runs import DONE, Run, run_for
 from floe.store.storage import open_storage, redact
 
-__all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeCell", "ProbeConfig", "ProbeJson", "cell_layers",
-           "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe"]
+__all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeConfig", "ProbeMode", "ProbeSchedule",
+           "cell_layers", "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe", "summary_head"]
 
-SUMMARY = PROBE_SUMMARY
-MODES = ("single", "leave-one-out")
+SUMMARY = artifacts.PROBE
+ProbeMode = Literal["single", "leave-one-out"]
+MODES: tuple[str, ...] = get_args(ProbeMode)
 # How the cells are scheduled: "cells" trains every (layer, seed) as its own cached run;
 # the cheap schedules (floe.experiments.cheap_probe) load the model once: "halving" runs
 # successive halving over the layers, "joint" trains all layers at once and reads each
 # layer's gain with only its adapter switched on (leave-one-in).
-SCHEDULES = ("cells", "halving", "joint")
+ProbeSchedule = Literal["cells", "halving", "joint"]
+SCHEDULES: tuple[str, ...] = get_args(ProbeSchedule)
 _CHEAP_OPTIONS = ("schedule", "min_steps", "eta")
 # The probe's default budget per cell (options given override it): small enough that the
 # default probe of SmolLM2's 30 layers fits about 20 minutes of a quiet 2-core CPU
 # (bench/bench_probe.py), with a learning rate high enough for 8 steps to move the loss.
-PROBE_BUDGET = {"data": {"max_samples": 32, "max_length": 64},
-                "train": {"batch_size": 4, "lr": 1e-3}}
+PROBE_BUDGET: dict[str, dict[str, int | float]] = {"data": {"max_samples": 32, "max_length": 64},
+                                                   "train": {"batch_size": 4, "lr": 1e-3}}
 ALL = -1  # the cell of the all-layer adapter (leave-one-out's reference)
 
 
@@ -62,9 +61,8 @@ ALL = -1  # the cell of the all-layer adapter (leave-one-out's reference)
 class ProbeConfig:
     """Which layers to probe, how, over which seeds, and where workers share the cells."""
 
-    mode: str = option("single", "single: adapt each layer alone and record its validation-loss "
-                       "gain; leave-one-out: adapt all layers but one and record the gain lost",
-                       choices=MODES)
+    mode: ProbeMode = option("single", "single: adapt each layer alone and record its validation-loss "
+                             "gain; leave-one-out: adapt all layers but one and record the gain lost")
     seeds: list[int] = option([42], "training seeds; with two or more, each layer's gain gets "
                               "a t-interval")
     layers: list[int] | None = option(None, "layers to probe (default: all)", cli=False)
@@ -73,11 +71,11 @@ class ProbeConfig:
                                  "sqlite:////path/probe.db) through which several workers "
                                  "share this probe's cells")
     study_name: str | None = option(None, "study name in the storage (default: the run id)")
-    schedule: str = option("cells", "cells: each (layer, seed) its own cached training run; "
-                           "halving: one model load, successive halving over the layers (all "
-                           "get a few steps, the better half twice as many, ... up to the full "
-                           "budget); joint: one all-layer training, each layer's gain read with "
-                           "only its adapter on (leave-one-in)", choices=SCHEDULES)
+    schedule: ProbeSchedule = option("cells", "cells: each (layer, seed) its own cached training run; "
+                                     "halving: one model load, successive halving over the layers "
+                                     "(all get a few steps, the better half twice as many, ... up to "
+                                     "the full budget); joint: one all-layer training, each layer's "
+                                     "gain read with only its adapter on (leave-one-in)")
     min_steps: int = option(2, "halving: training steps of the first rung (every layer); the "
                             "first step of a run is learning-rate warm-up (lr 0), so 2 is the least")
     eta: int = option(2, "halving: keep 1/eta of the layers per rung, with eta times the steps")
@@ -102,43 +100,6 @@ class ProbeConfig:
             raise ValueError(f"min_steps must be >= 1 and eta >= 2, got {self.min_steps} and {self.eta}")
 
 
-class ProbeCell(TypedDict):
-    layer: int                   # the probed layer (-1: the all-layer reference)
-    seed: int
-    train_run: str
-    adapted: list[int]           # the layers the cell's adapter sits on
-    val_loss_before: float
-    val_loss_after: float
-    gain: float | None           # single: before - after; leave-one-out: after - after(all)
-    train_seconds: float
-
-
-class ProbeJson(TypedDict):
-    """probe.json of a probe run (rewritten after every cell while it runs)."""
-
-    model: str
-    data: str
-    mode: str
-    n_layers: int
-    layers: list[int]            # probed layers
-    seeds: list[int]
-    partial: bool                # True until every cell is done
-    config: dict                 # data, adapter, train (seed per cell) and probe settings
-    cells: list[ProbeCell]
-    gain: list[float | None]     # per probed layer: mean gain over seeds (None: no cell yet)
-    gain_ci: list[dict]          # per probed layer: mean_ci over seeds (n, mean, ci_low, ...)
-    base_val_loss: float | None  # the unadapted model's validation loss
-    cell_seconds: float | None   # mean wall time of the cells computed in this session
-    storage: str | None          # the shared storage, password redacted
-    # Cheap schedules (floe.experiments.cheap_probe) only: the measured ranking (the layers
-    # dropped at an early rung were measured on fewer steps, so their gains rank them
-    # only within their rung), the rungs, and the wall time of the whole probe.
-    schedule: NotRequired[str]
-    ranking: NotRequired[list[int]]
-    rungs: NotRequired[list[dict]]
-    seconds: NotRequired[float]
-    train_steps: NotRequired[int]   # optimizer steps of all its trainings together
-
 
 # --------------------------------------------------------------------------- the grid
 def plan_cells(config: ProbeConfig, n_layers: int) -> list[tuple[int, int]]:
@@ -162,18 +123,19 @@ def cell_layers(layer: int, mode: str, n_layers: int) -> list[int]:
 
 
 def layer_gains(cells: list[ProbeCell], layers: list[int], seeds: list[int],
-                confidence: float) -> tuple[list[float | None], list[dict]]:
+                confidence: float) -> tuple[list[float | None], list[MeanCI]]:
     """Per probed layer, the mean gain over its finished seeds and its t-interval."""
-    means, cis = [], []
+    means: list[float | None] = []
+    cis: list[MeanCI] = []
     for k in layers:
         values = [c["gain"] for c in cells if c["layer"] == k and c["gain"] is not None]
-        ci = mean_ci(values, confidence) if values else {"n": 0, "mean": None}
+        ci: MeanCI = {**mean_ci(values, confidence)} if values else {"n": 0, "mean": None}
         means.append(ci["mean"])
         cis.append(ci)
     return means, cis
 
 
-def _with_gains(cells: list[dict], mode: str) -> list[ProbeCell]:
+def _with_gains(cells: list[ProbeCell], mode: str) -> list[ProbeCell]:
     """Fill each cell's gain from its own losses (single) or its seed's reference."""
     reference = {c["seed"]: c["val_loss_after"] for c in cells if c["layer"] == ALL}
     for c in cells:
@@ -188,29 +150,39 @@ def _with_gains(cells: list[dict], mode: str) -> list[ProbeCell]:
 
 
 # --------------------------------------------------------------------------- runs
-def probe_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-              training: TrainConfig, probe: ProbeConfig) -> dict:
+def _unseeded(setup: Setup) -> dict:
+    """The adapter and training as a probe's key and summary record them: the cells choose
+    the layers and the training seed."""
+    return {"adapter": to_dict(dataclasses.replace(setup.adapter, layers=None)),
+            "train": {**to_dict(setup.training), "seed": None}}
+
+
+def probe_key(setup: Setup, probe: ProbeConfig) -> dict:
     """What defines the probe (not the storage, which only shares the work)."""
     # The cheap schedule's options enter the key only when used: cell probes keep their keys.
     drop = ("storage", "study_name") + (_CHEAP_OPTIONS if probe.schedule == "cells" else ())
     space = {k: v for k, v in to_dict(probe).items() if k not in drop}
-    return {"floe": KEY_VERSIONS["probe"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
-            "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
-            "train": {**to_dict(training), "seed": None}, "probe": space}
+    return {**setup.key("probe"), **_unseeded(setup), "probe": space}
 
 
-def probe_run(model_cfg, data, adapter, training, probe) -> Run:
-    return run_for("probe", probe_key(model_cfg, data, adapter, training, probe))
+def probe_run(setup: Setup, probe: ProbeConfig) -> Run:
+    return run_for("probe", probe_key(setup, probe))
 
 
-def _train_cell(layer: int, seed: int, n_layers: int, mode: str, model_cfg, data, adapter,
-                training, show_progress: bool) -> dict:
+def summary_head(setup: Setup, probe: ProbeConfig, n_layers: int, layers: list[int]) -> ProbeHead:
+    """The part of probe.json every schedule writes alike: what was probed, and how."""
+    return {"model": setup.model.model, "data": setup.data.data, "mode": probe.mode, "n_layers": n_layers,
+            "layers": layers, "seeds": probe.seeds,
+            "config": {"data": data_key(setup.data), **_unseeded(setup), "probe": to_dict(probe)}}
+
+
+def _train_cell(setup: Setup, layer: int, seed: int, n_layers: int, mode: str, show_progress: bool) -> ProbeCell:
     adapted = cell_layers(layer, mode, n_layers)
-    run = run_sparse_training(model_cfg, data, adapter, dataclasses.replace(training, seed=seed),
+    run = run_sparse_training(setup.replace(training=dataclasses.replace(setup.training, seed=seed)),
                               SparseConfig(layers=adapted), show_progress=show_progress,
                               wait_if_locked=True)
     summary = summary_of(run)
-    if summary["val_loss_after"] is None:
+    if summary["val_loss_before"] is None or summary["val_loss_after"] is None:  # both None without val data
         raise ValueError("the probe measures validation loss: set val_samples >= 1")
     return {"layer": layer, "seed": seed, "train_run": run.id, "adapted": adapted,
             "val_loss_before": summary["val_loss_before"], "val_loss_after": summary["val_loss_after"],
@@ -236,52 +208,46 @@ def _share_cells(cells, train, storage_url: str, study_name: str) -> None:
     study.optimize(objective, n_trials=len(cells), gc_after_trial=True)
 
 
-def run_probe(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-              training: TrainConfig, probe: ProbeConfig, force: bool = False,
-              show_progress: bool = True) -> Run:
+def run_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progress: bool = True) -> Run:
     """Train every cell (or reuse it) and write probe.json. ``force`` rewrites the summary
     from the cells; it does not retrain them (their runs are cached by their own keys)."""
-    shape = model_shape(model_cfg)
+    shape = model_shape(setup.model)
     cells = plan_cells(probe, shape.n_layers)
     layers = probe.layers if probe.layers is not None else list(range(shape.n_layers))
-    run = probe_run(model_cfg, data, adapter, training, probe)
+    run = probe_run(setup, probe)
     if run.status == DONE and not force:
         run.verify()
         return run
 
-    def train(layer: int, seed: int) -> dict:
-        return _train_cell(layer, seed, shape.n_layers, probe.mode, model_cfg, data, adapter,
-                           training, show_progress)
+    def train(layer: int, seed: int) -> ProbeCell:
+        return _train_cell(setup, layer, seed, shape.n_layers, probe.mode, show_progress)
 
     shared = probe.storage is not None
     with (contextlib.nullcontext(run) if shared else run.hold()):
-        if shared:
+        if probe.storage is not None:  # shared
             _share_cells(cells, train, probe.storage, probe.study_name or run.id)
         run.log(event="start", stage="probe", total_steps=len(cells), resumed_from=0)
-        done, walls = [], []
+        done: list[ProbeCell] = []
+        walls: list[float] = []
         for layer, seed in cells:
             start = time.perf_counter()
             done.append(train(layer, seed))
             walls.append(time.perf_counter() - start)
             run.log(event="progress", stage="probe", done=len(done), total=len(cells),
                     layer=layer, seed=seed)
-            _write_summary(run, model_cfg, data, adapter, training, probe, shape.n_layers, layers,
-                           done, walls, partial=len(done) < len(cells))
+            head = summary_head(setup, probe, shape.n_layers, layers)
+            _write_summary(run, head, probe, done, walls, partial=len(done) < len(cells))
         run.finish([SUMMARY])
     return run
 
 
-def _write_summary(run, model_cfg, data, adapter, training, probe, n_layers, layers, done,
-                   walls, partial) -> None:
-    cells = _with_gains([dict(c) for c in done], probe.mode)
-    gain, gain_ci = layer_gains(cells, layers, probe.seeds, probe.confidence)
+def _write_summary(run: Run, head: ProbeHead, probe: ProbeConfig, done: list[ProbeCell], walls: list[float],
+                   partial: bool) -> None:
+    cells = _with_gains([c.copy() for c in done], probe.mode)
+    gain, gain_ci = layer_gains(cells, head["layers"], probe.seeds, probe.confidence)
     slow = [w for w in walls if w > 1.0]  # a cached cell takes well under a second
     payload: ProbeJson = {
-        "model": model_cfg.model, "data": data.data, "mode": probe.mode, "n_layers": n_layers,
-        "layers": layers, "seeds": probe.seeds, "partial": partial,
-        "config": {"data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
-                   "train": {**to_dict(training), "seed": None}, "probe": to_dict(probe)},
-        "cells": cells, "gain": gain, "gain_ci": gain_ci,
+        **head, "partial": partial, "cells": cells, "gain": gain, "gain_ci": gain_ci,
         "base_val_loss": cells[0]["val_loss_before"] if cells else None,
         "cell_seconds": sum(slow) / len(slow) if slow else None,
         "storage": redact(probe.storage) if probe.storage else None}

@@ -13,10 +13,8 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TypedDict
 
-from floe.adapters.hydralora import HydraLoraConfig
-from floe.pipeline.data import DataConfig
+from floe.pipeline.setup import Setup
 from floe.pipeline.sparse import (
     RunStoppedError,
     SparseConfig,
@@ -25,17 +23,16 @@ from floe.pipeline.sparse import (
     summary_of,
     train_key,
 )
-from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
+from floe.store import artifacts
+from floe.store.artifacts import SearchJson
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, run_for
 from floe.store.storage import open_storage, redact
 
-__all__ = ["STUDY_DB", "SUMMARY", "RankSearchConfig", "SearchJson", "best_rank", "eval_steps",
-           "fail_stale_trials", "make_objective", "run_rank_search",
-           "search_key", "summarize"]
+__all__ = ["STUDY_DB", "SUMMARY", "RankSearchConfig", "best_rank", "eval_steps", "fail_stale_trials",
+           "make_objective", "run_rank_search", "search_key", "summarize"]
 
-SUMMARY = "search.json"
+SUMMARY = artifacts.SEARCH
 STUDY_DB = "study.db"
 
 
@@ -64,10 +61,9 @@ class RankSearchConfig:
             raise ValueError("n_trials must be >= 1 and evals_per_trial >= 0")
 
 
-def search_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-               training: TrainConfig, sparse: SparseConfig, search: RankSearchConfig) -> dict:
+def search_key(setup: Setup, sparse: SparseConfig, search: RankSearchConfig) -> dict:
     """What defines the study (not n_trials: more trials extend it; not the storage)."""
-    key = train_key(model_cfg, data, adapter, training, sparse)
+    key = train_key(setup, sparse)
     del key["adapter"]["r"]  # searched
     space = {k: v for k, v in to_dict(search).items() if k not in ("n_trials", "storage", "study_name")}
     return {**key, "search": space}
@@ -113,7 +109,7 @@ def eval_steps(steps: int, n_evals: int) -> set[int]:
     return {max(1, round(steps * i / (n_evals + 1))) for i in range(1, n_evals + 1)} - {steps}
 
 
-def make_objective(model_cfg, data, adapter, training, sparse, search):
+def make_objective(setup: Setup, sparse: SparseConfig, search: RankSearchConfig):
     import optuna
     n_evals = search.evals_per_trial if search.prune else 0
 
@@ -121,7 +117,7 @@ def make_objective(model_cfg, data, adapter, training, sparse, search):
         r = trial.suggest_int("r", search.r_min, search.r_max)
         start = time.time()
         try:
-            run = run_sparse_training(model_cfg, data, dataclasses.replace(adapter, r=r), training,
+            run = run_sparse_training(setup.replace(adapter=dataclasses.replace(setup.adapter, r=r)),
                                       sparse, show_progress=False, wait_if_locked=True,
                                       on_record=_reporter(trial, n_evals))
         except RunStoppedError as e:  # another worker's trial of this rank was pruned or died
@@ -145,19 +141,6 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-class SearchJson(TypedDict, total=False):
-    """search.json of a rank search (also what ``summarize`` reads live from a study)."""
-
-    study_name: str
-    storage: str                 # the storage URL, password redacted
-    best_r: int | None
-    best_value: float | None
-    best_trial: int | None
-    n_complete: int
-    n_finished: int              # complete + pruned
-    trials: list[dict]           # number, state, r, value, intermediate, user attrs
-    n_trials: int                # the target (search.json only)
-
 
 def summarize(study, storage_url: str) -> SearchJson:
     from optuna.trial import TrialState
@@ -173,8 +156,7 @@ def summarize(study, storage_url: str) -> SearchJson:
             "n_complete": len(complete), "n_finished": _finished(study), "trials": trials}
 
 
-def run_rank_search(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-                    training: TrainConfig, sparse: SparseConfig, search: RankSearchConfig,
+def run_rank_search(setup: Setup, sparse: SparseConfig, search: RankSearchConfig,
                     force: bool = False, show_progress: bool = True) -> Run:
     """Run (or resume, or extend) the rank search; returns its run with ``search.json``."""
     import optuna
@@ -183,8 +165,9 @@ def run_rank_search(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLora
     from optuna.trial import TrialState
 
     # Bad layers or a rank range the model cannot take fail before any trial.
-    adapter = prepare_sparse(model_cfg, dataclasses.replace(adapter, r=search.r_max), sparse)
-    run = run_for("ranksearch", search_key(model_cfg, data, adapter, training, sparse, search))
+    setup = setup.replace(adapter=prepare_sparse(setup.model, dataclasses.replace(setup.adapter, r=search.r_max),
+                                                 sparse))
+    run = run_for("ranksearch", search_key(setup, sparse, search))
     local = search.storage is None
     url = search.storage or f"sqlite:///{run.file(STUDY_DB)}"
     name = search.study_name or run.id
@@ -208,7 +191,7 @@ def run_rank_search(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLora
         run.log(event="start", stage="search", total_steps=search.n_trials,
                 resumed_from=_finished(study))
         if todo > 0:
-            objective = make_objective(model_cfg, data, adapter, training, sparse, search)
+            objective = make_objective(setup, sparse, search)
             study.optimize(objective, n_trials=todo,
                            callbacks=[MaxTrialsCallback(search.n_trials,
                                                         states=(TrialState.COMPLETE, TrialState.PRUNED)),

@@ -4,38 +4,28 @@ for study runs and for any group of score runs alike."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TypedDict
+from typing import Any
 
 from floe import KEY_VERSIONS
-from floe.adapters.hydralora import HydraLoraConfig
-from floe.pipeline.data import DataConfig, data_key
+from floe.pipeline.data import data_key
 from floe.pipeline.score import ScoreConfig, load_layers, run_score
-from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig, run_warmup
+from floe.pipeline.setup import Setup
+from floe.pipeline.warmup import run_warmup
+from floe.store import artifacts
+from floe.store.artifacts import StabilityJson
 from floe.store.config import to_dict
 from floe.store.runs import Run, reuse_finished, run_for
 
-__all__ = ["STABILITY", "StabilityJson", "load_stability", "ranks_of", "run_analysis", "run_study",
-           "stability_payload"]
+__all__ = ["STABILITY", "load_stability", "ranks_of", "run_analysis", "run_study", "stability_payload"]
 
-STABILITY = "stability.json"
-
-
-class StabilityJson(TypedDict):
-    """stability.json: per data ratio (as a string key, largest first), the score run and
-    each layer's rank (1 = most important), with and without refinement."""
-
-    ratios: list[float]
-    score_runs: dict[str, str]
-    ranks: dict[str, list[int]]
-    ranks_without_refinement: dict[str, list[int]]
+STABILITY = artifacts.STABILITY
 
 
-def run_analysis(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-                 training: TrainConfig, score: ScoreConfig, force: bool = False,
-                 show_progress: bool = True) -> Run:
+
+def run_analysis(setup: Setup, score: ScoreConfig, force: bool = False, show_progress: bool = True) -> Run:
     """Warm-up + scoring, each reused when already done."""
-    warm = run_warmup(model, data, adapter, training, force=force, show_progress=show_progress)
+    warm = run_warmup(setup, force=force, show_progress=show_progress)
+    model = setup.model
     return run_score(warm, score, model.device, force=force, show_progress=show_progress,
                      trust_remote_code=model.trust_remote_code, device_map=model.device_map)
 
@@ -64,18 +54,18 @@ def load_stability(run: Run) -> StabilityJson:
     return run.read_json(STABILITY)
 
 
-def run_study(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-              training: TrainConfig, score: ScoreConfig, ratios: list[float],
-              force: bool = False, show_progress: bool = True) -> Run:
+def run_study(setup: Setup, score: ScoreConfig, ratios: list[float], force: bool = False,
+              show_progress: bool = True) -> Run:
     """The data-ratio stability study: one warm-up and scoring per ratio, same seed."""
     if not ratios:
         raise ValueError("--ratios needs at least one ratio")
     for r in ratios:
         if not 0 < r <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {r}")
-    key = {"floe": KEY_VERSIONS["study"], "model": to_dict(model), "data": data_key(data),
-           "adapter": to_dict(adapter), "train": to_dict(training), "score": to_dict(score),
-           "ratios": sorted(ratios, reverse=True)}
+    key: dict[str, Any] = {
+        "floe": KEY_VERSIONS["study"], "model": to_dict(setup.model), "data": data_key(setup.data),
+        "adapter": to_dict(setup.adapter), "train": to_dict(setup.training), "score": to_dict(score),
+        "ratios": sorted(ratios, reverse=True)}
     key["model"].pop("device")
     study = run_for("study", key)
     if reuse_finished(study, force):
@@ -84,8 +74,8 @@ def run_study(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
         runs = {}
         for r in key["ratios"]:
             study.log(event="stage", stage=f"ratio {r}", message=f"warm-up and scoring at ratio {r}")
-            runs[r] = run_analysis(model, dataclasses.replace(data, ratio=r), adapter,
-                                   training, score, force, show_progress)
+            runs[r] = run_analysis(setup.replace(data=dataclasses.replace(setup.data, ratio=r)), score,
+                                   force, show_progress)
         study.write_json(STABILITY, stability_payload(runs))
         study.finish([STABILITY])
     return study

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from floe.experiments.compare import SUMMARY as COMPARE_SUMMARY
 from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
-from floe.experiments.probe import ProbeJson
 from floe.method.agreement import agreement
-from floe.pipeline.policies import POLICIES, available_policies, probe_ranking, ranking_from
-from floe.pipeline.score import TIMINGS, LayersJson, load_layers
+from floe.pipeline.policies import POLICIES, available_policies, probe_ranking, ranking_from, spread_layers
+from floe.pipeline.score import TIMINGS, load_layers
 from floe.pipeline.warmup import SUMMARY as WARMUP
-from floe.store.runs import DONE, Run, list_runs, open_run
+from floe.store.artifacts import LayersJson, ProbeJson
+from floe.store.runs import DONE, CorruptRunError, Run, list_runs, open_run
 
-__all__ = ["agreement_table", "compare_gains", "floe_cost", "matching_probes", "matching_score_runs",
-           "probe_cost", "same_setup", "validation_summary", "verdict"]
+__all__ = ["PAPER_WARMUP_STEPS", "STARVED_WARMUP_STEPS", "agreement_table", "budget_sentence", "compare_gains",
+           "floe_cost", "matching_probes", "matching_score_runs", "probe_cost", "same_setup", "validation_summary",
+           "verdict", "warmup_budget"]
 
 # Policies with no ranking of their own to check.
 _NOT_RANKINGS = ("all",)
@@ -33,7 +34,9 @@ def agreement_table(layers: LayersJson, probe: ProbeJson, n_boot: int = 1000,
     """policy -> agreement figures (spearman, spearman_ci, partial_spearman given depth,
     its CI, precision_at_k) of every ranking this layers.json holds, against the probe's
     mean gains (a cheap probe: its ranking). Layers without a finished cell are left
-    out; with 2 layers rho is +-1 by construction (and its interval undefined)."""
+    out; with 2 layers rho is +-1 by construction (and its interval undefined). Policy
+    spread: rho from its farthest-point ranking, precision@k from the k evenly spaced
+    layers it adapts (spread over the probed layers when the probe covers a subset)."""
     pairs = _measured(probe)
     if len(pairs) < 2:
         return {}
@@ -41,8 +44,54 @@ def agreement_table(layers: LayersJson, probe: ProbeJson, n_boot: int = 1000,
     if probe["n_layers"] != layers["n_layers"]:
         raise ValueError(f"the probe has {probe['n_layers']} layers and the score run "
                          f"{layers['n_layers']}: they are of different models")
-    return {policy: agreement(ranking_from(layers, policy), gains, probed, n_boot=n_boot, seed=seed)
+    ordered = sorted(probed)
+
+    def spread(k: int) -> list[int]:
+        return [ordered[i] for i in spread_layers(len(ordered), k)]
+    return {policy: agreement(ranking_from(layers, policy), gains, probed, n_boot=n_boot, seed=seed,
+                              selection=spread if policy == "spread" else None)
             for policy in available_policies(layers) if policy not in _NOT_RANKINGS}
+
+
+# The paper warms up for one epoch over Databricks-Dolly-15K at batch 1: ~15,000 optimizer
+# steps. Below this many steps an adapter has barely moved, and so may FLoE's scores.
+STARVED_WARMUP_STEPS = 100
+PAPER_WARMUP_STEPS = 15_000
+
+
+def warmup_budget(score_run: Run) -> dict:
+    """What FLoE's scores of ``score_run`` were computed after: the warm-up's optimizer
+    steps, examples, tokens per example (cap) and tokens trained on (from its progress log;
+    None when it has none), and whether that is under STARVED_WARMUP_STEPS."""
+    warm_cfg = score_run.config["warmup"]
+    data, train = warm_cfg["data"], warm_cfg["train"]
+    steps, examples, tokens = None, None, None
+    try:
+        warm = open_run(score_run.config["warmup_run"])
+        summary = warm.read_json(WARMUP)
+        steps, examples = summary["steps"], summary["n_train"]
+        last = [r for r in warm.progress() if r.get("event") == "step"][-1:]
+        if last and "tokens_per_s" in last[0] and "elapsed" in last[0]:
+            tokens = round(last[0]["tokens_per_s"] * last[0]["elapsed"])
+    except (CorruptRunError, FileNotFoundError, KeyError, ValueError):
+        pass
+    return {"steps": steps, "examples": examples, "max_length": data.get("max_length"),
+            "epochs": train.get("epochs"), "batch_size": train.get("batch_size"), "tokens": tokens,
+            "starved": steps is not None and steps < STARVED_WARMUP_STEPS}
+
+
+def budget_sentence(budget: dict) -> str:
+    """The warm-up budget in words, with a plain note when the adapter barely trained."""
+    if budget["steps"] is None:
+        return "Warm-up budget unknown (its warm-up run is not in this cache)."
+    tokens = f", {budget['tokens']:,} tokens" if budget["tokens"] else ""
+    text = (f"FLoE's scores here come from a warm-up of {budget['steps']} optimizer steps over "
+            f"{budget['examples']} examples (≤ {budget['max_length']} tokens each{tokens}).")
+    if budget["starved"]:
+        text += (f" That adapter has barely trained (under {STARVED_WARMUP_STEPS} steps; the paper's "
+                 f"warm-up took about {PAPER_WARMUP_STEPS:,}): FLoE's Fisher terms may say little at this "
+                 "budget. Every agreement figure below holds at this budget only.")
+    return text
 
 
 def verdict(policy: str, figures: dict) -> str | None:
@@ -84,22 +133,41 @@ def compare_gains(score_run: Run, metric: str = "val_loss") -> dict[str, dict]:
 
 
 def probe_cost(probe: ProbeJson) -> dict:
-    """What a probe's selection cost: a cheap probe's whole wall time (one load, every
-    training and validation); for a cell probe the sum of its cells' training times
-    (model loads and validations excluded, so a lower bound)."""
+    """What a probe's selection cost, on the basis its run records support, which FLoE's
+    cost is then taken on too (``floe_cost``): a cheap probe's wall time of the whole run
+    (basis ``wall``: its one model load, every training and validation); for a cell probe
+    the sum of its cells' training times (basis ``training``: model loads and validations
+    excluded, so a lower bound)."""
     if probe.get("seconds") is not None:
-        return {"seconds": probe["seconds"], "what": f"{probe.get('schedule')} probe, wall time"}
+        return {"seconds": probe["seconds"], "basis": "wall",
+                "what": f"{probe.get('schedule')} probe: wall time of the run, its model load included "
+                        "(FLoE: the warm-up's and the scoring's wall times, their loads included)"}
     trained = [c["train_seconds"] for c in probe["cells"] if c.get("train_seconds") is not None]
-    return {"seconds": sum(trained) if trained else None,
-            "what": f"{len(trained)} cells, training time only (loads and validations excluded)"}
+    return {"seconds": sum(trained) if trained else None, "basis": "training",
+            "what": f"{len(trained)} cells: training time only, loads and validations excluded "
+                    "(FLoE: the warm-up's training time and the scoring's stages, loads excluded)"}
 
 
-def floe_cost(score_run: Run) -> float | None:
-    """FLoE's selection cost: the warm-up's training time plus the scoring's wall time."""
+def floe_cost(score_run: Run, basis: str = "wall") -> float | None:
+    """FLoE's selection cost, warm-up plus scoring, on a probe's ``basis`` (None where the
+    runs do not record it):
+
+    * ``wall``: the warm-up run's wall time (its state's started to finished: model load,
+      validations, training) plus the scoring's (timings.json total, its load included);
+    * ``training``: the warm-up's training time (warmup.json seconds) plus the scoring's
+      stages (timings.json's per-stage seconds: its model load excluded)."""
+    if basis not in ("wall", "training"):
+        raise ValueError(f"unknown cost basis {basis!r}: wall or training")
     try:
         warm = open_run(score_run.config["warmup_run"], score_run.path.parent.parent)
-        return warm.read_json(WARMUP)["seconds"] + score_run.read_json(TIMINGS)["total"]
-    except (OSError, ValueError, KeyError, TypeError):
+        timings = score_run.read_json(TIMINGS)
+        if basis == "wall":
+            state = warm.state
+            return state["finished"] - state["started"] + timings["total"]
+        # The stages' seconds are floats; the environment's fields are strings and an int.
+        stages = sum(v for name, v in timings.items() if name != "total" and isinstance(v, float))
+        return warm.read_json(WARMUP)["seconds"] + stages
+    except (OSError, ValueError, KeyError, TypeError, CorruptRunError):
         return None
 
 
@@ -139,4 +207,5 @@ def validation_summary(probe_run: Run, score_run: Run | None = None, n_boot: int
             "partial": probe["partial"], "score_run": score_run.id if score_run else None,
             "agreement": table,
             "verdicts": [v for p, f in table.items() if (v := verdict(p, f))],
+            "warmup_budget": warmup_budget(score_run) if score_run else None,
             "compare": compare_gains(score_run) if score_run else {}}

@@ -3,4 +3,4 @@ mask search, swap refinement, least-squares tuning, layer importance, baselines,
 agreement of layer rankings with measured gains."""
 
 __all__ = ["agreement", "baselines", "fisher", "importance", "masks", "normal_equations", "refine",
-           "search", "stats", "taylor", "tune"]
+           "search", "stats", "swaps", "taylor", "tune"]

@@ -8,14 +8,15 @@ policy is compared the same way. Against a probe's measured gains g:
 * Partial Spearman rho given depth: the rank correlation of score and gain once the
   layer index is partialled out of both, ``(r_sg - r_sd r_gd) / sqrt((1 - r_sd^2)(1 - r_gd^2))``.
   Near 0 means the ranking says nothing about the gains that depth does not already say.
-* Precision@k: the share of the ranking's top-k that is in the probe's top-k, for every k.
-  A random ranking has expected precision k / n.
+* Precision@k: the share of the ranking's top-k (or of a policy's own selection at k,
+  for spread) that is in the probe's top-k, for every k. A random ranking has expected
+  precision k / n.
 """
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["agreement", "bootstrap_ci", "partial_spearman", "partial_spearman_or_nan",
            "precision_at_k", "rank_values", "ranking_scores", "spearman", "spearman_or_nan"]
@@ -123,9 +124,14 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def agreement(ranking: Sequence[int], gains: Sequence[float], layers: Sequence[int] | None = None,
-              n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+              n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+              selection: Callable[[int], Sequence[int]] | None = None) -> dict:
     """All agreement figures of one ranking of all layers against the measured gains of
     ``layers`` (default: every layer; a probe of a subset compares on that subset).
+
+    ``selection``: k -> the k of ``layers`` the policy adapts, for a policy whose selection
+    at k is not its ranking's first k (spread); precision@k then scores that selection,
+    while rho and partial rho still use the ranking.
 
     Returns spearman, spearman_ci, partial_spearman (given depth), partial_spearman_ci and
     precision_at_k (k = 1..len(layers), over the probed layers)."""
@@ -142,7 +148,9 @@ def agreement(ranking: Sequence[int], gains: Sequence[float], layers: Sequence[i
     return {"spearman": _nan_to_none(spearman(score, gains)), "spearman_ci": list(rho_ci),
             "partial_spearman": _nan_to_none(partial_spearman(score, gains, depth)),
             "partial_spearman_ci": list(partial_ci),
-            "precision_at_k": precision_at_k(sub_ranking, truth)}
+            "precision_at_k": (precision_at_k(sub_ranking, truth) if selection is None else
+                               [len(set(selection(k)) & set(truth[:k])) / k
+                                for k in range(1, len(truth) + 1)])}
 
 
 def spearman_or_nan(x, y) -> float:

@@ -42,10 +42,24 @@ def adapter_update_norms(model, roles) -> torch.Tensor:
 # --------------------------------------------------------------------------- LoRA-drop
 @contextmanager
 def _output_norm_hooks(model, roles, totals: torch.Tensor, mask: dict):
-    """Add each adapter's squared output norm over real tokens to totals[layer]."""
+    """Add each adapter's squared output norm over real tokens to totals[layer].
+
+    A hook reads its adapter's output as output - base(x). On a fused projection the roles'
+    adapters are nested (Phi-3's v wraps k wraps q wraps qkv_proj), so that base(x) is a
+    forward of the inner adapters: their hooks must ignore it, or an inner role is counted
+    once per outer role (q four times, k and gate twice)."""
+    recomputing = [False]
+
     def hook_for(k: int):
         def hook(module, inputs, output):
-            delta = (output - module.base(inputs[0])).double()  # the adapter branch alone
+            if recomputing[0]:  # an outer hook's base(x) below, not the model's forward
+                return
+            recomputing[0] = True
+            try:
+                base = module.base(inputs[0])  # the inner adapters' outputs included
+            finally:
+                recomputing[0] = False
+            delta = (output - base).double()  # this adapter's branch alone
             totals[k] += float((delta.square().sum(-1) * mask["tokens"]).sum())
         return hook
     handles, seen = [], set()
@@ -84,20 +98,26 @@ def adapter_output_norms(model, batches, roles) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- HT-SR
 def hill_alpha(eigenvalues: torch.Tensor) -> float:
-    """Power-law exponent of an eigenvalue spectrum's tail by the Hill estimator, with the
-    tail taken as the upper half (AlphaLoRA's and TempBalance's ``xmin_mid``): with the
-    positive eigenvalues sorted ascending and i = n // 2,
+    """Power-law exponent of an eigenvalue spectrum's tail by the Hill estimator (METHOD 12,
+    PL_Alpha_Hill): with the n positive eigenvalues sorted ascending (1-based), the tail the
+    largest k = n // 2 (n/2 rounded down for odd n) and the threshold the eigenvalue below
+    them, lambda_{n-k},
 
-        alpha = 1 + (n - i) / sum_{j >= i} log(lambda_j / lambda_i) .
+        alpha = 1 + k / sum_{i=1..k} log(lambda_{n-i+1} / lambda_{n-k}) .
 
-    Heavier tails (a better-trained layer, in HT-SR theory) give a smaller alpha."""
+    This is the classical Hill estimator of the tail index a (P(lambda > x) ~ x^-a) plus
+    one, i.e. the exponent of the density p(lambda) ~ lambda^-alpha. (Earlier score runs store
+    the ``xmin_mid`` reading: threshold at the 0-based index n // 2, itself counted in the
+    tail.) Heavier tails (a better-trained layer, in HT-SR theory) give a
+    smaller alpha; a flat tail (all equal to the threshold) gives inf."""
     lam = torch.sort(eigenvalues.double()[eigenvalues > 0]).values
-    if lam.numel() < 2:
+    n = lam.numel()
+    if n < 2:
         raise ValueError("the Hill estimator needs at least 2 positive eigenvalues")
-    i = lam.numel() // 2
-    tail = lam[i:]
-    spread = float(torch.log(tail / lam[i]).sum())
-    return math.inf if spread == 0 else 1.0 + tail.numel() / spread
+    k = n // 2
+    threshold = lam[n - k - 1]  # lambda_{n-k}, 1-based
+    spread = float(torch.log(lam[n - k:] / threshold).sum())
+    return math.inf if spread == 0 else 1.0 + k / spread
 
 
 def ht_sr_alphas(model, roles=arch.ROLES) -> torch.Tensor:

@@ -37,9 +37,9 @@ def mask_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
     that only activation gradients are computed; the model's .grad stay untouched.
     """
     shape = arch.shape_of(model.config)
-    kw = dict(device=model_device(model), dtype=stat_dtype(next(model.parameters()).dtype))
-    tau_heads = torch.zeros(shape.n_layers, shape.n_heads, **kw)
-    tau_neurons = torch.zeros(shape.n_layers, shape.intermediate, **kw)
+    device, dtype = model_device(model), stat_dtype(next(model.parameters()).dtype)
+    tau_heads = torch.zeros(shape.n_layers, shape.n_heads, device=device, dtype=dtype)
+    tau_neurons = torch.zeros(shape.n_layers, shape.intermediate, device=device, dtype=dtype)
     total = steps_of(batches)
     with eval_mode(model), frozen_parameters(model), capture_mask_gradients(model) as grads:
         for step, batch in enumerate(batches, 1):

@@ -68,7 +68,8 @@ def successive_halving(layers: list[int], measure: Callable[[int, int], float],
     if len(schedule) and schedule[0][0] != len(layers):
         raise ValueError(f"the schedule's first rung measures {schedule[0][0]} layers, not the "
                          f"{len(layers)} given")
-    remaining, rungs, measured = list(layers), [], {}
+    remaining, rungs = list(layers), []
+    measured: dict[int, dict[int, float]] = {}
     for r, (_, steps) in enumerate(schedule):
         gains = [measure(k, steps) for k in remaining]
         for k, g in zip(remaining, gains):

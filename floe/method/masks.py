@@ -95,7 +95,7 @@ def per_sample_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torc
 # ----------------------------------------------------------------- where masks attach
 
 
-def pretrained_linear(model: nn.Module, layer: int, role: str) -> nn.Linear:
+def pretrained_linear(model: nn.Module, layer: int, role: str) -> nn.Module:
     """The pretrained linear of ``role`` in ``layer``: the base of its HydraLoRA wrappers
     (for a fused role, the whole fused linear: ``arch.role_rows`` says which rows)."""
     return base_layer(arch.projection(model, layer, role))
@@ -213,7 +213,8 @@ class MaskGradients:
         if missing:
             raise RuntimeError(f"no mask gradients for layers {missing}: run a backward pass "
                                "of the loss inside capture_mask_gradients first")
-        heads, neurons = torch.stack(self.heads, 1), torch.stack(self.neurons, 1)
+        heads = torch.stack([h for h in self.heads if h is not None], 1)  # none is, by the check above
+        neurons = torch.stack([n for n in self.neurons if n is not None], 1)
         for k in range(self.shape.n_layers):  # in place: the hooks hold these lists
             self.heads[k] = self.neurons[k] = None
         return heads, neurons

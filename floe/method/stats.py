@@ -8,16 +8,19 @@ import math
 import statistics
 from typing import TypedDict
 
-__all__ = ["MeanCI", "mean_ci", "t_cdf", "t_quantile"]
+__all__ = ["Interval", "mean_ci", "t_cdf", "t_quantile"]
 
 
-class MeanCI(TypedDict):
+class Interval(TypedDict):
+    """What ``mean_ci`` returns: artifacts.MeanCI with every field, the mean always set."""
+
     n: int
     mean: float
     std: float | None
     half_width: float | None
     ci_low: float | None
     ci_high: float | None
+
 
 
 def t_cdf(t: float, df: float) -> float:
@@ -31,7 +34,7 @@ def t_quantile(p: float, df: float) -> float:
     return float(student_t.ppf(p, df))
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> MeanCI:
+def mean_ci(values: list[float], confidence: float = 0.95) -> Interval:
     """Mean and the two-sided t-interval of the mean (None with one value)."""
     n, mean = len(values), statistics.fmean(values)
     if n < 2:

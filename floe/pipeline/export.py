@@ -45,7 +45,9 @@ def target_modules_regex(model_config, layers: list[int], targets: list[str]) ->
 
 def lora_config(model_config, adapter: HydraLoraConfig, base_model: str):
     from peft import LoraConfig
-    return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+    assert adapter.layers is not None, "a trained adapter has its layers"
+    # peft annotates lora_alpha as int but only divides by it (alpha / r): a float alpha is kept exact
+    return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,  # type: ignore[arg-type]
                       target_modules=target_modules_regex(model_config, adapter.layers, adapter.targets),
                       task_type="CAUSAL_LM", base_model_name_or_path=base_model)
 

@@ -14,9 +14,10 @@ from floe.adapters.hydralora import HydraLoraConfig
 from floe.models import memory
 from floe.models.memory import GIB, HEADROOM, ModelDims, StageMemory
 from floe.pipeline.data import DataConfig
+from floe.pipeline.policies import layer_ranges
 from floe.pipeline.score import ScoreConfig
+from floe.pipeline.setup import Setup
 from floe.pipeline.train import TrainConfig
-from floe.pipeline.warmup import ModelConfig
 
 __all__ = ["LABELS", "Plan", "PlanError", "PlanJson", "StageJson", "build_plan", "check_plan",
            "model_dims", "plan_lines", "stage_memory"]
@@ -132,12 +133,12 @@ def stage_memory(dims: ModelDims, data: DataConfig, adapter: HydraLoraConfig, tr
     }
 
 
-def build_plan(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig, training: TrainConfig,
-               score: ScoreConfig, layers: list[int] | None = None, k: int = 8,
+def build_plan(setup: Setup, score: ScoreConfig, layers: list[int] | None = None, k: int = 8,
                device_memory_gib: float | None = None, dims: ModelDims | None = None) -> Plan:
     """The plan of every stage. Training adapts ``layers``, or else the top ``k`` layers
     (the cheapest k: a selection reaching lower trains with more memory). Device memory:
     the given GiB, else the chosen device's free memory now."""
+    model_cfg, data, adapter, training = setup.model, setup.data, setup.adapter, setup.training
     dims = dims or model_dims(model_cfg.model, model_cfg.trust_remote_code)
     n_layers = dims.shape.n_layers
     if layers is None:
@@ -148,16 +149,17 @@ def build_plan(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfi
     device, width = _device_and_width(model_cfg.device)
     if device_memory_gib is None:
         device_memory_gib = _free_gib(device)
-    chunks = score.taylor_chunks
-    if chunks == "auto" and device_memory_gib is None:
-        raise ValueError(f"--taylor-chunks auto plans for the device's memory: {device} is not on this "
-                         "machine, so give --device-memory GIB")
-    if chunks == "auto":
+    if score.taylor_chunks == "auto":
+        if device_memory_gib is None:
+            raise ValueError(f"--taylor-chunks auto plans for the device's memory: {device} is not on this "
+                             "machine, so give --device-memory GIB")
         found = memory.taylor_chunks_for(dims, score.score_batch_size * data.max_length, width,
                                          HEADROOM * device_memory_gib * GIB,
                                          (adapter.r, adapter.experts, tuple(adapter.targets)))
         chunks = found or n_layers
-    chunks = min(int(chunks), n_layers)
+    else:
+        chunks = int(score.taylor_chunks)
+    chunks = min(chunks, n_layers)
     plan = Plan(model_cfg.model, device, device_memory_gib, width, sorted(layers), chunks)
     plan.stages = stage_memory(dims, data, adapter, training, score, plan.layers, width, chunks)
     return plan
@@ -181,16 +183,10 @@ def plan_lines(plan: Plan) -> list[str]:
     """The plan as text: one line per stage, its peak and its parts, largest first."""
     budget = "" if plan.device_memory_gib is None else f", {plan.device_memory_gib:.1f} GiB free"
     lines = [f"{plan.model} on {plan.device} ({plan.width}-byte activations{budget}); "
-             f"training layers {_ranges(plan.layers)}"]
+             f"training layers {layer_ranges(plan.layers)}"]
     for name, stage in plan.stages.items():
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stage.gib().items(), key=lambda kv: -kv[1]))
         verdict = "" if plan.device_memory_gib is None else ("  fits" if plan.fits(name) else "  DOES NOT FIT")
         note = f" [{stage.note}]" if stage.note else ""
         lines.append(f"  {LABELS[name]:>15}: {stage.peak_gib:6.2f} GiB  ({parts}){note}{verdict}")
     return lines
-
-
-def _ranges(layers: list[int]) -> str:
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
-    return ",".join(map(str, layers))

@@ -3,13 +3,16 @@ each reads from (or derives from) a score run's layers.json, or, for policy ``pr
 from a probe run's probe.json (the layers ranked by their measured gain)."""
 from __future__ import annotations
 
-from floe.pipeline.score import LayersJson, load_layers
+from floe.pipeline.score import load_layers
+from floe.store import artifacts
+from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, Run, open_run
 
 __all__ = ["MEASURED", "POLICIES", "PROBE_SUMMARY", "available_policies", "check_policy", "depth_ranking",
-           "open_probe_run", "probe_ranking", "ranking_for", "ranking_from", "spread_ranking"]
+           "layer_ranges", "open_probe_run", "probe_ranking", "ranking_for", "ranking_from", "selected_layers",
+           "spread_layers", "spread_ranking"]
 
-PROBE_SUMMARY = "probe.json"
+PROBE_SUMMARY = artifacts.PROBE
 
 # name -> label shown in the app. Order: FLoE first, then the baselines (METHOD 12), then
 # the practitioners' heuristics (docs/method.md, "Policies").
@@ -45,10 +48,34 @@ def depth_ranking(n_layers: int, deepest_first: bool = True) -> list[int]:
     return order[::-1] if deepest_first else order
 
 
+def spread_layers(n_layers: int, k: int) -> list[int]:
+    """What policy ``spread`` adapts (METHOD 12): k evenly spaced layers, round(i (n-1) / (k-1))
+    for i = 0..k-1, halves rounded down (ties to the lower index); k = 1: the middle layer,
+    (n-1) // 2. E.g. n=30: k=4 -> 0, 10, 19, 29; k=8 -> 0, 4, 8, 12, 17, 21, 25, 29.
+    These sets are not nested (k=1: 14, k=2: 0, 29), so no one ranking has them as its
+    top-k for every k: select with ``selected_layers``, not a ranking's first k."""
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"k={k} must be in 1..{n_layers} (the model's layers)")
+    if k == 1:
+        return [(n_layers - 1) // 2]
+    # round half down of i (n-1) / (k-1), in integers: ceil((2 i (n-1) - (k-1)) / (2 (k-1)))
+    return [-((k - 1 - 2 * i * (n_layers - 1)) // (2 * (k - 1))) for i in range(k)]
+
+
+def selected_layers(policy: str, ranking: list[int], k: int) -> list[int]:
+    """The k layers ``policy`` adapts, sorted: the first k of its ``ranking`` (of all the
+    layers), except for ``spread``, whose selection is ``spread_layers`` at every k."""
+    if policy == "spread":
+        return spread_layers(len(ranking), k)
+    return sorted(ranking[:k])
+
+
 def spread_ranking(n_layers: int) -> list[int]:
-    """Layers in farthest-point order: each next layer is the one farthest from those
-    already taken, the ends counting as taken at -1 and n (ties: lower index). Every
-    top-k is spread over the depth, e.g. n=30: 14, 22, 6, 10, 18, 26, 2, ..."""
+    """Policy ``spread``'s ranking of all layers, used only where a ranking of every layer
+    is needed (its Spearman rho with measured gains); what it adapts at k is
+    ``spread_layers``. Farthest-point order: each next layer is the one farthest from those
+    already taken, the ends counting as taken at -1 and n (ties: lower index), so that
+    every top-k is spread over the depth, e.g. n=30: 14, 22, 6, 10, 18, 26, 2, ..."""
     taken: list[int] = []
     while len(taken) < n_layers:
         fences = sorted([-1, n_layers, *taken])
@@ -58,6 +85,18 @@ def spread_ranking(n_layers: int) -> list[int]:
                 best, best_gap = (lo + hi) // 2, (hi - lo) / 2
         taken.append(best)
     return taken
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """A layer selection as text, runs of three or more layers as ranges:
+    [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7, 8" (the memory plan's and the results tables' format)."""
+    runs: list[list[int]] = []
+    for k in layers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def ranking_from(layers: LayersJson, policy: str) -> list[int]:
@@ -78,7 +117,7 @@ def ranking_from(layers: LayersJson, policy: str) -> list[int]:
     if policy == "spread":
         return spread_ranking(n)
     stored = layers.get("baselines", {}).get(policy.replace("-", "_"))
-    if stored is None:
+    if not isinstance(stored, list):  # None: not stored (a computed key reads as object)
         raise ValueError(f"this score run has no {policy!r} ranking (it was computed by an older "
                          "floe): run the analysis again to get it")
     return stored
@@ -90,7 +129,7 @@ def available_policies(layers: LayersJson) -> list[str]:
             and (p not in _STORED or p.replace("-", "_") in layers.get("baselines", {}))]
 
 
-def probe_ranking(probe: dict) -> list[int]:
+def probe_ranking(probe: ProbeJson) -> list[int]:
     """The probed layers, most useful first: a cheap probe's own ranking, else by mean
     gain (ties and layers without a finished cell: lower layer first, unmeasured last)."""
     if probe.get("ranking"):

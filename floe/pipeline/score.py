@@ -12,10 +12,11 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from floe import KEY_VERSIONS
@@ -29,7 +30,7 @@ from floe.method.importance import (
     rank_layers,
     unit_weight_counts,
 )
-from floe.method.refine import refine_masks
+from floe.method.refine import RefineResult, refine_masks
 from floe.method.search import greedy_masks
 from floe.method.taylor import average_costs, taylor_costs
 from floe.method.tune import tune_mask_sets
@@ -37,13 +38,15 @@ from floe.models import arch
 from floe.pipeline.data import batches as make_batches
 from floe.pipeline.data import data_config, load_split, tokenize
 from floe.pipeline.warmup import load_warmed_up
+from floe.store import artifacts
+from floe.store.artifacts import LayersJson, Refinement
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_save_tensors, open_run, reuse_finished, run_for
 
-__all__ = ["LayersJson", "ScoreConfig", "baseline_signals", "compute_scores", "load_layers",
-           "load_units", "open_score_run", "refinement_summary", "run_score", "summary"]
+__all__ = ["ScoreConfig", "baseline_signals", "compute_scores", "load_layers", "load_units", "open_score_run",
+           "refinement_summary", "run_score", "summary"]
 
-UNITS, LAYERS, TIMINGS = "units.safetensors", "layers.json", "timings.json"
+UNITS, LAYERS, TIMINGS = "units.safetensors", artifacts.LAYERS, artifacts.TIMINGS
 
 
 @dataclass
@@ -77,89 +80,14 @@ class ScoreConfig:
 
 
 # --------------------------------------------------------------------------- layers.json
-class Components(TypedDict):
-    """Per-layer parts of the score (lists indexed by layer)."""
-
-    head_share: list[float]       # retained share of head capacity after tuning
-    neuron_share: list[float]     # retained share of neuron capacity after tuning
-    binary_share: list[float]     # retained share of capacity of the refined binary masks
-    fisher_heads: list[float]     # sum of the heads' mask Fisher
-    fisher_neurons: list[float]
-    taylor_heads: list[float]     # sum of the heads' Taylor costs
-    taylor_neurons: list[float]
-    retained_heads: list[int]     # units the refined masks keep
-    retained_neurons: list[int]
-
-
-class Baselines(TypedDict):
-    """Rankings (most important first) of the baseline policies."""
-
-    random: list[int]
-    weight_norm: list[int]
-    adapter_norm: list[int]
-    all: list[int]
-    lora_drop: list[int]          # by the warm-up adapter's summed squared output norm
-    ht_sr: list[int]              # by the mean HT-SR alpha of the layer's weights
-
-
-class Signals(TypedDict):
-    """The baselines' per-layer values behind their rankings."""
-
-    weight_norm: list[float]
-    adapter_norm: list[float]
-    lora_drop: list[float]
-    ht_sr: list[float]
-
-
-class Refinement(TypedDict):
-    """Losses are sum of tau over masked units; costs are per-unit Taylor costs over C."""
-
-    swaps: int
-    dropped_to_fit: int
-    fill: bool                    # whether the fill step ran (ScoreConfig.fill)
-    filled: int                   # units the fill step added back
-    greedy_loss: float            # of the greedy masks (Algorithm 1), before fitting
-    greedy_cost_ratio: float      # the greedy masks' cost / C (above 1: drop-to-fit acts)
-    fit_loss: float | None        # after drop-to-fit, before the swaps
-    refined_loss: float | None    # after the swaps (and the fill step, when on)
-    refined_cost_ratio: float     # the refined masks' cost / C
-
-
-class Tuning(TypedDict):
-    fallbacks: int
-    error_binary: float
-    error_tuned: float
-
-
-class LayersJson(TypedDict, total=False):
-    """layers.json of a score run (docs/artifacts.md)."""
-
-    n_layers: int
-    n_heads: int
-    n_neurons: int
-    beta: float
-    seed: int
-    layer_scores: list[float]                      # s_k with refinement
-    ranking: list[int]                             # layers by s_k, most important first
-    layer_scores_without_refinement: list[float]
-    ranking_without_refinement: list[int]
-    components: Components
-    baselines: Baselines
-    signals: Signals
-    refinement: Refinement
-    tuning: Tuning
-    model: str
-    data: str
-    ratio: float
-    n_scoring_samples: int
-
 
 # --------------------------------------------------------------------------- progress
 class _Stages:
     """Times each stage, logs it to the run and shows a progress bar."""
 
     def __init__(self, run: Run, show: bool):
-        self.run, self.show, self.seconds = run, show, {}
+        self.run, self.show = run, show
+        self.seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str, total: int | None = None):
@@ -250,10 +178,21 @@ def baseline_signals(model, batches: list[dict], roles) -> dict[str, torch.Tenso
             "ht_sr": ht_sr_alphas(model)}
 
 
-def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Stages,
-                   seed: int, roles) -> tuple[dict, LayersJson]:
-    """All FLoE stages on one adapted model. Returns (unit tensors, layers.json payload)."""
-    shape = arch.shape_of(model.config)
+@dataclass
+class _Measured:
+    """What the stages measured on one adapted model (CPU tensors)."""
+
+    cost: tuple[Tensor, Tensor]           # per-unit Taylor costs (heads, neurons)
+    tau: tuple[Tensor, Tensor]            # per-unit mask Fisher
+    greedy: tuple[Tensor, Tensor]         # Algorithm 1's masks
+    refined: RefineResult                 # Algorithm 2's
+    budget: float
+    tuned: dict[str, Any]                 # "refined", "greedy": least-squares tuned masks
+    signals: dict[str, Tensor]            # the baselines' per-layer values
+
+
+def _run_stages(model, batches: list[dict], config: ScoreConfig, stages: _Stages, roles) -> _Measured:
+    """Taylor costs, mask Fisher, greedy search, refinement, tuning and baselines, in order."""
     chunks = taylor_chunk_count(model, config, batches)
     with stages.stage("taylor", len(batches) * chunks) as progress:
         cost_h, cost_n = taylor_costs(model, batches, progress, chunks=chunks)
@@ -267,22 +206,32 @@ def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Sta
         budget = float(config.beta * (cost_h.double().sum() + cost_n.double().sum()))
         refined = refine_masks(tau_h, tau_n, cost_h, cost_n, greedy_h, greedy_n, budget,
                                fill=config.fill)
-    with stages.stage("tune", shape.n_layers) as progress:  # refined and greedy together
+    with stages.stage("tune", arch.shape_of(model.config).n_layers) as progress:  # both mask sets
         tuned = dict(zip(("refined", "greedy"), tune_mask_sets(
             model, batches, [(refined.keep_heads, refined.keep_neurons), (greedy_h, greedy_n)],
             damping=config.damping, bound=config.bound, progress=progress)))
     with stages.stage("baselines"):
         signals = baseline_signals(model, batches, roles)
-    scores, binary = _masks_to_scores(tuned["refined"], refined.keep_heads, refined.keep_neurons, shape)
-    scores_nr, _ = _masks_to_scores(tuned["greedy"], greedy_h, greedy_n, shape)
-    units = {"tau_heads": tau_h, "tau_neurons": tau_n, "cost_heads": cost_h,
-             "cost_neurons": cost_n, "greedy_heads": greedy_h.float(),
-             "greedy_neurons": greedy_n.float(), "refined_heads": refined.keep_heads.float(),
-             "refined_neurons": refined.keep_neurons.float(),
-             "tuned_heads": tuned["refined"].head_values.float().cpu(),
-             "tuned_neurons": tuned["refined"].neuron_values.float().cpu()}
+    return _Measured((cost_h, cost_n), (tau_h, tau_n), (greedy_h, greedy_n), refined, budget, tuned, signals)
+
+
+def _unit_tensors(m: _Measured) -> dict[str, Tensor]:
+    """units.safetensors: every unit's scores, costs and masks."""
+    refined, tuned = m.refined, m.tuned["refined"]
+    return {"tau_heads": m.tau[0], "tau_neurons": m.tau[1], "cost_heads": m.cost[0], "cost_neurons": m.cost[1],
+            "greedy_heads": m.greedy[0].float(), "greedy_neurons": m.greedy[1].float(),
+            "refined_heads": refined.keep_heads.float(), "refined_neurons": refined.keep_neurons.float(),
+            "tuned_heads": tuned.head_values.float().cpu(), "tuned_neurons": tuned.neuron_values.float().cpu()}
+
+
+def _layers_payload(m: _Measured, shape: arch.Shape, config: ScoreConfig, seed: int) -> dict:
+    """layers.json's scores, rankings and summaries (run_score adds model, data, ratio)."""
+    refined = m.refined
+    scores, binary = _masks_to_scores(m.tuned["refined"], refined.keep_heads, refined.keep_neurons, shape)
+    scores_nr, _ = _masks_to_scores(m.tuned["greedy"], *m.greedy, shape)
     as_list = lambda t: [float(x) for x in t]  # noqa: E731
-    layers: LayersJson = {
+    tuned = m.tuned["refined"]
+    return {
         "n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_neurons": shape.intermediate,
         "beta": config.beta, "seed": seed,
         "layer_scores": as_list(scores["score"]), "ranking": rank_layers(scores["score"]),
@@ -291,21 +240,25 @@ def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Sta
         "components": {
             "head_share": as_list(scores["head_share"]), "neuron_share": as_list(scores["neuron_share"]),
             "binary_share": as_list(binary["retained_share"]),
-            "fisher_heads": as_list(tau_h.sum(1)), "fisher_neurons": as_list(tau_n.sum(1)),
-            "taylor_heads": as_list(cost_h.sum(1)), "taylor_neurons": as_list(cost_n.sum(1)),
+            "fisher_heads": as_list(m.tau[0].sum(1)), "fisher_neurons": as_list(m.tau[1].sum(1)),
+            "taylor_heads": as_list(m.cost[0].sum(1)), "taylor_neurons": as_list(m.cost[1].sum(1)),
             "retained_heads": [int(x) for x in refined.keep_heads.sum(1)],
             "retained_neurons": [int(x) for x in refined.keep_neurons.sum(1)]},
         "baselines": {"random": random_ranking(shape.n_layers, seed),
-                      **{name: norm_ranking(values) for name, values in signals.items()},
+                      **{name: norm_ranking(values) for name, values in m.signals.items()},
                       "all": all_layers(shape.n_layers)},
-        "signals": {name: as_list(values) for name, values in signals.items()},
-        "refinement": refinement_summary(refined, (tau_h, tau_n), (cost_h, cost_n),
-                                         (greedy_h, greedy_n), budget, config.fill),
-        "tuning": {"fallbacks": int(tuned["refined"].fallback.sum()),
-                   "error_binary": float(tuned["refined"].error_binary.sum()),
-                   "error_tuned": float(tuned["refined"].error_tuned.sum())},
+        "signals": {name: as_list(values) for name, values in m.signals.items()},
+        "refinement": refinement_summary(refined, m.tau, m.cost, m.greedy, m.budget, config.fill),
+        "tuning": {"fallbacks": int(tuned.fallback.sum()), "error_binary": float(tuned.error_binary.sum()),
+                   "error_tuned": float(tuned.error_tuned.sum())},
     }
-    return units, layers
+
+
+def compute_scores(model, batches: list[dict], config: ScoreConfig, stages: _Stages,
+                   seed: int, roles) -> tuple[dict, dict]:
+    """All FLoE stages on one adapted model. Returns (unit tensors, layers.json payload)."""
+    measured = _run_stages(model, batches, config, stages, roles)
+    return _unit_tensors(measured), _layers_payload(measured, arch.shape_of(model.config), config, seed)
 
 
 def _environment(model) -> dict:

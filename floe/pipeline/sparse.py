@@ -20,41 +20,27 @@ from pathlib import Path
 
 import torch
 
-from floe import KEY_VERSIONS
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from floe.models import arch
 from floe.models.load import load_model, model_fingerprint, resolve_device
-from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
-from floe.pipeline.policies import MEASURED, POLICIES, check_policy, open_probe_run, ranking_for
+from floe.pipeline.data import load_split, tokenize
+from floe.pipeline.policies import MEASURED, POLICIES, check_policy, open_probe_run, ranking_for, selected_layers
 from floe.pipeline.score import load_layers, open_score_run
-from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
-from floe.pipeline.warmup import ModelConfig
-from floe.store.config import option, to_dict
+from floe.pipeline.setup import ModelConfig, Setup
+from floe.pipeline.train import train, validation_loss
+from floe.store import artifacts
+from floe.store.artifacts import TrainJson
+from floe.store.config import option
 from floe.store.runs import DONE, Run, RunLockedError, read_json, reuse_finished, run_for
 
-__all__ = ["ADAPTER_DIR", "SUMMARY", "PeakMemory", "ReportingRun", "RunStoppedError",
-           "SparseConfig", "TrainJson", "check_same_model", "layer_scores", "load_trained",
-           "max_rank", "model_shape", "prepare_sparse", "probe_run_defaults", "resolve_layers",
-           "run_sparse_training",
+__all__ = ["ADAPTER_DIR", "SUMMARY", "PeakMemory", "ReportingRun", "RunStoppedError", "SparseConfig",
+           "check_same_model", "layer_scores", "load_trained", "max_rank", "model_shape", "prepare_sparse",
+           "probe_run_defaults", "rank_and_world_size", "resolve_layers", "run_sparse_training",
            "score_run_defaults", "sparse_run", "summary_of", "train_key"]
 
 ADAPTER_DIR = "adapter"
-SUMMARY = "train.json"
+SUMMARY = artifacts.TRAIN
 
-
-class TrainJson(TrainSummary):
-    """train.json of a sparse training run."""
-
-    layers: list[int]
-    r: int
-    val_loss_before: float | None
-    val_loss_after: float | None
-    n_train: int
-    n_val: int
-    trainable_parameters: int
-    peak_memory_bytes: int | None
-    peak_memory_source: str
-    device: str
 
 
 @dataclass
@@ -98,9 +84,9 @@ class SparseConfig:
 def layer_scores(run: Run) -> dict:
     """The parts of a scoring worth keeping with an adapter: scores and rankings."""
     layers = load_layers(run)
-    keys = ("layer_scores", "ranking", "layer_scores_without_refinement",
-            "ranking_without_refinement", "beta", "ratio", "seed")
-    return {"score_run": run.id, **{k: layers[k] for k in keys if k in layers}}
+    kept = {k: layers[k] for k in ("layer_scores", "ranking", "layer_scores_without_refinement",
+                                   "ranking_without_refinement", "beta", "ratio", "seed") if k in layers}
+    return {"score_run": run.id, **kept}
 
 
 def score_run_defaults(score_run: str) -> dict:
@@ -121,6 +107,7 @@ def _selecting_run(sparse: SparseConfig) -> Run | None:
     if sparse.layers is not None:
         return None
     if sparse.policy in MEASURED:
+        assert sparse.probe_run is not None, "SparseConfig requires a probe run for a measured policy"
         return open_probe_run(sparse.probe_run)
     return open_score_run(sparse.score_run) if sparse.score_run is not None else None
 
@@ -139,7 +126,9 @@ def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
         raise ValueError(f"k={sparse.k} is larger than the model's {n_layers} layers")
     if sparse._own_random_draw:
         return sorted(random.Random(sparse.random_seed).sample(range(n_layers), sparse.k))
-    ranking = ranking_for(_selecting_run(sparse), sparse.policy)
+    selecting = _selecting_run(sparse)
+    assert selecting is not None, "SparseConfig requires a score or probe run for this policy"
+    ranking = ranking_for(selecting, sparse.policy)
     if sparse.policy in MEASURED:
         if not set(ranking) <= set(range(n_layers)):
             raise ValueError(f"probe run {sparse.probe_run} measured layers {sorted(ranking)}, but "
@@ -150,7 +139,7 @@ def resolve_layers(sparse: SparseConfig, n_layers: int) -> list[int]:
     elif sorted(ranking) != list(range(n_layers)):
         raise ValueError(f"score run {sparse.score_run} ranks {len(ranking)} layers, but this "
                          f"model has {n_layers}: it was scored on another model")
-    return sorted(ranking[:sparse.k])
+    return selected_layers(sparse.policy, ranking, sparse.k)  # spread: evenly spaced at k
 
 
 def check_same_model(sparse: SparseConfig, fingerprint: dict) -> None:
@@ -237,20 +226,20 @@ def _validator(model, val: list[dict], pad_id: int) -> Callable[[], float | None
     return validate
 
 
-def train_key(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-              training: TrainConfig, sparse: SparseConfig) -> dict:
-    """Everything that changes the trained adapter (the layers resolved), plus provenance."""
+def train_key(setup: Setup, sparse: SparseConfig) -> dict:
+    """Everything that changes the trained adapter (the layers resolved in ``setup.adapter``),
+    plus provenance."""
+    assert setup.adapter.layers is not None, "the setup's adapter has its layers resolved"
     selection = {"policy": sparse.policy if sparse.layers is None else "explicit",
-                 "k": len(adapter.layers), "score_run": sparse.score_run}
+                 "k": len(setup.adapter.layers), "score_run": sparse.score_run}
     if sparse._own_random_draw and sparse.layers is None:
         selection["random_seed"] = sparse.random_seed
     if sparse.policy in MEASURED and sparse.layers is None:  # other selections keep their keys
         selection["probe_run"] = sparse.probe_run
-    return {"floe": KEY_VERSIONS["train"], "model": model_fingerprint(model_cfg.model), "data": data_key(data),
-            "adapter": to_dict(adapter), "train": to_dict(training), "selection": selection}
+    return {**setup.key("train"), "selection": selection}
 
 
-def _distributed() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
     """(rank, world size) under torchrun / accelerate launch, (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -263,7 +252,7 @@ def _barrier() -> None:
 def _process_device(model_cfg: ModelConfig) -> str:
     """Each DDP process loads the model onto its own GPU; CPU stays CPU."""
     device = resolve_device(model_cfg.device)
-    if device.type == "cuda" and device.index is None and _distributed()[1] > 1:
+    if device.type == "cuda" and device.index is None and rank_and_world_size()[1] > 1:
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return str(device)
 
@@ -298,10 +287,10 @@ def prepare_sparse(model_cfg: ModelConfig, adapter: HydraLoraConfig,
     return dataclasses.replace(adapter, layers=resolve_layers(sparse, shape.n_layers))
 
 
-def sparse_run(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-               training: TrainConfig, sparse: SparseConfig) -> tuple[Run, HydraLoraConfig]:
-    adapter = prepare_sparse(model_cfg, adapter, sparse)
-    return run_for("train", train_key(model_cfg, data, adapter, training, sparse)), adapter
+def sparse_run(setup: Setup, sparse: SparseConfig) -> tuple[Run, Setup]:
+    """The run of a sparse training, and the setup with its layers resolved."""
+    setup = setup.replace(adapter=prepare_sparse(setup.model, setup.adapter, sparse))
+    return run_for("train", train_key(setup, sparse)), setup
 
 
 class RunStoppedError(RuntimeError):
@@ -317,8 +306,7 @@ def _wait_for(run: Run, poll_s: float = 2.0) -> None:
                            f"with status {run.status}; run the command again to resume it")
 
 
-def run_sparse_training(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-                        training: TrainConfig, sparse: SparseConfig, force: bool = False,
+def run_sparse_training(setup: Setup, sparse: SparseConfig, force: bool = False,
                         show_progress: bool = True, on_record: Callable | None = None,
                         wait_if_locked: bool = False) -> Run:
     """Train HydraLoRA on the chosen layers only (or reuse the finished run). Resumable.
@@ -326,10 +314,10 @@ def run_sparse_training(model_cfg: ModelConfig, data: DataConfig, adapter: Hydra
     ``on_record`` sees every progress record (used by the rank search to report losses and
     prune); ``wait_if_locked`` waits for a concurrent process computing the same run.
     """
-    run, adapter = sparse_run(model_cfg, data, adapter, training, sparse)
+    run, setup = sparse_run(setup, sparse)
     if reuse_finished(run, force):
         return run
-    main = _distributed()[0] == 0
+    main = rank_and_world_size()[0] == 0
     run = ReportingRun(run.path, on_record=on_record)
     with contextlib.ExitStack() as stack:
         if main:  # other DDP processes only read the run (its checkpoint)
@@ -340,13 +328,14 @@ def run_sparse_training(model_cfg: ModelConfig, data: DataConfig, adapter: Hydra
                     raise
                 _wait_for(run)
                 return run
-        _train_in_run(run, model_cfg, data, adapter, training, force, show_progress, main)
+        _train_in_run(run, setup, force, show_progress, main)
     _barrier()  # every process returns with the run finished
     return run
 
 
-def _train_in_run(run: Run, model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-                  training: TrainConfig, force: bool, show_progress: bool, main: bool) -> None:
+def _train_in_run(run: ReportingRun, setup: Setup, force: bool, show_progress: bool, main: bool) -> None:
+    model_cfg, data, adapter, training = setup.model, setup.data, setup.adapter, setup.training
+    assert adapter.layers is not None, "the setup's adapter has its layers resolved"
     if force and main:
         import shutil
         shutil.rmtree(run.file("checkpoint"), ignore_errors=True)

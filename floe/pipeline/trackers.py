@@ -16,13 +16,20 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 from floe.store.config import option
 from floe.store.runs import Run, log_listener
 
-__all__ = ["TENSORBOARD_DIR", "WANDB_DIR", "TrackConfig", "tracker_logs", "tracking"]
+if TYPE_CHECKING:
+    from accelerate.tracking import GeneralTracker
+
+__all__ = ["REPORT_TO", "TENSORBOARD_DIR", "WANDB_DIR", "ReportTo", "TrackConfig", "record_metrics", "record_step",
+           "tracker_logs", "tracking"]
 
 TENSORBOARD_DIR, WANDB_DIR = "tensorboard", "wandb"
+ReportTo = Literal["none", "tensorboard", "wandb"]
+REPORT_TO: tuple[str, ...] = get_args(ReportTo)
 # Bookkeeping fields of a progress record, not curves.
 _NOT_METRICS = {"time", "step", "total_steps", "epoch", "elapsed", "eta", "done", "total", "trial",
                 "resumed_from", "seed", "k"}
@@ -32,10 +39,13 @@ _NOT_METRICS = {"time", "step", "total_steps", "epoch", "elapsed", "eta", "done"
 class TrackConfig:
     """Experiment tracking of training curves (not part of any run's key)."""
 
-    report_to: str = option("none", "also log training curves to tensorboard (event files in the "
-                            "run folder's tensorboard/) or wandb (offline in the run folder unless "
-                            "WANDB_MODE or WANDB_API_KEY is set; needs pip install wandb)",
-                            choices=("none", "tensorboard", "wandb"))
+    report_to: ReportTo = option("none", "also log training curves to tensorboard (event files in "
+                                 "the run folder's tensorboard/) or wandb (offline in the run folder "
+                                 "unless WANDB_MODE or WANDB_API_KEY is set; needs pip install wandb)")
+
+    def __post_init__(self):
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"unknown tracker {self.report_to!r}; choose among {', '.join(REPORT_TO)}")
 
 
 def _check_installed(report_to: str) -> None:
@@ -44,7 +54,7 @@ def _check_installed(report_to: str) -> None:
         raise ValueError(f"--report-to {report_to} needs the package {needs[1]}: pip install {needs[1]}")
 
 
-def _start(run: Run, report_to: str):
+def _start(run: Run, report_to: str) -> GeneralTracker:
     from accelerate.tracking import TensorBoardTracker, WandBTracker
     if report_to == "tensorboard":
         tracker = TensorBoardTracker(TENSORBOARD_DIR, run.path)
@@ -56,13 +66,15 @@ def _start(run: Run, report_to: str):
     return tracker
 
 
-def _metrics(record: dict) -> dict[str, float]:
+def record_metrics(record: dict) -> dict[str, float]:
+    """The curves of a progress record, named ``stage/key`` (bookkeeping fields left out)."""
     stage = record.get("stage", "run")
     return {f"{stage}/{k}": v for k, v in record.items() if k not in _NOT_METRICS
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _step(record: dict) -> int | None:
+def record_step(record: dict) -> int | None:
+    """The x of a progress record: its training step or trial number (None: not a curve point)."""
     return next((record[k] for k in ("step", "trial") if isinstance(record.get(k), int)), None)
 
 
@@ -73,10 +85,10 @@ def tracking(config: TrackConfig) -> Iterator[None]:
         yield
         return
     _check_installed(config.report_to)
-    trackers: dict[Path, object] = {}
+    trackers: dict[Path, GeneralTracker] = {}
 
     def forward(run: Run, record: dict) -> None:
-        metrics, step = _metrics(record), _step(record)
+        metrics, step = record_metrics(record), record_step(record)
         if not metrics or step is None:
             return
         if run.path not in trackers:

@@ -11,15 +11,17 @@ import io
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from typing_extensions import NotRequired
 
 from floe.pipeline.data import collate
+from floe.store.artifacts import TrainSummary
 from floe.store.config import option
 from floe.store.runs import (
     CorruptRunError,
@@ -31,8 +33,8 @@ from floe.store.runs import (
     read_json,
 )
 
-__all__ = ["CHECKPOINT", "Resumed", "TrainConfig", "TrainSummary", "epoch_loader", "load_checkpoint",
-           "save_checkpoint", "total_steps", "train", "validation_loss"]
+__all__ = ["CHECKPOINT", "Resumed", "TrainConfig", "epoch_loader", "load_checkpoint", "save_checkpoint",
+           "total_steps", "train", "validation_loss"]
 
 CHECKPOINT = "checkpoint"
 
@@ -118,7 +120,7 @@ class Resumed(TypedDict):
 
     step: int
     losses: list[float]
-    rng: dict
+    rng: NotRequired[dict]       # popped once restored
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> Resumed:
@@ -151,16 +153,34 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> Resumed:
 
 def epoch_loader(rows: list[dict], config: TrainConfig, epoch: int, pad_id: int) -> DataLoader:
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed + epoch))
-    return DataLoader([rows[i] for i in order.tolist()], batch_size=config.batch_size,
+    # torch types the dataset as Dataset; a list is a map-style dataset at runtime
+    return DataLoader([rows[i] for i in order.tolist()], batch_size=config.batch_size,  # type: ignore[arg-type]
                       shuffle=False, collate_fn=lambda b: collate(b, pad_id))
 
 
-def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | None = None,
-          show_progress: bool = True, stage: str = "train") -> TrainSummary:
-    """Fine-tune the trainable parameters of ``model`` on tokenised ``rows``.
+@dataclass
+class _Loop:
+    """One training loop's state: set up once, then advanced one optimizer step at a time."""
 
-    Resumes from ``run/checkpoint`` when present. Returns a summary (steps, losses, time).
-    """
+    accelerator: Any
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps: int                    # optimizer steps of the whole run
+    resumed: Resumed
+    ckpt: Path | None
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    t0: float = field(default_factory=time.time)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def _set_up(model, rows: list[dict], config: TrainConfig, run: Run | None) -> _Loop:
+    """Accelerator, optimizer and schedule, restored from ``run``'s checkpoint when present."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -177,88 +197,113 @@ def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | 
     steps = total_steps(len(rows), config, accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     ckpt = run.file(CHECKPOINT) if run is not None else None
-    resumed = load_checkpoint(ckpt, model, optimizer, scheduler) if ckpt else {"step": 0, "losses": [], "rng": {}}
-    start = resumed["step"]
+    resumed: Resumed = (load_checkpoint(ckpt, model, optimizer, scheduler) if ckpt
+                        else {"step": 0, "losses": [], "rng": {}})
     # The scheduler stays unprepared: accelerate would step a prepared one once per process,
     # decaying the learning rate num_processes times too fast under DDP.
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    start = resumed["step"]
+    return _Loop(accelerator, model, optimizer, scheduler, steps, resumed, ckpt, step=start,
+                 losses=list(resumed["losses"])[:start])
 
-    main = accelerator.is_main_process
-    bar = tqdm(total=steps, initial=start, desc=stage, disable=not (show_progress and main),
+
+def _resumed_batches(batches, resumed: Resumed, fresh_epoch: bool):
+    """An epoch's batches, with the RNG states restored where the uninterrupted run had them."""
+    if fresh_epoch:  # the uninterrupted run draws this epoch's loader seed from these states
+        _restore_rng_states(resumed.pop("rng", {}))
+    batches_iter = iter(batches)
+    first = next(batches_iter, None)  # the loader draws its seed from the global generator
+    # Resumed mid-epoch, the uninterrupted run drew that seed before its checkpoint:
+    # restoring after the draw gives every later dropout mask exactly as it was.
+    _restore_rng_states(resumed.pop("rng", {}))
+    yield from itertools.chain([first] if first is not None else [], batches_iter)
+
+
+def _micro_step(loop: _Loop, batch: dict, config: TrainConfig) -> float:
+    """Forward and backward of one micro-batch (the optimizer steps once per accumulation)."""
+    with loop.accelerator.accumulate(loop.model):
+        out = loop.model(**batch)
+        loop.accelerator.backward(out.loss)
+        loop.optimizer.step()
+        if loop.accelerator.sync_gradients:
+            loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+    loop.tokens += int(batch["attention_mask"].sum()) * loop.accelerator.num_processes
+    return out.loss.detach().float().item() / config.grad_accum
+
+
+def _record_step(loop: _Loop, running: float, epoch: int, stage: str, bar, run: Run | None,
+                 config: TrainConfig) -> None:
+    """Count one optimizer step: its loss over processes, the progress record, a checkpoint."""
+    loop.step += 1
+    loss = loop.accelerator.reduce(torch.tensor(running, device=loop.accelerator.device), "mean").item()
+    loop.losses.append(loss)
+    elapsed = time.time() - loop.t0
+    rate = (loop.step - loop.resumed["step"]) / max(elapsed, 1e-9)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if run is None or not loop.main:
+        return
+    run.log(event="step", stage=stage, step=loop.step, total_steps=loop.steps, epoch=epoch, loss=loss,
+            lr=loop.scheduler.get_last_lr()[0], tokens_per_s=loop.tokens / max(elapsed, 1e-9),
+            elapsed=elapsed, eta=(loop.steps - loop.step) / max(rate, 1e-9))
+    assert loop.ckpt is not None, "a run has a checkpoint folder"
+    if config.checkpoint_every and loop.step % config.checkpoint_every == 0 and loop.step < loop.steps:
+        save_checkpoint(loop.ckpt, loop.accelerator.unwrap_model(loop.model), loop.optimizer, loop.scheduler,
+                        loop.step, loop.losses)
+
+
+def _wind_down(loop: _Loop, run: Run | None) -> TrainSummary:
+    """Wait for every process, leave the model in eval mode, save the last checkpoint."""
+    loop.accelerator.wait_for_everyone()
+    model = loop.accelerator.unwrap_model(loop.model)
+    model.eval()
+    if run is not None and loop.main:
+        assert loop.ckpt is not None, "a run has a checkpoint folder"
+        save_checkpoint(loop.ckpt, model, loop.optimizer, loop.scheduler, loop.step, loop.losses)
+    loop.accelerator.free_memory()
+    return {"steps": loop.step, "total_steps": loop.steps, "losses": loop.losses,
+            "resumed_from": loop.resumed["step"], "seconds": time.time() - loop.t0,
+            "world_size": loop.accelerator.num_processes}
+
+
+def train(model, rows: list[dict], config: TrainConfig, pad_id: int, run: Run | None = None,
+          show_progress: bool = True, stage: str = "train") -> TrainSummary:
+    """Fine-tune the trainable parameters of ``model`` on tokenised ``rows``.
+
+    Resumes from ``run/checkpoint`` when present. Returns a summary (steps, losses, time).
+    """
+    loop = _set_up(model, rows, config, run)
+    start = loop.step
+    bar = tqdm(total=loop.steps, initial=start, desc=stage, disable=not (show_progress and loop.main),
                dynamic_ncols=True)
-    if run is not None and main:
-        run.log(event="start", stage=stage, total_steps=steps, resumed_from=start)
-    step, losses, tokens, t0 = start, list(resumed["losses"])[:start], 0, time.time()
-    micro_per_epoch = math.ceil(len(rows) / (config.batch_size * accelerator.num_processes))
+    if run is not None and loop.main:
+        run.log(event="start", stage=stage, total_steps=loop.steps, resumed_from=start)
+    micro_per_epoch = math.ceil(len(rows) / (config.batch_size * loop.accelerator.num_processes))
     done_micro = start * config.grad_accum
-    for epoch in range(done_micro // micro_per_epoch, config.epochs):
+    first_epoch = done_micro // micro_per_epoch
+    for epoch in range(first_epoch, config.epochs):
         # The order of an epoch depends only on (seed, epoch), so a resumed run sees the
         # same batches as an uninterrupted one once it skips what it has already seen.
-        loader = accelerator.prepare(epoch_loader(rows, config, epoch, pad_id))
-        skip = done_micro - epoch * micro_per_epoch if epoch == done_micro // micro_per_epoch else 0
-        epoch_batches = accelerator.skip_first_batches(loader, skip) if skip > 0 else loader
-        if step >= steps:  # killed after its last step: nothing left to train
+        loader = loop.accelerator.prepare(epoch_loader(rows, config, epoch, pad_id))
+        skip = done_micro - epoch * micro_per_epoch if epoch == first_epoch else 0
+        batches = loop.accelerator.skip_first_batches(loader, skip) if skip > 0 else loader
+        if loop.step >= loop.steps:  # killed after its last step: nothing left to train
             break
-        if skip == 0:  # the uninterrupted run draws this epoch's loader seed from these states
-            _restore_rng_states(resumed.pop("rng", {}))
-        batches_iter = iter(epoch_batches)
-        first = next(batches_iter, None)  # the loader draws its seed from the global generator
-        # Resumed mid-epoch, the uninterrupted run drew that seed before its checkpoint:
-        # restoring after the draw gives every later dropout mask exactly as it was.
-        _restore_rng_states(resumed.pop("rng", {}))
         running = 0.0
-        for batch in itertools.chain([first] if first is not None else [], batches_iter):
-            with accelerator.accumulate(model):
-                out = model(**batch)
-                accelerator.backward(out.loss)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += out.loss.detach().float().item() / config.grad_accum
-            tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
-            if not accelerator.sync_gradients:
+        for batch in _resumed_batches(batches, loop.resumed, fresh_epoch=skip == 0):
+            running += _micro_step(loop, batch, config)
+            if not loop.accelerator.sync_gradients:
                 continue
-            step += 1
-            loss = accelerator.reduce(torch.tensor(running, device=accelerator.device), "mean").item()
+            _record_step(loop, running, epoch, stage, bar, run, config)
             running = 0.0
-            losses.append(loss)
-            elapsed = time.time() - t0
-            rate = (step - start) / max(elapsed, 1e-9)
-            record = dict(event="step", stage=stage, step=step, total_steps=steps, epoch=epoch,
-                          loss=loss, lr=scheduler.get_last_lr()[0], tokens_per_s=tokens / max(elapsed, 1e-9),
-                          elapsed=elapsed, eta=(steps - step) / max(rate, 1e-9))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if run is not None and main:
-                run.log(**record)
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
-                    save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, losses)
-            if step >= steps:
+            if loop.step >= loop.steps:
                 break
-        if step >= steps:
+        if loop.step >= loop.steps:
             break
     bar.close()
-    accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
-    model.eval()
-    if run is not None and main:
-        save_checkpoint(ckpt, model, optimizer, scheduler, step, losses)
-    accelerator.free_memory()
-    return {"steps": step, "total_steps": steps, "losses": losses, "resumed_from": start,
-            "seconds": time.time() - t0, "world_size": accelerator.num_processes}
-
-
-class TrainSummary(TypedDict):
-    """What ``train`` returns; warmup.json and train.json extend it."""
-
-    steps: int
-    total_steps: int
-    losses: list[float]       # training loss per step
-    resumed_from: int         # the step a resumed run started at (0: from scratch)
-    seconds: float
-    world_size: int
+    return _wind_down(loop, run)
 
 
 @torch.no_grad()

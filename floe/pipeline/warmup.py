@@ -2,68 +2,37 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
-from floe import KEY_VERSIONS
-from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, load_adapter, save_adapter, trainable_parameters
-from floe.models.load import DEFAULT_MODEL, load_model, model_fingerprint, parse_device
-from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
-from floe.pipeline.train import TrainConfig, TrainSummary, train, validation_loss
-from floe.store.config import option, to_dict
+from floe.adapters.hydralora import apply_hydralora, load_adapter, save_adapter, trainable_parameters
+from floe.models.load import load_model
+from floe.pipeline.data import load_split, tokenize
+from floe.pipeline.setup import Setup
+from floe.pipeline.train import train, validation_loss
+from floe.store import artifacts
+from floe.store.artifacts import WarmupJson
 from floe.store.runs import Run, reuse_finished, run_for
 
-__all__ = ["ADAPTER_DIR", "SUMMARY", "ModelConfig", "WarmupJson", "load_warmed_up", "run_warmup",
-           "warmup_key", "warmup_run"]
+__all__ = ["ADAPTER_DIR", "SUMMARY", "load_warmed_up", "run_warmup", "warmup_key", "warmup_run"]
 
 ADAPTER_DIR = "adapter"
-SUMMARY = "warmup.json"
+SUMMARY = artifacts.WARMUP
 
 
-class WarmupJson(TrainSummary):
-    """warmup.json of a warm-up run."""
 
-    val_loss_before: float | None
-    val_loss_after: float | None
-    n_train: int
-    n_val: int
-    trainable_parameters: int
-    device: str
-
-
-@dataclass
-class ModelConfig:
-    """Which model, on which device."""
-
-    model: str = option(DEFAULT_MODEL, "embedded model (smollm2-135m, gemma3-270m), a local "
-                        "folder, or a hub id (needs a network)")
-    device: str = option("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
-    trust_remote_code: bool = option(False, "allow the model's own Python code (only for "
-                                     "models you trust)")
-    device_map: str | None = option(None, "models larger than one device: auto (spread the layers "
-                                    "over the GPUs, then CPU, then disk), balanced, sequential, or "
-                                    'a JSON map like {"model.layers.30": "cpu"}')
-
-    def __post_init__(self):
-        parse_device(self.device)  # a typo fails before any work (a missing GPU: at loading)
-
-
-def warmup_key(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-               training: TrainConfig) -> dict:
+def warmup_key(setup: Setup) -> dict:
     """Everything that changes the warm-up's result (not the device)."""
-    return {"floe": KEY_VERSIONS["warmup"], "model": model_fingerprint(model.model),
-            "data": data_key(data), "adapter": to_dict(adapter), "train": to_dict(training)}
+    return setup.key("warmup")
 
 
-def warmup_run(model: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-               training: TrainConfig) -> Run:
-    return run_for("warmup", warmup_key(model, data, adapter, training))
+def warmup_run(setup: Setup) -> Run:
+    return run_for("warmup", warmup_key(setup))
 
 
-def run_warmup(model_cfg: ModelConfig, data: DataConfig, adapter: HydraLoraConfig,
-               training: TrainConfig, force: bool = False, show_progress: bool = True) -> Run:
+def run_warmup(setup: Setup, force: bool = False, show_progress: bool = True) -> Run:
     """Warm up (or reuse a finished warm-up with the same config). Resumes a killed one."""
-    adapter = dataclasses.replace(adapter, layers=None)  # warm-up adapts every layer
-    run = warmup_run(model_cfg, data, adapter, training)
+    setup = setup.replace(adapter=dataclasses.replace(setup.adapter, layers=None))  # every layer
+    model_cfg, data, adapter, training = setup.model, setup.data, setup.adapter, setup.training
+    run = warmup_run(setup)
     if reuse_finished(run, force):
         return run
     with run.hold():

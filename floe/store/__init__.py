@@ -1,4 +1,4 @@
-"""Storage: config hashing and option specs, the run cache (atomic writes, locks, status),
+"""Storage: artifact shapes, config hashing and option specs, the run cache (atomic writes, locks, status),
 and the registry of background jobs. Imports nothing else of floe."""
 
-__all__ = ["config", "jobs", "runs", "storage"]
+__all__ = ["artifacts", "config", "jobs", "runs", "storage", "supervisor"]

@@ -10,21 +10,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Option", "config_hash", "option", "options_of", "to_dict"]
+__all__ = ["LIST_ITEM_TYPES", "Option", "config_hash", "list_item_type", "list_parser", "literal_choices",
+           "option", "options_of", "to_dict"]
 
 Kind = Literal["bool", "flag", "choice", "text"]
+LIST_ITEM_TYPES = (int, float, str)  # the element types a comma-separated list option parses
 
 
 def option(default: Any, help: str, **metadata) -> Any:
     """A dataclass field carrying its help text (shown by ``--help`` and in the app).
 
-    Extra metadata: ``choices`` (allowed values) and ``cli=False`` (not an option: set by
-    the program, e.g. the layers a selection resolved to)."""
+    A fixed set of values is the field's type, ``Literal[...]``: its choices come from it.
+    Extra metadata: ``choices`` (allowed values known only at run time, e.g. the registered
+    policies) and ``cli=False`` (not an option: set by the program, e.g. the layers a
+    selection resolved to)."""
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default),
                                  metadata={"help": help, **metadata})
@@ -36,9 +41,11 @@ class Option:
     """One command-line option / form field.
 
     ``kind``: "bool" (``--x/--no-x``), "flag" (``--x`` only, off by default), "choice"
-    (one of ``choices``) or "text" (typed, read by ``parse``). ``default`` is the Python
-    value; ``text_default`` is the same as a user would type it. ``from_config`` options
-    belong to a config dataclass: absent on the command line, they keep the class default.
+    (one of ``choices``) or "text" (typed, read by ``parse``). ``item_type``: the element
+    type of a comma-separated list (``list[int]``: int), None for a single value.
+    ``default`` is the Python value; ``text_default`` is the same as a user would type it.
+    ``from_config`` options belong to a config dataclass: absent on the command line, they
+    keep the class default.
     """
 
     dest: str
@@ -47,6 +54,7 @@ class Option:
     kind: Kind = "text"
     parse: Callable[[str], Any] | None = None
     choices: tuple = ()
+    item_type: type | None = None
     group: str = "options"
     group_help: str = ""
     required: bool = False
@@ -81,25 +89,61 @@ class Option:
 
 def list_parser(item_type: type) -> Callable[[str], list]:
     """Comma-separated values of one type (``"4,8"`` -> ``[4, 8]``)."""
+    if item_type not in LIST_ITEM_TYPES:
+        raise TypeError(f"a list option holds {', '.join(t.__name__ for t in LIST_ITEM_TYPES)}, "
+                        f"not {item_type!r}")
+
     def parse(text: str) -> list:
         return [item_type(x.strip()) for x in text.split(",") if x.strip()]
     parse.__name__ = f"list[{item_type.__name__}]"
     return parse
 
 
+def _value_type(hint: Any) -> Any:
+    """The type of a field's value: ``X`` of ``X | None`` (Optional[X]), else the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return hint
+
+
+def list_item_type(hint: Any) -> type | None:
+    """The element type of a list annotation (``list[int]``, ``list[str] | None``,
+    ``tuple[float, ...]``), None for any other annotation."""
+    hint = _value_type(hint)
+    if typing.get_origin(hint) in (list, tuple):
+        return typing.get_args(hint)[0]
+    return None
+
+
+def literal_choices(hint: Any) -> tuple:
+    """The values of a ``Literal[...]`` annotation (also ``Literal[...] | None``), () otherwise."""
+    hint = _value_type(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
 def _field_option(f: dataclasses.Field, hint: Any, group: str, group_help: str) -> Option:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        raise TypeError(f"config field {f.name!r} has no default")
     common = {"dest": f.name, "help": f.metadata.get("help", ""), "default": default,
               "group": group, "group_help": group_help, "from_config": True}
     if hint is bool:
         return Option(kind="bool", **common)
-    if origin in (list, tuple) or any(typing.get_origin(a) in (list, tuple) for a in args):
-        inner = next(a for a in (hint, *args) if typing.get_origin(a) in (list, tuple))
-        return Option(kind="text", parse=list_parser(typing.get_args(inner)[0]), **common)
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    item_type = list_item_type(hint)
+    if item_type is not None:
+        return Option(kind="text", parse=list_parser(item_type), item_type=item_type, **common)
+    choices = literal_choices(hint)
+    if choices and "choices" in f.metadata:
+        raise TypeError(f"{f.name}: its Literal type gives its choices; drop choices=")
+    if choices:
+        return Option(kind="choice", parse=type(choices[0]), choices=choices, **common)
     choices = tuple(f.metadata.get("choices") or ())
-    return Option(kind="choice" if choices else "text", parse=base, choices=choices, **common)
+    return Option(kind="choice" if choices else "text", parse=_value_type(hint), choices=choices, **common)
 
 
 def options_of(cls, skip: tuple[str, ...] = ()) -> list[Option]:

@@ -1,7 +1,7 @@
 """Background jobs: ``floe`` CLI subprocesses with an on-disk registry and a per-device queue.
 
 A job is one JSON file in ``cache/jobs/`` (so it outlives a page reload or an app restart)
-and runs as ``python -m floe.store.jobs run <id>``: a small supervisor that leads its own process
+and runs as ``python -m floe.store.supervisor run <id>``: a small supervisor that leads its own process
 group (``start_new_session``), runs the command as its child, records the exit status,
 error line and ``--json`` summary, then starts the next queued job. Cancel sends SIGINT to
 the whole group (the CLI marks its run cancelled, resumable), then SIGKILL after a grace
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import signal
 import subprocess
@@ -21,15 +20,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
+from floe.store import artifacts
+from floe.store.artifacts import JobRecord
 from floe.store.runs import PROJECT_DIR, CorruptRunError, Run, atomic_write_json, cache_root, list_runs, read_json
 from floe.store.runs import RUNNING as RUN_RUNNING
 
-__all__ = ["ACTIVE", "CANCELLED", "DONE", "EXIT_CANCELLED", "FAILED", "MULTI_GPU_COMMANDS",
-           "QUEUED", "RUNNING", "active_jobs", "cancel", "delete", "device_slots",
-           "display_command", "floe_command", "floe_job_command", "get", "gpu_count", "held_runs",
-           "job_for_run", "jobs_dir", "list_jobs", "log_path", "log_tail", "main", "resume",
-           "submit", "submit_floe", "supervise", "tick"]
+__all__ = ["ACTIVE", "CANCELLED", "DONE", "EXIT_CANCELLED", "FAILED", "MULTI_GPU_COMMANDS", "QUEUED", "RUNNING",
+           "active_jobs", "cancel", "delete", "device_slots", "display_command", "floe_command", "floe_job_command",
+           "get", "gpu_count", "held_runs", "job_file", "job_for_run", "jobs_dir", "list_jobs", "log_path",
+           "log_tail", "resume", "submit", "submit_floe", "tick", "update_job"]
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -89,40 +90,45 @@ def _locked(root: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _path(job_id: str, root: Path | None, suffix: str = ".json") -> Path:
+def job_file(job_id: str, root: Path | None, suffix: str = ".json") -> Path:
     if not job_id.startswith("job-") or not job_id[4:].replace("-", "").isalnum():
         raise ValueError(f"invalid job id {job_id!r}")
     return jobs_dir(root) / f"{job_id}{suffix}"
 
 
-def get(job_id: str, root: Path | None = None) -> dict:
-    return read_json(_path(job_id, root))
+def _read(path: Path) -> JobRecord:
+    return artifacts.check(artifacts.JOB, read_json(path))
 
 
-def _save(job: dict, root: Path | None) -> dict:
-    atomic_write_json(_path(job["id"], root), job)
+def get(job_id: str, root: Path | None = None) -> JobRecord:
+    return _read(job_file(job_id, root))
+
+
+def _save(job: JobRecord, root: Path | None) -> JobRecord:
+    atomic_write_json(job_file(job["id"], root), artifacts.check(artifacts.JOB, job, writing=True))
     return job
 
 
-def _update(job_id: str, root: Path | None, **fields) -> dict:
+def update_job(job_id: str, root: Path | None, **fields: Any) -> JobRecord:
     with _locked(root):
-        return _save({**get(job_id, root), **fields, "updated": time.time()}, root)
+        # the merged record is checked against JobRecord by _save
+        return _save(cast(JobRecord, {**get(job_id, root), **fields, "updated": time.time()}), root)
 
 
-def list_jobs(root: Path | None = None) -> list[dict]:
+def list_jobs(root: Path | None = None) -> list[JobRecord]:
     """All jobs, newest first (a half-written or foreign file is skipped)."""
-    jobs = []
+    jobs: list[JobRecord] = []
     for path in jobs_dir(root).glob("job-*.json"):
         with contextlib.suppress(Exception):
-            jobs.append(read_json(path))
+            jobs.append(_read(path))
     return sorted(jobs, key=lambda j: j.get("created", 0), reverse=True)
 
 
-def log_path(job: dict, root: Path | None = None) -> Path:
-    return _path(job["id"], root, ".log")
+def log_path(job: JobRecord, root: Path | None = None) -> Path:
+    return job_file(job["id"], root, ".log")
 
 
-def log_tail(job: dict, root: Path | None = None, lines: int = 8) -> list[str]:
+def log_tail(job: JobRecord, root: Path | None = None, lines: int = 8) -> list[str]:
     path = log_path(job, root)
     if not path.exists():
         return []
@@ -134,7 +140,7 @@ def log_tail(job: dict, root: Path | None = None, lines: int = 8) -> list[str]:
 
 
 def submit(command: list[str], label: str, args: list[str] | None = None, gpus: str = "one",
-           root: Path | None = None) -> dict:
+           root: Path | None = None) -> JobRecord:
     """Queue ``command`` (an argv, run without a shell); starts it now if its device is free.
 
     ``args`` are the floe CLI arguments shown to the user; ``gpus`` is ``one`` or ``all``.
@@ -142,7 +148,7 @@ def submit(command: list[str], label: str, args: list[str] | None = None, gpus: 
     if not command or not all(isinstance(a, str) for a in command):
         raise ValueError("a job's command is a non-empty list of strings")
     now = time.time()
-    job = {"id": f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+    job: JobRecord = {"id": f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
            "label": label, "command": list(command), "args": list(args or []), "gpus": gpus,
            "status": QUEUED, "created": now, "updated": now, "started": None,
            "finished": None, "pid": None, "devices": [], "returncode": None, "error": None,
@@ -164,7 +170,7 @@ def floe_job_command(args: list[str]) -> tuple[list[str], str]:
     return floe_command(args), "one"
 
 
-def submit_floe(args: list[str], label: str, root: Path | None = None) -> dict:
+def submit_floe(args: list[str], label: str, root: Path | None = None) -> JobRecord:
     """Queue ``floe <args>`` on the next free device."""
     command, gpus = floe_job_command(args)
     return submit(command, label, args, gpus=gpus, root=root)
@@ -188,7 +194,7 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _supervising(job: dict) -> bool:
+def _supervising(job: JobRecord) -> bool:
     """Whether the job's supervisor still runs; its command line names the job, so a pid
     reused after a reboot is not mistaken for it (where /proc exists)."""
     pid = job.get("pid")
@@ -200,26 +206,26 @@ def _supervising(job: dict) -> bool:
         return True
 
 
-def _free_slots(jobs: list[dict]) -> list[str]:
+def _free_slots(jobs: list[JobRecord]) -> list[str]:
     busy = {d for j in jobs if j["status"] == RUNNING for d in j.get("devices", [])}
     return [s for s in device_slots() if s not in busy]
 
 
-def _launch(job: dict, devices: list[str], root: Path | None) -> dict:
+def _launch(job: JobRecord, devices: list[str], root: Path | None) -> JobRecord:
     env = {**os.environ, "FLOE_CACHE": str(root or cache_root()), "PYTHONUNBUFFERED": "1",
            "FLOE_DEVICE_SLOTS": ",".join(device_slots())}
     gpus = [d.split(":")[1] for d in devices if d.startswith("cuda:")]
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    supervisor = [sys.executable, "-m", "floe.store.jobs", "run", job["id"], "--root",
+    supervisor = [sys.executable, "-m", "floe.store.supervisor", "run", job["id"], "--root",
                   str(root or cache_root())]
     with open(log_path(job, root), "ab") as log:
         proc = subprocess.Popen(supervisor, env=env, start_new_session=True, cwd=_project_dir(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-    job.update(status=RUNNING, pid=proc.pid, devices=devices, started=time.time(),
-               finished=None, returncode=None, error=None, result=None,
-               attempts=job.get("attempts", 0) + 1, cancel_requested=False,
-               updated=time.time())
+    job.update({"status": RUNNING, "pid": proc.pid, "devices": devices, "started": time.time(),
+                "finished": None, "returncode": None, "error": None, "result": None,
+                "attempts": job.get("attempts", 0) + 1, "cancel_requested": False,
+                "updated": time.time()})
     return _save(job, root)
 
 
@@ -227,7 +233,7 @@ def _project_dir() -> str:
     return str(PROJECT_DIR)
 
 
-def tick(root: Path | None = None) -> list[dict]:
+def tick(root: Path | None = None) -> list[JobRecord]:
     """Settle jobs whose supervisor died, then start queued jobs (FIFO) on free devices.
 
     Called by the app whenever it polls and by each supervisor when its job ends.
@@ -240,9 +246,9 @@ def tick(root: Path | None = None) -> list[dict]:
             if job["status"] == RUNNING and not _supervising(job):
                 _stop_orphans(job)
                 cancelled = job.get("cancel_requested")
-                job.update(status=CANCELLED if cancelled else FAILED, finished=time.time(),
-                           error=job.get("error") or ("cancelled" if cancelled else
-                                                      "the job's process ended without a result"))
+                job.update({"status": CANCELLED if cancelled else FAILED, "finished": time.time(),
+                            "error": job.get("error") or ("cancelled" if cancelled else
+                                                          "the job's process ended without a result")})
                 _save(job, root)
         for job in sorted((j for j in jobs if j["status"] == QUEUED), key=lambda j: j["created"]):
             free = _free_slots(jobs)
@@ -253,7 +259,7 @@ def tick(root: Path | None = None) -> list[dict]:
         return jobs
 
 
-def _stop_orphans(job: dict) -> None:
+def _stop_orphans(job: JobRecord) -> None:
     """Stop what a supervisor killed alone left running (its run stays stale, resumable)."""
     pid = job.get("pid")
     if pid and not _alive(pid) and _group_alive(pid):
@@ -261,7 +267,7 @@ def _stop_orphans(job: dict) -> None:
         _wait_group(pid, 5.0)
 
 
-def held_runs(job: dict, root: Path | None = None) -> list[Run]:
+def held_runs(job: JobRecord, root: Path | None = None) -> list[Run]:
     """Runs that a running job's processes hold now, most recently active first."""
     if job.get("status") != RUNNING or not job.get("pid"):
         return []
@@ -281,7 +287,7 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _note_runs(job: dict, root: Path | None) -> None:
+def _note_runs(job: JobRecord, root: Path | None) -> None:
     """Remember which runs a job worked on, so a stopped run can be resumed by its job."""
     seen = [r.id for r in held_runs(job, root) if r.id not in job.get("runs", [])]
     if seen:
@@ -289,7 +295,7 @@ def _note_runs(job: dict, root: Path | None) -> None:
         _save(job, root)
 
 
-def job_for_run(run_id: str, root: Path | None = None) -> dict | None:
+def job_for_run(run_id: str, root: Path | None = None) -> JobRecord | None:
     """The newest job that worked on (or produced) a run."""
     for job in list_jobs(root):
         if run_id in job.get("runs", []) or (job.get("result") or {}).get("run") == run_id:
@@ -297,22 +303,24 @@ def job_for_run(run_id: str, root: Path | None = None) -> dict | None:
     return None
 
 
-def cancel(job_id: str, root: Path | None = None, grace: float = 10.0) -> dict:
+def cancel(job_id: str, root: Path | None = None, grace: float = 10.0) -> JobRecord:
     """Stop a job: a queued one is dropped; a running one gets SIGINT (the CLI saves its
     state and marks its run cancelled), then SIGKILL if its group outlives ``grace``."""
     with _locked(root):
         job = get(job_id, root)
         if job["status"] == QUEUED:
-            job.update(status=CANCELLED, finished=time.time(), error="cancelled before it started")
+            job.update({"status": CANCELLED, "finished": time.time(), "error": "cancelled before it started"})
             return _save(job, root)
         if job["status"] != RUNNING:
             return job
-        job.update(cancel_requested=True)
+        job.update({"cancel_requested": True})
         _save(job, root)
-    _signal_group(job["pid"], signal.SIGINT)
-    if not _wait_group(job["pid"], grace):
-        _signal_group(job["pid"], signal.SIGKILL)
-        _wait_group(job["pid"], 5.0)
+    pid = job["pid"]
+    assert pid is not None, "a running job has its supervisor's pid (set by _launch)"
+    _signal_group(pid, signal.SIGINT)
+    if not _wait_group(pid, grace):
+        _signal_group(pid, signal.SIGKILL)
+        _wait_group(pid, 5.0)
     tick(root)  # settles a killed supervisor, starts the next job
     return get(job_id, root)
 
@@ -343,15 +351,15 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def resume(job_id: str, root: Path | None = None) -> dict:
+def resume(job_id: str, root: Path | None = None) -> JobRecord:
     """Queue a cancelled or failed job again: the CLI resumes its runs from checkpoints."""
     with _locked(root):
         job = get(job_id, root)
         if job["status"] not in (CANCELLED, FAILED):
             raise ValueError(f"job {job_id} is {job['status']}; only a cancelled or failed "
                              "job can be resumed")
-        job.update(status=QUEUED, created=time.time(), error=None, returncode=None,
-                   finished=None, cancel_requested=False)
+        job.update({"status": QUEUED, "created": time.time(), "error": None, "returncode": None,
+                    "finished": None, "cancel_requested": False})
         _save(job, root)
     tick(root)
     return get(job_id, root)
@@ -364,77 +372,8 @@ def delete(job_id: str, root: Path | None = None) -> None:
             raise ValueError(f"job {job_id} is still active: cancel it first")
         for suffix in (".json", ".log", ".out"):
             with contextlib.suppress(FileNotFoundError):
-                _path(job_id, root, suffix).unlink()
+                job_file(job_id, root, suffix).unlink()
 
 
-def active_jobs(root: Path | None = None) -> list[dict]:
+def active_jobs(root: Path | None = None) -> list[JobRecord]:
     return [j for j in list_jobs(root) if j["status"] in ACTIVE]
-
-
-# --------------------------------------------------------------------------- the supervisor
-def _error_line(lines: list[str]) -> str | None:
-    """The message of a failure: the CLI's one-line error, else a traceback's last line."""
-    for line in reversed(lines):
-        if ": error: " in line or "Error" in line.split(":", 1)[0]:
-            return line.strip()
-    return lines[-1].strip() if lines else None
-
-
-def _summary(out: Path) -> dict | None:
-    """The ``--json`` summary the CLI printed last on stdout, if any."""
-    with contextlib.suppress(OSError, ValueError):
-        text = out.read_text()
-        start = text.rfind("\n{") + 1 if "\n{" in text else text.find("{")
-        if start >= 0:
-            return json.loads(text[start:])
-    return None
-
-
-def supervise(job_id: str, root: Path) -> int:
-    """Run one job's command as a child, record how it ended, start the next job."""
-    job = get(job_id, root)
-    out = _path(job_id, root, ".out")
-    # SIGINT reaches the whole group: the child handles it; we wait for its exit status.
-    # (A no-op handler, not SIG_IGN, which the child would inherit through exec.)
-    signal.signal(signal.SIGINT, lambda *_: None)
-    with open(out, "wb") as stdout, open(log_path(job, root), "ab") as stderr:
-        try:
-            child = subprocess.Popen(job["command"], stdout=stdout, stderr=stderr,
-                                     stdin=subprocess.DEVNULL, cwd=_project_dir())
-            rc = child.wait()
-        except OSError as e:
-            stderr.write(f"could not start {job['command'][0]}: {e}\n".encode())
-            rc = 127
-    job = get(job_id, root)
-    cancelled = job.get("cancel_requested") or rc in (EXIT_CANCELLED, -signal.SIGINT)
-    status = DONE if rc == 0 else CANCELLED if cancelled else FAILED
-    error = None if rc == 0 else "cancelled" if cancelled else \
-        _error_line(log_tail(job, root, 20)) or f"exit status {rc}"
-    _update(job_id, root, status=status, returncode=rc, finished=time.time(), error=error,
-            result=_summary(out) if rc == 0 else None)
-    tick(root)
-    return rc
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m floe.store.jobs",
-                                     description="the app's job supervisor and queue")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one queued job (started by the app)")
-    run.add_argument("job_id")
-    run.add_argument("--root", type=Path, default=None)
-    sub.add_parser("tick", help="settle dead jobs and start queued ones")
-    sub.add_parser("list", help="print the jobs")
-    args = parser.parse_args(argv)
-    root = args.root if getattr(args, "root", None) else cache_root()
-    if args.command == "run":
-        return supervise(args.job_id, root)
-    jobs = tick(root) if args.command == "tick" else list_jobs(root)
-    for job in jobs:
-        print(f"{job['id']}  {job['status']:<9}  {job['label']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from floe.store import artifacts
+from floe.store.artifacts import CONFIG, STATE, StateJson
 from floe.store.config import config_hash
 
 __all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "GARBAGE", "LOCK", "PROGRESS", "PROJECT_DIR", "RUNNING",
@@ -29,7 +31,7 @@ __all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "GARBAGE", "LOCK", "PROGRESS
            "atomic_write_json", "cache_root", "collect_garbage", "crash_point", "health", "list_runs",
            "load_tensors", "log_listener", "open_run", "read_json", "reuse_finished", "run_for", "safe_name"]
 
-CONFIG, STATE, PROGRESS, LOCK = "config.json", "state.json", "progress.jsonl", ".lock"
+PROGRESS, LOCK = "progress.jsonl", ".lock"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -144,6 +146,14 @@ class CorruptRunError(RuntimeError):
     """A run folder whose files are missing, truncated or do not match their checksums."""
 
 
+def _checked(name: str, payload: Any, path: Path) -> Any:
+    try:
+        return artifacts.check(name, payload)
+    except artifacts.ArtifactError as e:
+        raise CorruptRunError(f"{path}: {e}; the run is corrupt: run the command again with --force, "
+                              "or delete it (floe runs delete / floe runs gc)") from None
+
+
 class RunLockedError(RuntimeError):
     """Another live process holds this run."""
 
@@ -179,12 +189,12 @@ class Run:
         return read_json(self.file(CONFIG))
 
     @property
-    def state(self) -> dict:
+    def state(self) -> StateJson:
         path = self.file(STATE)
-        return read_json(path) if path.exists() else {"status": "new"}
+        return _checked(STATE, read_json(path), path) if path.exists() else {"status": "new"}
 
-    def update_state(self, **fields) -> dict:
-        state = {**self.state, **fields, "updated": time.time()}
+    def update_state(self, **fields: Any) -> StateJson:
+        state: StateJson = artifacts.check(STATE, {**self.state, **fields, "updated": time.time()}, writing=True)
         atomic_write_json(self.file(STATE), state)
         return state
 
@@ -209,14 +219,16 @@ class Run:
 
     # --- artifacts --------------------------------------------------------
     def write_json(self, name: str, payload: Any) -> Path:
-        atomic_write_json(self.file(name), payload)
+        """Write an artifact, checked against its shape (floe.store.artifacts) first."""
+        atomic_write_json(self.file(name), artifacts.check(name, payload, writing=True))
         return self.file(name)
 
     def read_json(self, name: str) -> Any:
+        """An artifact, checked against its shape: a damaged one is a CorruptRunError."""
         path = self.file(name)
         if not path.exists():
             raise CorruptRunError(f"run {self.id} has no {name}")
-        return read_json(path)
+        return _checked(name, read_json(path), path)
 
     def log(self, **record) -> None:
         """Append one progress record (one JSON line, flushed: readers poll this file)."""
