@@ -76,13 +76,13 @@ def _val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str
             if c["metric"] == "val_loss"}
 
 
-def compare_table(results: list[dict], base: float) -> str:
+def compare_table(results: list[dict], base: float, order: list[str] = ORDER) -> str:
     """val loss mean ± t half-width per (policy, k), and the difference to FLoE paired by seed."""
     ks = sorted({r["k"] for r in results if r["policy"] != "all"})
     diffs = _val_loss_differences(results, "floe")
     head = "| policy | " + " | ".join(f"k={k}: layers | val loss | minus floe" for k in ks) + " |"
     rows = [head, "|---" * (1 + 3 * len(ks)) + "|"]
-    for policy in [p for p in ORDER if any(r["policy"] == p for r in results)]:
+    for policy in [p for p in order if any(r["policy"] == p for r in results)]:
         line = [policy]
         for k in ks:
             cell = [r for r in results if r["policy"] == policy and r["k"] == k]
@@ -101,14 +101,14 @@ def compare_table(results: list[dict], base: float) -> str:
     return "\n".join(rows)
 
 
-def versus_table(results: list[dict], reference: str) -> str:
+def versus_table(results: list[dict], reference: str, order: list[str] = ORDER) -> str:
     """``reference`` minus every other policy, paired by seed (negative: reference is better)."""
     diffs = _val_loss_differences(results, reference)
     if not diffs:
         return f"({reference}: no cells yet)"
     ks = sorted({k for _, k in diffs})
     rows = [f"| {reference} minus | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
-    for policy in [p for p in ORDER if any(q == p for q, _ in diffs)]:
+    for policy in [p for p in order if any(q == p for q, _ in diffs)]:
         rows.append(f"| {policy} | " + " | ".join(
             _versus(diffs[policy, k]) if (policy, k) in diffs else "" for k in ks) + " |")
     return "\n".join(rows)

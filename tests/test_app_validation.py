@@ -54,10 +54,10 @@ def test_validation_page_aligns_gains_ranks_policies_and_states_the_verdict(cach
     assert table.loc["deepest layers (last k)", "ρ"] == "+1.00"
     assert table.loc["shallowest layers (first k)", "ρ"] == "-1.00"
     assert table.loc["deepest layers (last k)", "P@3"] == "1.00"
-    assert table.loc["deepest layers (last k)", "verdict"] == "signal"
-    assert table.loc["shallowest layers (first k)", "verdict"] == "no signal"
+    assert table.loc["deepest layers (last k)", "verdict"] == "predicts the gains"
+    assert table.loc["shallowest layers (first k)", "verdict"] == "points away from the useful layers"
     warnings = " ".join(w.value for w in at.warning)
-    assert "shallowest layers (first k): no better than a random ranking" in warnings
+    assert "shallowest layers (first k): points away from the useful layers (ρ -1.00" in warnings
     # FLoE's ranking and its reverse mirror each other.
     figures = validation.agreement(score, probe)
     assert figures["floe"]["spearman"] == pytest.approx(-figures["floe-reverse"]["spearman"])
@@ -180,3 +180,19 @@ def test_a_warmup_of_100_steps_or_more_is_not_flagged(cache):
     assert (budget["steps"], budget["examples"], budget["tokens"], budget["starved"]) == (128, 1024, 65500, False)
     assert common.budget_warning(score) is None
     assert common.budget_line(score) == "128 warm-up steps · 1024 examples · ≤ 128 tokens each · 65,500 tokens"
+
+
+@pytest.mark.parametrize("rho, ci, said", [(0.6, (0.2, 0.9), "predicts"), (0.1, (-0.3, 0.5), "chance"),
+                                           (-0.5, (-0.8, -0.2), "away"), (None, (None, None), "chance"),
+                                           (0.3, (0.0, 0.6), "chance")])
+def test_the_verdict_says_what_the_interval_says(rho, ci, said):
+    from floe.experiments.validation import direction, verdict
+    figures = {"spearman": rho, "spearman_ci": list(ci), "partial_spearman": 0.4,
+               "partial_spearman_ci": [0.1, 0.7]}
+    assert direction(figures) == said
+    sentence = verdict("floe", figures)
+    assert (sentence is None) == (said == "predicts")
+    if said == "away":
+        assert "points away from the useful layers" in sentence and "below 0" in sentence
+    if said == "chance":
+        assert "includes 0" in sentence

@@ -1,4 +1,6 @@
 """bench/report_results.py: the tables of docs/results.md, from compare results."""
+import pytest
+
 from bench.report_results import compare_table, overview_row, versus_table
 from floe.pipeline.policies import layer_ranges
 
@@ -44,3 +46,18 @@ def test_overview_row_gives_agreement_differences_and_cheap_probe_match():
     assert row[3] == row[5] and row[3].startswith("-0.4800 ± ") and row[3].endswith(" *")
     assert row[4] == row[6] == ""  # no cell at k=8
     assert row[-1] == "-1.00 |"  # the reversed ranking
+
+
+def test_budget_transfer_and_ladder_table():
+    from bench.report_budget import ladder_table, transfer
+    default = {"layers": [0, 1, 2, 3, 4, 5], "gain": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+    same = transfer(default, {"layers": [5, 4, 3, 2, 1, 0], "gain": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
+    assert same["spearman"] == pytest.approx(1.0) and same["n"] == 6 and same["top8_overlap"] == 6
+    reversed_ = transfer(default, {"layers": [0, 1, 2, 3, 4, 5], "gain": [0.6, 0.5, 0.4, 0.3, 0.2, None]})
+    assert reversed_["spearman"] == pytest.approx(-1.0) and reversed_["n"] == 5  # the unmeasured layer left out
+    row = {"W": 256, "steps": 32, "examples": 256, "floe": {"spearman": -0.25, "spearman_ci": [-0.6, 0.2]},
+           "adapter-norm": {"spearman": 0.8, "spearman_ci": [0.5, 0.95]}, "lora-drop": None, "deepest": None,
+           "floe@default": {"spearman": 0.1, "spearman_ci": [None, None]}, "floe top 8": [3, 5, 6, 7, 25, 26, 27, 28]}
+    line = ladder_table([row]).splitlines()[-1]
+    assert line == ("| 256 | 32 | -0.25 [-0.60, +0.20] | +0.80 [+0.50, +0.95] | n/a | n/a | +0.10 | "
+                    "3, 5-7, 25-28 |")

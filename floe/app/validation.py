@@ -19,6 +19,7 @@ from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
 from floe.experiments.validation import (
     agreement_table,
     compare_gains,
+    direction,
     floe_cost,
     matching_probes,
     probe_cost,
@@ -31,9 +32,18 @@ from floe.store.runs import DONE, Run
 
 __all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "matching_probes",
            "measured_selection", "policy_table", "precision_figure", "probe_label", "probe_payload",
-           "probe_preset", "scatter_figure", "verdicts"]
+           "probe_preset", "scatter_figure", "verdict_label", "verdicts"]
 
 PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
+VERDICT_LABELS = {"predicts": "predicts the gains", "chance": "no better than chance",
+                  "away": "points away from the useful layers"}
+
+
+def verdict_label(policy: str, figures: dict) -> str:
+    """The verdict column: what the interval of ρ says (and, for a ranking that predicts the
+    gains only as well as the layer index does, that)."""
+    said = direction(figures)
+    return "no better than depth" if said == "predicts" and verdict(policy, figures) else VERDICT_LABELS[said]
 
 
 def _mtime(run: Run) -> int:
@@ -165,7 +175,7 @@ def policy_table(table: dict[str, dict], compared: dict[str, dict] | None = None
         for k, cell in sorted((compared or {}).get(policy, {}).items()):
             if cell["gain"] is not None:
                 row[f"top-{k} gain (compare)"] = f"{cell['gain']:+.4f}"
-        row["verdict"] = "no signal" if verdict(policy, f) else "signal"
+        row["verdict"] = verdict_label(policy, f)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -13,8 +13,8 @@ from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, CorruptRunError, Run, list_runs, open_run
 
 __all__ = ["PAPER_WARMUP_STEPS", "STARVED_WARMUP_STEPS", "agreement_table", "budget_sentence", "compare_gains",
-           "floe_cost", "matching_probes", "matching_score_runs", "probe_cost", "same_setup", "validation_summary",
-           "verdict", "warmup_budget"]
+           "direction", "floe_cost", "matching_probes", "matching_score_runs", "probe_cost", "same_setup",
+           "validation_summary", "verdict", "warmup_budget"]
 
 # Policies with no ranking of their own to check.
 _NOT_RANKINGS = ("all",)
@@ -94,12 +94,25 @@ def budget_sentence(budget: dict) -> str:
     return text
 
 
+def direction(figures: dict) -> str:
+    """What the interval of a ranking's ρ with the measured gains says: "predicts" (above 0),
+    "chance" (includes 0, or undefined) or "away" (below 0: it points away from the useful layers)."""
+    lo, hi = figures["spearman_ci"]
+    if figures["spearman"] is None or lo is None or hi is None or lo <= 0 <= hi:
+        return "chance"
+    return "predicts" if lo > 0 else "away"
+
+
 def verdict(policy: str, figures: dict) -> str | None:
-    """A plain sentence when a ranking is no better than random or than depth; None when
-    its intervals say it carries signal of its own."""
+    """A plain sentence when a ranking is no better than random or than depth, or points away
+    from the useful layers; None when its intervals say it carries signal of its own."""
     label = POLICIES.get(policy, policy)
-    lo = figures["spearman_ci"][0]
-    if figures["spearman"] is None or lo is None or lo <= 0:
+    said = direction(figures)
+    if said == "away":
+        lo, hi = figures["spearman_ci"]
+        return (f"{label}: points away from the useful layers (ρ {figures['spearman']:+.2f}, its 95 % "
+                f"interval [{lo:+.2f}, {hi:+.2f}] is below 0).")
+    if said == "chance":
         return f"{label}: no better than a random ranking (the 95 % interval of ρ includes 0)."
     if policy in ("deepest", "shallowest"):
         return None

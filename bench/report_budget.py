@@ -1,0 +1,161 @@
+"""The tables of the budget study (docs/results.md, "The verdict at a larger budget"), from what
+bench/budget_study.sh wrote and the runs it names.
+
+    .venv/bin/python -m bench.report_budget [MODEL-DATA ...]   (default: every one found)
+
+For each model and data set: the warm-up ladder (FLoE's, adapter-norm's and LoRA-drop's
+agreement with the measured gains at the training budget T, per warm-up size W, with the
+agreement at the default probe budget beside it), the ground truth's transfer from the default
+budget to T, the fair compare at T, and each selection's cost as a share of the full-layer
+training it selects for (the paper's Table 5 view).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.report_results import compare_table, versus_table
+from floe.experiments.validation import agreement_table
+from floe.method.agreement import bootstrap_ci, spearman
+from floe.pipeline.policies import layer_ranges, probe_ranking
+from floe.pipeline.score import load_layers
+from floe.store.runs import open_run
+
+RESULTS = Path(__file__).parent / "results" / "budget"
+LADDER = (64, 256, 1024, 2048, 4096)
+POLICIES = ("floe", "adapter-norm", "lora-drop", "deepest")
+# The compare's rows: the probe column at T and at the default budget, then the rankings.
+ORDER = ["probe at T", "probe at default budget", "adapter-norm", "floe", "deepest", "lora-drop"]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
+
+
+def _rho(figures: dict | None) -> str:
+    if not figures or figures["spearman"] is None:
+        return "n/a"
+    lo, hi = figures.get("spearman_ci") or (None, None)
+    return f"{figures['spearman']:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else "")
+
+
+def _probe(run_id: str) -> dict:
+    return open_run(run_id).read_json("probe.json")
+
+
+def ladder_rows(ladder: dict[int, tuple[dict, dict]], truth: dict, default: dict | None) -> list[dict]:
+    """Per warm-up size W: its steps, each policy's agreement with the gains at T (and FLoE's
+    with the default-budget gains), FLoE's top 8. ``ladder``: W -> (warmup summary, layers.json)."""
+    rows = []
+    for w, (warm, layers) in sorted(ladder.items()):
+        at_t = agreement_table(layers, truth)
+        at_default = agreement_table(layers, default) if default else {}
+        rows.append({"W": w, "steps": warm["steps"], "examples": warm["n_train"],
+                     **{p: at_t.get(p) for p in POLICIES}, "floe@default": at_default.get("floe"),
+                     "floe top 8": sorted(layers["ranking"][:8])})
+    return rows
+
+
+def ladder_table(rows: list[dict]) -> str:
+    head = ("| warm-up W (examples) | steps | " + " | ".join(f"{p} ρ at T" for p in POLICIES)
+            + " | floe ρ at default budget | FLoE's top 8 |")
+    out = [head, "|" + " --- |" * (len(POLICIES) + 4)]
+    for r in rows:
+        out.append(f"| {r['W']} | {r['steps']} | " + " | ".join(_rho(r[p]) for p in POLICIES)
+                   + f" | {_rho(r['floe@default'])} | {layer_ranges(r['floe top 8'])} |")
+    return "\n".join(out)
+
+
+def transfer(default: dict, truth: dict, n_boot: int = 2000) -> dict:
+    """Spearman between the per-layer gains at the default probe budget and at T, with a
+    bootstrap interval over layers (the layers both measured)."""
+    a = dict(zip(default["layers"], default["gain"]))
+    b = dict(zip(truth["layers"], truth["gain"]))
+    layers = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+    x, y = [a[k] for k in layers], [b[k] for k in layers]
+    return {"spearman": spearman(x, y), "ci": bootstrap_ci(spearman, [x, y], n_boot), "n": len(layers),
+            "top8_overlap": len(set(probe_ranking(default)[:8]) & set(probe_ranking(truth)[:8]))}
+
+
+def _wall(run_id: str) -> float:
+    state = open_run(run_id).state
+    return state["finished"] - state["started"]
+
+
+def cost_rows(analyses: dict[int, str], probes: dict[str, str], full_train_seconds: float | None) -> list[dict]:
+    """Each selection's wall time, and its share of the full-layer training at T."""
+    rows = []
+    for w, score_id in sorted(analyses.items()):
+        score = open_run(score_id)
+        seconds = _wall(score.config["warmup_run"]) + _wall(score_id)
+        rows.append({"selection": f"FLoE, warm-up W={w} + scoring", "seconds": seconds})
+    for label, probe_id in probes.items():
+        rows.append({"selection": label, "seconds": _wall(probe_id)})
+    for r in rows:
+        r["share"] = r["seconds"] / full_train_seconds if full_train_seconds else None
+    return rows
+
+
+def cost_table(rows: list[dict], full_train_seconds: float | None) -> str:
+    out = ["| selection | wall (s) | share of the full-layer training at T |", "| --- | --- | --- |"]
+    for r in rows:
+        share = f"{r['share']:.1%}" if r["share"] is not None else "n/a"
+        out.append(f"| {r['selection']} | {r['seconds']:.0f} | {share} |")
+    if full_train_seconds:
+        out.append(f"| (full-layer training at T, mean over seeds) | {full_train_seconds:.0f} | 100 % |")
+    return "\n".join(out)
+
+
+def report(tag: str) -> str:
+    parts = [f"### {tag}"]
+    truth_run, default_run = _load(f"probe-T-{tag}.json"), _load(f"probe-default-{tag}.json")
+    if not truth_run:
+        return f"### {tag}\n\n(no probe at T yet)"
+    truth = _probe(truth_run["run"])
+    default = _probe(default_run["run"]) if default_run else None
+    analyses = {w: a["run"] for w in LADDER if (a := _load(f"analyze-{tag}-{w}.json"))}
+    ladder = {}
+    for w, score_id in analyses.items():
+        score = open_run(score_id)
+        ladder[w] = (open_run(score.config["warmup_run"]).read_json("warmup.json"), load_layers(score))
+    steps = truth.get("train_steps")
+    parts.append(f"Ground truth at T: joint probe, {steps} optimizer steps over "
+                 f"{truth['config']['data']['max_samples']} examples; base val loss "
+                 f"{truth['base_val_loss']:.3f}; measured top 8: {layer_ranges(sorted(probe_ranking(truth)[:8]))}.")
+    parts.append(ladder_table(ladder_rows(ladder, truth, default)))
+    if default:
+        t = transfer(default, truth)
+        lo, hi = t["ci"]
+        parts.append(f"Transfer of the ground truth from the default probe budget to T: Spearman "
+                     f"{t['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}] over {t['n']} layers; top-8 overlap "
+                     f"{t['top8_overlap']}/8.")
+    compare = _load(f"compare-T-{tag}.json")
+    if compare:
+        summary = open_run(compare["run"]).read_json("compare.json")
+        results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]}
+                   for r in summary["results"]]
+        extra = _load(f"compare-T-probe-default-{tag}.json")
+        if extra:
+            more = open_run(extra["run"]).read_json("compare.json")["results"]
+            results += [{**r, "policy": "probe at default budget"} for r in more]
+        base = summary["base"]["metrics"].get("val_loss")
+        parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
+        full = [r["train_seconds"] for r in results if r["policy"] == "all"]
+        full_s = sum(full) / len(full) if full else None
+        probes = {"joint probe, default budget": default_run["run"]} if default_run else {}
+        probes["joint probe at T"] = truth_run["run"]
+        parts.append(cost_table(cost_rows(analyses, probes, full_s), full_s))
+    return "\n\n".join(parts)
+
+
+def main(tags: list[str]) -> None:
+    found = sorted({p.name[len("probe-T-"):-len(".json")] for p in RESULTS.glob("probe-T-*.json")
+                    if not p.name.startswith("probe-T-full-")})
+    for tag in tags or found:
+        print(report(tag) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
