@@ -57,6 +57,10 @@ else:
                   help=chosen["what"])
         c2.metric("× FLoE warm-up + scoring", f"{chosen['ratio']:.2f}" if chosen["ratio"] else "–",
                   help=f"FLoE on this score run: {chosen['floe_seconds'] or 0:.0f} s")
+        if not chosen["same_data"]:
+            st.caption(f"Not the same data: the probe measured on {chosen['probe_data']}, FLoE's warm-up "
+                       f"on {chosen['floe_data']}; the ratio compares selections of different budgets. "
+                       "On the same data the joint probe cost about 1x FLoE (bench/README.md).")
         st.markdown(f"**{chosen['label']}, top {k}:** {', '.join(map(str, chosen['layers']))}")
         ui.launcher(["train", "--policy", "probe", "--probe-run", probe_run.id, "--k", str(k)], "train",
                     common.training_preset(run), f"train · probe top-{k} · {common.run_label(run)}",

@@ -102,6 +102,9 @@ def test_validation_page_offers_select_by_measurement_with_its_cost(cache):
     assert "**select by measurement (probe run's gain), top 3:** 2, 5, 7" in text_of(at)
     cost = next(m for m in at.metric if m.label == "selection cost (s)")
     assert cost.value == "8"
+    # The fixture's probe records no data budget; FLoE's warm-up drew 128 examples of <= 128 tokens.
+    assert not chosen["same_data"] and chosen["floe_data"] == "128 examples × ≤ 128 tokens"
+    assert "Not the same data: the probe measured on ? examples" in text_of(at)
     next(b for b in at.button if b.label == "Train the measured top-k").click().run()
     job = only_job()
     assert job["args"][:7] == ["train", "--policy", "probe", "--probe-run", probe.id, "--k", "3"]

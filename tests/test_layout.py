@@ -105,6 +105,26 @@ def test_run_keys_are_those_of_0_3_0(smol_path):
     assert run.id == "warmup-7ab1e2079a49"
 
 
+def test_training_and_probe_keys_are_those_before_the_setup_object(smol_path):
+    """The keys of a sparse training and of a cell and a joint probe, as the code before
+    ``Setup`` bundled the four configs computed them (cached runs stay valid)."""
+    from floe.adapters.hydralora import HydraLoraConfig
+    from floe.experiments.probe import ProbeConfig, probe_key
+    from floe.pipeline.data import DataConfig
+    from floe.pipeline.setup import ModelConfig, Setup
+    from floe.pipeline.sparse import SparseConfig, train_key
+    from floe.pipeline.train import TrainConfig
+    from floe.store.config import config_hash
+    model = ModelConfig(model="smollm2-135m")
+    trained = Setup(model, DataConfig(), HydraLoraConfig(layers=[3, 7]), TrainConfig(seed=7))
+    assert config_hash(train_key(trained, SparseConfig(layers=[3, 7]))) == "ac016f6c54f1"
+    cells = Setup(model, DataConfig(max_samples=32, max_length=64), HydraLoraConfig(),
+                  TrainConfig(batch_size=4, lr=1e-3))
+    assert config_hash(probe_key(cells, ProbeConfig(seeds=[42, 43]))) == "4c9d0a0e8bcd"
+    joint = Setup(model, DataConfig(), HydraLoraConfig(), TrainConfig(seed=7))
+    assert config_hash(probe_key(joint, ProbeConfig(schedule="joint"))) == "dc6beb2a1679"
+
+
 def test_the_project_cache_is_beside_app_py(monkeypatch):
     from floe.store import runs
     monkeypatch.delenv("FLOE_CACHE")

@@ -85,8 +85,15 @@ def measured_selection(score_run: Run, probe_run: Run, k: int) -> dict | None:
     cost = probe_cost(p)
     floe = floe_cost(score_run, cost["basis"])
     ratio = cost["seconds"] / floe if cost["seconds"] is not None and floe else None
+    probe_data, floe_data = _sample(p["config"].get("data", {})), _sample(score_run.config["warmup"]["data"])
     return {"label": POLICIES["probe"], "ranking": order, "layers": sorted(order[:k]),
-            "seconds": cost["seconds"], "what": cost["what"], "floe_seconds": floe, "ratio": ratio}
+            "seconds": cost["seconds"], "what": cost["what"], "floe_seconds": floe, "ratio": ratio,
+            "probe_data": probe_data, "floe_data": floe_data, "same_data": probe_data == floe_data}
+
+
+def _sample(data: dict) -> str:
+    """A selection's data budget: examples x tokens per example (cap)."""
+    return f"{data.get('max_samples', '?')} examples × ≤ {data.get('max_length', '?')} tokens"
 
 
 def probe_label(run: Run) -> str:
