@@ -62,3 +62,15 @@ def tiny_configs(model_dir, data_file, **train):
                  DataConfig(data=data_file, max_samples=16, val_samples=8, max_length=48),
                  HydraLoraConfig(r=4),
                  TrainConfig(**{"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, **train}))
+
+
+def random_experts(model, seed: int, scale: float = 1.0):
+    """Give every HydraLoRA expert B random values (they start at zero), so the adapters act."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return g
+

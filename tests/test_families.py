@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import FAMILIES, tiny_config, tiny_model
+from helpers import FAMILIES, random_experts, tiny_config, tiny_model
 
 from floe.adapters.hydralora import (
     HydraLoraConfig,
@@ -31,11 +31,7 @@ def adapted(family: str, targets=arch.ROLES, seed: int = 0):
     """A tiny fp64 model of ``family`` with HydraLoRA on ``targets`` whose B are random."""
     model = tiny_model(family, seed=seed).double()
     apply_hydralora(model, HydraLoraConfig(r=4, experts=3, targets=list(targets), dropout=0.0))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    random_experts(model, seed + 1, 0.3)
     return model.eval()
 
 
@@ -167,11 +163,8 @@ def test_single_expert_adapter_equals_merging_into_the_roles_rows(family):
     merged = tiny_model(family, seed=1).double().eval()
     targets = ["v", "up"]  # one role of each fused module (Phi-3), the others left alone
     apply_hydralora(model, HydraLoraConfig(r=2, experts=1, targets=targets, dropout=0.0))
-    g = torch.Generator().manual_seed(0)
+    random_experts(model, 0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
         for k in range(L):
             for r in targets:
                 arch.role_weight(merged, k, r).add_(role_adapter(model, k, r).expert_updates()[0])

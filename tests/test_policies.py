@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import random_experts, tiny_model
 
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
 from floe.method.baselines import adapter_output_norms, hill_alpha, ht_sr_alphas
@@ -99,11 +99,7 @@ def test_lora_drop_counts_each_role_of_a_fused_projection_once():
     model = tiny_model("phi3", num_hidden_layers=2).double()
     roles = list(arch.ROLES)
     apply_hydralora(model, HydraLoraConfig(r=2, experts=2, targets=roles, dropout=0.0))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    g = random_experts(model, 1)
     ids = torch.randint(3, 96, (2, 6), generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     batch = {"input_ids": ids, "attention_mask": mask, "labels": ids}
