@@ -14,11 +14,14 @@
 #      (largest W), LoRA-drop, deepest and all layers, k = $KS, training seeds $SEEDS;
 #   5. the full single-layer probe at T on $FULL_LAYERS, 2 seeds: does the joint reading
 #      hold at T?
-# The paper's protocol (warm-up on the general set, FLoE's selection trained on the medical
-# set) is step 6 when both sets are studied. Every step is a cached run: a rerun continues
+#   6. the paper's protocol, when both sets are studied: FLoE's selection from the warm-up on
+#      the general set (largest W), trained and judged on the medical set at T, next to the
+#      medical set's own selections (the compare of step 4 on medical). Every step is a cached run: a rerun continues
 # where it stopped. CPU hours: one torch job at a time, in the background:
 #   nohup nice bash bench/budget_study.sh > bench/results/budget_study.log 2>&1 &
-# Tables: python -m bench.report_results --budget
+# Gemma-3-270M on the general set, the ladder and the probe only:
+#   MODELS=gemma3-270m DATASETS=general STEPS="ground-truth ladder" bash bench/budget_study.sh
+# Tables: .venv/bin/python -m bench.report_budget
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -34,7 +37,7 @@ FULL_LAYERS=${FULL_LAYERS:-0,3,6,9,12,15,18,21,24,27}
 KS=${KS:-8}
 SEEDS=${SEEDS:-42,43,44}
 EVAL_SEED=${EVAL_SEED:-1}
-STEPS=${STEPS:-ground-truth ladder compare full-probe}
+STEPS=${STEPS:-ground-truth ladder compare full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -76,4 +79,11 @@ for model in ${MODELS:-smollm2-135m}; do
     fi
     step done
   done
+  if wants paper-protocol && [ -s "$out/analyze-$model-general-${LADDER##* }.json" ] && [[ " ${DATASETS:-general medical} " == *" medical "* ]]; then
+    tag="$model-general-to-medical"
+    step "the paper's protocol: the general warm-up's selection, trained and judged on medical at T"
+    floe compare --score-run "$(run_of "$out/analyze-$model-general-${LADDER##* }.json")" --data medical \
+      --policies floe,adapter-norm,lora-drop --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
+      --tasks '' "${at_T[@]}" "${common[@]}" > "$out/compare-T-$tag.json"
+  fi
 done
