@@ -101,12 +101,13 @@ def describe(run: Run) -> dict:
     try:
         cfg = run.config
     except CorruptRunError:
-        return {"model": "?", "data": "?", "ratio": None, "budget": None, "detail": "corrupt config"}
+        return {"model": "?", "data": "?", "samples": None, "ratio": None, "budget": None,
+                "detail": "corrupt config"}
     base = cfg.get("warmup", cfg)  # score runs nest their warm-up's config
     data = base.get("data") or {}
     ratios = cfg.get("ratios")
     return {"model": short_name(base.get("model")), "data": short_name(data.get("data")),
-            "ratio": None if ratios else data.get("ratio"),
+            "samples": data.get("max_samples"), "ratio": None if ratios else data.get("ratio"),
             "budget": (cfg.get("score") or {}).get("beta"), "detail": _detail(run.kind, cfg)}
 
 
@@ -133,9 +134,10 @@ def run_label(run: Run) -> str:
     """A short unique name for a run in pickers and heatmap rows."""
     d = describe(run)
     ratio = f" · {d['ratio']:.0%}" if d["ratio"] is not None else ""
+    samples = f" · {d['samples']} ex" if d.get("samples") is not None else ""
     beta = f" · β {d['budget']:g}" if d["budget"] is not None else ""
     detail = f" · {d['detail']}" if d["detail"] else ""
-    return f"{d['model']} · {d['data']}{ratio}{beta}{detail} · {run.id.split('-', 1)[1][:6]}"
+    return f"{d['model']} · {d['data']}{samples}{ratio}{beta}{detail} · {run.id.split('-', 1)[1][:6]}"
 
 
 class skip_corrupt:
