@@ -89,6 +89,9 @@ def test_hopeless_trials_are_pruned(tiny_model_dir, qa_file, tmp_path):
     (["--r-max", "64"], "outside the range"),
     (["--storage", "sqlite:////no/such/folder/study.db"], "cannot open the Optuna storage"),
     (["--storage", "nosuchdb://user:secret@host/db"], "cannot open the Optuna storage"),
+    # The PostgreSQL driver is installed: an unreachable server is one line, its password hidden.
+    (["--storage", "postgresql://user:secret@127.0.0.1:1/studies"], "Connection refused"),
+    (["--storage", "postgressql://user:secret@127.0.0.1:1/studies"], "cannot open the Optuna storage"),
     (["--layers", ","], "layer list is empty"),
 ])
 def test_bad_search_input_gets_one_clear_line(tiny_args, extra, message, capsys):
