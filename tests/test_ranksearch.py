@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from floe.cli import main
 from floe.experiments.ranksearch import STUDY_DB, SUMMARY, RankSearchConfig, run_rank_search
 from floe.pipeline.sparse import SparseConfig
-from floe.store.runs import open_run
+from floe.store.runs import list_runs, open_run
 
 SEARCH = ["--layers", "1,3", "--r-min", "2", "--r-max", "8", "--lr", "1e-2"]
 
@@ -97,7 +97,9 @@ def test_hopeless_trials_are_pruned(tiny_model_dir, qa_file, tmp_path):
 def test_bad_search_input_gets_one_clear_line(tiny_args, extra, message, capsys):
     layers = ["--layers", "1"] if "--layers" not in extra else []
     args = ["search-rank", *tiny_args, "--n-trials", "1", *layers, *extra]
+    before = {r.id for r in list_runs()}
     code = main(args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert "secret" not in err
+    assert {r.id for r in list_runs()} == before  # nothing left behind

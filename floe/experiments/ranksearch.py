@@ -167,6 +167,7 @@ def run_rank_search(setup: Setup, sparse: SparseConfig, search: RankSearchConfig
     # Bad layers or a rank range the model cannot take fail before any trial.
     setup = setup.replace(adapter=prepare_sparse(setup.model, dataclasses.replace(setup.adapter, r=search.r_max),
                                                  sparse))
+    shared = open_storage(search.storage) if search.storage else None  # a bad URL: no run folder left
     run = run_for("ranksearch", search_key(setup, sparse, search))
     local = search.storage is None
     url = search.storage or f"sqlite:///{run.file(STUDY_DB)}"
@@ -177,7 +178,7 @@ def run_rank_search(setup: Setup, sparse: SparseConfig, search: RankSearchConfig
     with (run.hold() if local else contextlib.nullcontext(run)):
         if force and local:  # a fresh study; the trials' training runs stay cached
             run.file(STUDY_DB).unlink(missing_ok=True)
-        storage = open_storage(url)
+        storage = shared or open_storage(url)
         study = optuna.create_study(
             study_name=name, storage=storage, direction="minimize", load_if_exists=True,
             sampler=TPESampler(seed=search.sampler_seed, n_startup_trials=search.startup_trials),
