@@ -100,6 +100,14 @@ def test_bad_probe_options_get_one_clear_line(capsys, tiny_args, args, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_an_unreachable_storage_is_one_line_and_leaves_no_run(capsys, tiny_args):
+    from floe.store.runs import list_runs
+    before = {r.id for r in list_runs()}
+    code, err = _probe(capsys, *tiny_args, "--storage", "postgresql://floe:secret@127.0.0.1:1/studies")
+    assert code == 2 and "Connection refused" in err and len(err.strip().splitlines()) == 1
+    assert "secret" not in err and {r.id for r in list_runs()} == before
+
+
 def test_a_killed_probe_resumes_at_the_first_missing_cell(tiny_model_dir, qa_file, monkeypatch):
     from helpers import tiny_configs
 

@@ -189,13 +189,13 @@ def _train_cell(setup: Setup, layer: int, seed: int, n_layers: int, mode: str, s
             "gain": None, "train_seconds": summary["seconds"]}
 
 
-def _share_cells(cells, train, storage_url: str, study_name: str) -> None:
+def _share_cells(cells, train, storage, study_name: str) -> None:
     """Workers draw cells from one Optuna study (GridSampler over the cell indices) until
     every cell has been drawn; a cell another worker holds is waited for."""
     import optuna
     from optuna.samplers import GridSampler
     grid = list(range(len(cells)))
-    study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url),
+    study = optuna.create_study(study_name=study_name, storage=storage,
                                 sampler=GridSampler({"cell": grid}, seed=0), direction="maximize",
                                 load_if_exists=True)
 
@@ -214,6 +214,7 @@ def run_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progre
     shape = model_shape(setup.model)
     cells = plan_cells(probe, shape.n_layers)
     layers = probe.layers if probe.layers is not None else list(range(shape.n_layers))
+    storage = open_storage(probe.storage) if probe.storage else None  # a bad URL: no run folder left
     run = probe_run(setup, probe)
     if run.status == DONE and not force:
         run.verify()
@@ -225,7 +226,7 @@ def run_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progre
     shared = probe.storage is not None
     with (contextlib.nullcontext(run) if shared else run.hold()):
         if probe.storage is not None:  # shared
-            _share_cells(cells, train, probe.storage, probe.study_name or run.id)
+            _share_cells(cells, train, storage, probe.study_name or run.id)
         run.log(event="start", stage="probe", total_steps=len(cells), resumed_from=0)
         done: list[ProbeCell] = []
         walls: list[float] = []
