@@ -199,3 +199,11 @@ def test_the_verdict_says_what_the_interval_says(rho, ci, said):
         assert "points away from the useful layers" in sentence and "below 0" in sentence
     if said == "chance":
         assert "includes 0" in sentence
+
+
+def test_every_policy_has_its_own_colour_in_the_precision_figure():
+    from floe.pipeline.policies import POLICIES
+    table = {policy: {"precision_at_k": [0.5, 0.5]} for policy in POLICIES}
+    fig = validation.precision_figure(table)
+    colours = [trace.line.color for trace in fig.data if trace.name != "random (expected)"]
+    assert len(colours) == len(POLICIES) == len(set(colours))

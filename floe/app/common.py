@@ -17,8 +17,8 @@ from floe.pipeline.score import load_layers
 from floe.store.artifacts import LayersJson
 from floe.store.runs import DONE, CorruptRunError, Run, list_runs
 
-__all__ = ["budget_line", "budget_warning", "describe", "finished", "layers", "memo_by_state", "ranking",
-           "run_json", "run_label", "short_name", "skip_corrupt", "training_preset", "usable_score_runs",
+__all__ = ["budget_line", "budget_warning", "describe", "finished", "layers", "memo_by_state", "policy_colors",
+           "ranking", "run_json", "run_label", "short_name", "skip_corrupt", "training_preset", "usable_score_runs",
            "warmup_budget"]
 
 
@@ -170,4 +170,14 @@ def budget_warning(run: Run) -> str | None:
     from floe.experiments.validation import budget_sentence
     b = warmup_budget(run)
     return budget_sentence(b) if b["starved"] else None
+
+
+def policy_colors() -> dict[str, str]:
+    """One colour per policy, the same on every figure (Plotly's default cycle has 10 colours:
+    with more policies two would share one)."""
+    from plotly.colors import qualitative
+
+    from floe.pipeline.policies import POLICIES
+    palette = qualitative.Dark24
+    return {policy: palette[i % len(palette)] for i, policy in enumerate(POLICIES)}
 

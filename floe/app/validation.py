@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from floe.app import common
+from floe.app.heatmaps import SCALE
 from floe.experiments.probe import PROBE_BUDGET
 from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
 from floe.experiments.validation import (
@@ -118,7 +119,7 @@ def gain_figure(layers: LayersJson, probe: ProbeJson, score_label: str) -> go.Fi
                         vertical_spacing=0.06)
     fig.add_trace(go.Heatmap(z=[layers["layer_scores"], layers["layer_scores_without_refinement"]],
                              x=list(range(n)), y=["FLoE score", "without refinement"],
-                             colorscale="Viridis", colorbar={"title": "s_k", "len": 0.35, "y": 0.85},
+                             colorscale=SCALE, colorbar={"title": "s_k", "len": 0.35, "y": 0.85},
                              hovertemplate="layer %{x}: %{z:.3f}<extra>%{y}</extra>"), row=1, col=1)
     xs, ys, up, down = [], [], [], []
     for k, ci in zip(probe["layers"], probe["gain_ci"]):
@@ -189,10 +190,11 @@ def policy_table(table: dict[str, dict], compared: dict[str, dict] | None = None
 
 def precision_figure(table: dict[str, dict]) -> go.Figure:
     """Precision@k for every k and policy, with the random expectation k/n."""
-    fig = go.Figure()
+    fig, colors = go.Figure(), common.policy_colors()
     for policy, f in table.items():
         ks = list(range(1, len(f["precision_at_k"]) + 1))
-        fig.add_trace(go.Scatter(x=ks, y=f["precision_at_k"], mode="lines", name=POLICIES[policy]))
+        fig.add_trace(go.Scatter(x=ks, y=f["precision_at_k"], mode="lines", name=POLICIES[policy],
+                                 line={"color": colors.get(policy)}))
     if table:
         n = len(next(iter(table.values()))["precision_at_k"])
         fig.add_trace(go.Scatter(x=list(range(1, n + 1)), y=[k / n for k in range(1, n + 1)],
