@@ -24,11 +24,10 @@
 # Tables: .venv/bin/python -m bench.report_budget
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source bench/common.sh
 out=bench/results/budget
 mkdir -p "$out"
-floe() { .venv/bin/floe "$@"; }
-run_of() { .venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$1"; }
 step() { echo "$(date +%T) $tag: $*"; }
 LADDER=${LADDER:-256 1024 2048}
 T_EXAMPLES=${T_EXAMPLES:-1024}

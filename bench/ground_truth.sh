@@ -15,11 +15,9 @@
 #   nohup nice bash bench/ground_truth.sh > bench/results/ground_truth.log 2>&1 &
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source bench/common.sh
 out=bench/results/ground_truth
 mkdir -p "$out"
-floe() { .venv/bin/floe "$@"; }
-run_of() { .venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$1"; }
 EVAL_SEED=${EVAL_SEED:-1}
 compare=(--ks 4,8 --seeds 42,43,44 --seed "$EVAL_SEED" --tasks '' --device cpu --quiet --json)
 for model in ${MODELS:-smollm2-135m gemma3-270m}; do

@@ -150,8 +150,10 @@ class skip_corrupt:
         return kind is not None and issubclass(kind, (CorruptRunError, FileNotFoundError, KeyError))
 
 
+@memo_by_state
 def warmup_budget(run: Run) -> dict:
-    """The warm-up budget behind a score run's FLoE scores (steps, examples, tokens)."""
+    """The warm-up budget behind a score run's FLoE scores (steps, examples, tokens); read
+    once per state of the run (a page asks for it per row, twice)."""
     from floe.experiments.validation import warmup_budget as budget
     return budget(run)
 
