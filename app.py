@@ -1,12 +1,12 @@
 """Runs (home): the runs in cache/, the background jobs, and new analyses."""
 import streamlit as st
 
-from floe.app import common, pickers
+from floe.app import common, pickers, shared
 from floe.app import widgets as ui
-from floe.app.runs import runs_table, status_of
+from floe.app.runs import clean_up, cleanup_preview, kinds_of, runs_table, sort_runs, status_of
 from floe.pipeline.data import DataError
 from floe.store import jobs
-from floe.store.runs import collect_garbage, list_runs
+from floe.store.runs import list_runs
 
 ui.page("Runs", "Every analysis, training and rank search is a run in cache/runs. Long work "
         "runs in the background as `floe` commands: close the tab, come back later.")
@@ -15,6 +15,17 @@ st.subheader("Analyse in one click")
 ui.quick_analyse_button("quick")
 
 ui.job_panel()
+
+# --------------------------------------------------------------------------- the answer
+score_runs, _ = common.usable_score_runs()
+if score_runs:
+    st.subheader("Which layers to adapt")
+    left, right = st.columns([2, 1])
+    with left:
+        scored = ui.pick_run(score_runs, "Score run", "score")
+    n_layers = common.layers(scored)["n_layers"]
+    k = ui.layer_count_slider(right, "k: layers to adapt", n_layers, 8)
+    ui.recommendation_panel(scored, k, "runs")
 
 # --------------------------------------------------------------------------- the runs
 st.subheader("Runs")
@@ -26,10 +37,15 @@ elif not runs:
     st.info("No runs yet. Click **Analyse SmolLM2-135M** above: a few minutes later the Heatmaps "
             "page shows which of its 30 layers to adapt.", icon=":material/info:")
 else:
-    st.dataframe(runs_table(runs), hide_index=True, width="stretch",
+    kinds = kinds_of(runs)
+    counts = {kind: sum(r.kind == kind for r in runs) for kind in kinds}
+    shown = st.multiselect("Kinds shown (score runs first)", kinds, default=kinds, key="runs:kinds",
+                           format_func=lambda kind: f"{kind} ({counts[kind]})")
+    listed = sort_runs(runs, shown)
+    st.dataframe(runs_table(listed), hide_index=True, width="stretch",
                  column_config={"ratio": st.column_config.NumberColumn(format="percent"),
                                 "error": st.column_config.TextColumn(width="medium")})
-    by_id = {r.id: r for r in runs}
+    by_id = {r.id: r for r in listed}
     picked = [by_id[i] for i in st.multiselect(
         "Select runs to resume or delete", list(by_id), format_func=lambda i: f"{i} · {status_of(by_id[i])}")]
     resume_col, delete_col, confirm_col, gc_col = st.columns([1, 1, 3, 2])
@@ -52,10 +68,58 @@ else:
         ui.delete_runs(picked)
         st.rerun()
     if gc_col.button("Clean up", icon=":material/cleaning_services:",
-                     help="delete every failed, stale or corrupt run (floe runs gc)"):
-        cleaned = collect_garbage()
-        st.toast(f"Deleted {len(cleaned)} run(s): {', '.join(i for i, _ in cleaned) or 'none'}")
-        st.rerun()
+                     help="list every failed, stale or corrupt run (floe runs gc), then delete them"):
+        st.session_state["cleanup"] = True
+    if st.session_state.get("cleanup"):
+        preview = cleanup_preview()
+        with st.container(border=True):
+            if preview.empty:
+                st.success("Nothing to clean up: no failed, stale or corrupt run.", icon=":material/check:")
+            else:
+                st.markdown(f"**Clean up would delete these {len(preview)} run(s) and their files:**")
+                st.dataframe(preview, hide_index=True)
+            yes, no = st.columns([1, 4])
+            if not preview.empty and yes.button(f"Delete these {len(preview)}", type="primary",
+                                                icon=":material/delete:", key="cleanup:confirm"):
+                cleaned = clean_up(list(preview["run"]))
+                common.layers.cache_clear()
+                st.session_state["cleanup"] = False
+                st.toast(f"Deleted {len(cleaned)} run(s): {', '.join(cleaned) or 'none'}")
+                st.rerun()
+            if no.button("Close" if preview.empty else "Cancel", key="cleanup:cancel"):
+                st.session_state["cleanup"] = False
+                st.rerun()
+
+    # ----------------------------------------------------------------------- shared runs
+    shared_runs = shared.shared_runs(listed)
+    if shared_runs:
+        st.subheader("Shared across workers")
+        run_id = st.selectbox("Shared probe or compare", list(shared_runs), key="shared:run")
+        record = shared_runs[run_id]
+        default = shared.default_url(record["storage"])
+        st.caption(f"Study **{ui.md(record['study'])}** in {ui.md(record['storage'])} (as the run records it: "
+                   "the password is not kept).")
+        with st.form("shared:form", border=False):
+            typed = st.text_input(
+                "Storage URL", type="password", key="shared:url",
+                placeholder=shared.placeholder(default),
+                help=f"used for this read only, never saved; empty: ${shared.STORAGE_ENV} or the recorded URL "
+                     "when it has no password")
+            if st.form_submit_button("Read progress", icon=":material/sync:"):
+                url = typed.strip() or default
+                st.session_state["shared:view"] = (run_id, shared.read_progress(url, record["study"]) if url
+                                                   else "type the storage's URL (with its password)")
+        seen, rows = st.session_state.get("shared:view") or (None, None)
+        if seen == run_id and isinstance(rows, str):
+            ui.show_error(rows)
+        elif seen == run_id and rows:
+            done, running, waiting = st.columns(3)
+            count = shared.counts(rows)
+            done.metric("Cells done", f"{count['done']} / {len(rows)}")
+            running.metric("Running", count["running"])
+            waiting.metric("Waiting", count["waiting"], help="queued again, or not drawn yet")
+            st.dataframe(shared.progress_table(rows), hide_index=True, width="stretch")
+            st.plotly_chart(shared.worker_figure(rows), key="shared:workers")
 
 # --------------------------------------------------------------------------- new analysis
 st.subheader("New analysis")

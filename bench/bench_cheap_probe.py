@@ -5,7 +5,8 @@ at most 64 tokens, batch 4, 8 steps, lr 1e-3), this times:
 - FLoE: the default warm-up (every layer, the analysis' TrainConfig) + default scoring on
   the same data sample (the baseline of the ratios);
 - the cheap probe, schedule ``halving`` (one model load, successive halving) and schedule
-  ``joint`` (one all-layer training, leave-one-in gains), each end to end;
+  ``joint`` (one all-layer training, leave-one-in gains), each end to end; the joint
+  probe without its set search (off by default; bench_setsearch.py times that);
 - the full probe (every layer alone at the full budget) with one model load: the layers
   the halving trained at the full budget are reused (the same computation: one seed, the
   same training), the others trained here. Its time is not a goal; its ranking is the
@@ -48,7 +49,7 @@ def main() -> None:
     fresh_cache("floe-bench-cheap-")
 
     from floe.adapters.hydralora import HydraLoraConfig
-    from floe.experiments.cheap_probe import run_cheap_probe
+    from floe.experiments.cheap_probe import SetSearchConfig, run_cheap_probe
     from floe.experiments.probe import PROBE_BUDGET, SUMMARY, ProbeConfig
     from floe.method.agreement import spearman
     from floe.pipeline.data import DataConfig
@@ -74,7 +75,8 @@ def main() -> None:
     for schedule in ("halving", "joint"):
         probe = ProbeConfig(schedule=schedule, min_steps=args.min_steps)
         t0, c0 = time.perf_counter(), _cpu()
-        run = run_cheap_probe(Setup(model_cfg, data, adapter, training), probe, show_progress=False)
+        run = run_cheap_probe(Setup(model_cfg, data, adapter, training), probe, show_progress=False,
+                              search=SetSearchConfig(set_search=False))  # the probe alone (the default)
         summary = run.read_json(SUMMARY)
         cheap[schedule] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
                            "ranking": probe_ranking(summary), "train_steps": summary["train_steps"],

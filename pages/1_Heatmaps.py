@@ -4,9 +4,10 @@ import streamlit as st
 from floe.app import common, heatmaps
 from floe.app import widgets as ui
 
-ui.page("Heatmaps", "Layer importance of every finished analysis: one row per run, one column "
+ui.page("Heatmaps", "FLoE's layer importance of every finished analysis: one row per run, one column "
         "per layer. Dark = the adapted model no longer needs much of that layer's pretrained "
-        "capacity: adapt it. Dots mark each run's top-k layers.")
+        "capacity, so FLoE ranks it high; dots mark each run's FLoE top-k. Whether that ranking "
+        "predicts what adapting a layer buys: the recommendation below and the Validation page.")
 
 runs, problems = common.usable_score_runs()
 for message in problems.values():
@@ -46,8 +47,11 @@ if starved:
     st.warning(common.budget_warning(starved[0]) + (f" ({len(starved)} of the {len(rows)} rows.)"
                if len(rows) > 1 else ""), icon=":material/warning:")
 
-st.subheader("Drill-down: one layer's head and neuron masks")
+st.subheader("Which layers to adapt")
 run = ui.pick_run(rows, "Run", "score")
+ui.recommendation_panel(run, k, "heatmaps")
+
+st.subheader("Drill-down: one layer's head and neuron masks")
 payload = common.layers(run)
 layer = st.select_slider("Layer", list(range(payload["n_layers"])), value=payload["ranking"][0],
                          help="starts at the run's most important layer")

@@ -1,4 +1,4 @@
-"""Refinement: rankings with and without the swap refinement (Fig. 6), results per k (Table 7)."""
+"""Refinement: rankings with and without the swap refinement (Fig. 6); which k an evaluation needs."""
 import streamlit as st
 
 from floe.app import common, refinement
@@ -32,20 +32,14 @@ else:
     st.success("Refinement does not change any top-k set of this run: both rankings pick the same layers.")
 st.dataframe(moves, hide_index=True)
 
-st.subheader("Evaluation per k (the paper's Table 7)")
+st.subheader("Evaluate the k that differ")
 compared = refinement.compare_runs(run)
 if compared:
-    metric = st.selectbox("Metric", refinement.compare_table(compared[0])[1])
-    table, _ = refinement.compare_table(compared[0], metric)
-    st.dataframe(table)
-    st.caption("Mean ± 95 % t-interval half-width over training seeds.")
-    reference = refinement.compare_reference(compared[0])
-    if reference:
-        st.dataframe(refinement.compare_table(compared[0], metric, differences=True)[0])
-        st.caption(f"Each policy minus {reference} at the same k and training seed (mean ± 95 % t half-width): "
-                   "an interval that includes 0 is no difference the seeds support.")
+    st.page_link("pages/7_Compare.py", label="See the evaluation per k (FLoE with and without refinement) on "
+                 "the Compare page", icon=":material/arrow_forward:")
 else:
-    st.info("No evaluation yet. `floe compare` trains each k with both rankings and evaluates it.")
+    st.info("No evaluation yet. `floe compare` trains each k with both rankings and evaluates it; its "
+            "results appear on the Compare page.", icon=":material/info:")
 with st.expander("Start `floe compare` on the k that differ", expanded=bool(ks) and not compared):
     preset = {**common.training_preset(run), **ui.cpu_only(ui.QUICK_EVAL),
               "ks": ",".join(map(str, ks[:3] or [min(8, payload["n_layers"])])),

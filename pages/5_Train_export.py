@@ -1,11 +1,12 @@
 """Train & export: choose k and a policy, see the cost, train sparsely, download the result."""
+import functools
+
 import streamlit as st
 
-from floe.app import common, heatmaps, training, validation
+from floe.app import common, heatmaps, recommend, setsearch, training, validation
 from floe.app import widgets as ui
-from floe.pipeline.policies import POLICIES, available_policies
+from floe.pipeline.policies import MEASURED, POLICIES, available_policies
 from floe.store import jobs
-from floe.store.runs import CorruptRunError
 
 ui.page("Train & export", "Pick how many layers to adapt and by which ranking; train the sparse "
         "adapter in the background; download the layer list, the config and the adapter.")
@@ -21,15 +22,30 @@ run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
 n_layers = payload["n_layers"]
 c1, c2 = st.columns([1, 2])
-probes = {p.id: p for p in validation.matching_probes(run) if p.status == "done"}
-policy = c1.radio("Policy", available_policies(payload) + (["probe"] if probes else []), format_func=POLICIES.get,
-                  help="FLoE ranks layers by its score; the others are baselines and common "
-                  "heuristics (docs/method.md, Policies); probe: a finished probe run's measured gains")
-ranked_by = run  # the run whose ranking picks the layers: the probe run for policy probe
-if policy == "probe":
-    ranked_by = probes[c1.selectbox("Probe run", list(probes),
-                                    format_func=lambda i: validation.probe_label(probes[i]))]
+probes = recommend.finished_probes(run)
+options = available_policies(payload) + setsearch.measured_options(probes)
+# A finished probe of this model and data measured the layers: its ranking is the default.
+policy = c1.radio("Policy", options, index=options.index("probe" if "probe" in options else "floe"),
+                  format_func=POLICIES.get,
+                  help="probe: a finished probe run's measured gains (the default when one exists); probe-set: "
+                  "a joint probe's set search (with --set-search), the best set of each size; FLoE ranks layers "
+                  "by its score; the others are baselines and common heuristics (docs/method.md, Policies)")
+ranked_by = run  # the run whose ranking picks the layers: the probe run for a measured policy
+if policy in MEASURED:
+    offered = setsearch.probes_for(policy, probes)
+    ranked_by = offered[c1.selectbox("Probe run", list(offered),
+                                     format_func=lambda i: validation.probe_label(offered[i]))]
 k = ui.layer_count_slider(c2, "k: number of layers to adapt", n_layers, 8, disabled=policy == "all")
+# What each k buys, predicted by a joint probe's set search (opt-in: about L^2 validation passes).
+curve_run = setsearch.curve_probe(probes, ranked_by if policy in MEASURED else None)
+found = setsearch.set_search_of(curve_run) if curve_run is not None else None
+if curve_run is None or found is None:
+    c2.caption(setsearch.no_search_line(run, n_layers))
+else:
+    c2.plotly_chart(setsearch.curve_figure(found, k), key="k-curve")
+    c2.caption(setsearch.curve_caption(found, curve_run, k, policy, run))
+ui.recommendation_panel(run, k, "train")
+
 chosen = training.chosen_layers(ranked_by, policy, k)
 st.plotly_chart(heatmaps.heatmap_figure([run], marked=[chosen]), key="choice")
 st.markdown(f"**Adapted layers ({len(chosen)}):** {', '.join(map(str, chosen))}")
@@ -49,14 +65,19 @@ if memory:
                "the training run reports its measured peak)")
 
 st.subheader("Sparse training")
+preset = common.training_preset(run)
+if policy in MEASURED:  # fair by default: another data seed than the probe's
+    preset, fair = recommend.fair_training_values(run, ranked_by)
+    st.caption(recommend.fair_note(fair))
 with st.expander("All options of `floe train`"):
-    values = ui.option_widgets("train", common.training_preset(run), skip=(*training.SELECTION_SKIP, "config"))
-selection = ["--probe-run", ranked_by.id] if policy == "probe" else ["--score-run", run.id]
+    values = ui.option_widgets("train", preset, skip=(*training.SELECTION_SKIP, "config"))
+selection = ["--probe-run", ranked_by.id] if policy in MEASURED else ["--score-run", run.id]
 ui.launcher(["train", *selection, "--policy", policy, "--k", str(k)], "train", values,
             f"train · {policy} top-{len(chosen)} · {common.run_label(run)}", "Start sparse training")
 ui.job_panel(("train", "eval"), recent=1)
 
 trained = training.train_runs_for(ranked_by, policy, k)
+pending = training.pending_training(jobs.list_jobs(), ranked_by, policy, k)
 if trained:
     train_run = ui.pick_run(trained, "Training run", "train")
 
@@ -76,6 +97,9 @@ if trained:
                                              skip=training.TRAIN_RUN_EVAL_SKIP)
             ui.launcher(["eval", "--train-run", train_run.id], "eval", eval_values,
                         f"evaluate {train_run.id}", "Start evaluation")
+elif pending:
+    st.info(f"The training of this choice is {pending['status']}: its progress is in the job card above; "
+            "its loss curve appears here once it trains.", icon=":material/hourglass_top:")
 else:
     st.info("No training run for this choice yet: start one above. Its loss curve appears here live.")
 
@@ -84,15 +108,13 @@ st.download_button("Layer list (JSON)", training.selection_file(run, policy, k, 
                    mime="application/json", icon=":material/download:", key="dl:layers")
 done = [r for r in trained if r.status == "done"]
 if done:
-    try:
-        files = training.export_downloads(training.export_folder(done[0]))
-    except (OSError, ValueError, CorruptRunError) as e:
-        ui.show_error(e)
-        files = {}
-    cols = st.columns(len(files) or 1)
-    for col, (name, data) in zip(cols, files.items()):
-        col.download_button(name, data, file_name=name, icon=":material/download:", key=f"dl:{name}")
-    st.caption(f"From `floe export --train-run {done[0].id}`: config.yaml trains it again "
+    # Each file is built when its button is clicked (the export is written once, a zip made
+    # per click), never on a page rerun.
+    cols = st.columns(len(training.export_names(done[0])))
+    for col, name in zip(cols, training.export_names(done[0])):
+        col.download_button(name, functools.partial(training.export_file, done[0], name), file_name=name,
+                            icon=":material/download:", key=f"dl:{name}")
+    st.caption(f"From `floe export --train-run {done[0].id}`, built when you click: config.yaml trains it again "
                "(`floe train --config config.yaml`), the peft config adapts the same layers with plain LoRA.")
 else:
     st.caption("The YAML config, the peft config and the adapter come with a finished training run.")

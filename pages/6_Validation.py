@@ -1,7 +1,7 @@
 """Validation: does a layer ranking predict what adapting each layer actually buys?"""
 import streamlit as st
 
-from floe.app import common, validation
+from floe.app import common, estimates, recommend, validation
 from floe.app import widgets as ui
 from floe.pipeline.policies import POLICIES
 
@@ -18,9 +18,9 @@ run = ui.pick_run(runs, "Score run", "score")
 payload = common.layers(run)
 probes = validation.matching_probes(run)
 if not probes:
-    st.info("No probe of this model and data yet. Start one below: it trains one small adapter per "
-            "layer (each a cached, resumable run) and fills this page as layers finish.",
-            icon=":material/info:")
+    st.info("No probe of this model and data yet. Start one below: the cheap joint probe trains one adapter "
+            "on every layer and measures each layer's gain with only its adapter on; this page fills when "
+            "it finishes.", icon=":material/info:")
 else:
     by_id = {p.id: p for p in probes}
     probe_run = by_id[st.selectbox("Probe", list(by_id), format_func=lambda i: validation.probe_label(by_id[i]))]
@@ -35,9 +35,10 @@ else:
     if not table:
         st.info("The agreement needs measured gains on at least 2 layers.", icon=":material/info:")
     else:
-        for sentence in validation.verdicts(table):
-            st.warning(sentence, icon=":material/warning:")
-        st.dataframe(validation.policy_table(table, validation.compared_gains(run)), hide_index=True)
+        st.markdown(validation.summary_sentence(table))
+        st.dataframe(validation.policy_table(table), hide_index=True)
+        st.page_link("pages/7_Compare.py", label="Each policy's top-k trained and judged on held-out data: Compare",
+                     icon=":material/compare_arrows:")
         st.caption("ρ: Spearman rank correlation of the policy's ranking with the measured gains, with a "
                    "bootstrap 95 % interval over layers. Partial ρ given depth: what the ranking says "
                    "beyond the layer index. P@k: share of the policy's top-k in the probe's top-k "
@@ -53,24 +54,30 @@ else:
         st.info("The probe is not finished: its ranking becomes a policy once it is.", icon=":material/info:")
     else:
         c1, c2 = st.columns(2)
-        c1.metric("selection cost (s)", f"{chosen['seconds']:.0f}" if chosen["seconds"] is not None else "–",
-                  help=chosen["what"])
+        c1.metric("selection cost", estimates.format_seconds(chosen["seconds"]), help=chosen["what"])
         c2.metric("× FLoE warm-up + scoring", f"{chosen['ratio']:.2f}" if chosen["ratio"] else "–",
-                  help=f"FLoE on this score run: {chosen['floe_seconds'] or 0:.0f} s")
-        if not chosen["same_data"]:
+                  help=f"FLoE on this score run: {estimates.format_seconds(chosen['floe_seconds'])}")
+        if chosen["same_data"]:
+            st.caption(f"Both on the same data budget: {chosen['floe_data']}.")
+        else:
             st.caption(f"Not the same data: the probe measured on {chosen['probe_data']}, FLoE's warm-up "
                        f"on {chosen['floe_data']}; the ratio compares selections of different budgets. "
                        "On the same data the joint probe cost about 1x FLoE (bench/README.md).")
         st.markdown(f"**{chosen['label']}, top {k}:** {', '.join(map(str, chosen['layers']))}")
+        values, fair = recommend.fair_training_values(run, probe_run)
         ui.launcher(["train", "--policy", "probe", "--probe-run", probe_run.id, "--k", str(k)], "train",
-                    common.training_preset(run), f"train · probe top-{k} · {common.run_label(run)}",
-                    "Train the measured top-k", key="measured")
+                    values, f"train · probe top-{k} · {common.run_label(run)}", "Train the measured top-k",
+                    key="measured")
+        st.caption(recommend.fair_note(fair))
 
 with st.expander("Start a probe", expanded=not probes):
-    st.caption("Schedule cells: the full probe (one cached run per layer). Cheap probes load the model "
-               "once: joint costs about FLoE's warm-up + scoring (Spearman 0.97 with the full probe on "
-               "SmolLM2), halving about 4x FLoE (Spearman 0.99, the same top 8); bench/README.md.")
-    values = ui.option_widgets("probe", validation.probe_preset(), skip=("score_run",))
+    st.caption("Schedule joint (the default here): one all-layer training, each layer's gain read with only "
+               "its adapter on; about FLoE's warm-up + scoring on the same data, Spearman 0.97 with the full "
+               "probe on SmolLM2. Halving: about 4x FLoE (Spearman 0.99, the same top 8). Cells: the full "
+               "probe, one cached run per layer (about 7x). bench/README.md.")
+    values = ui.option_widgets("probe", estimates.probe_values(run), skip=("score_run",))
+    estimate = estimates.probe_estimate(run, values.get("schedule", "joint"), values)
+    st.caption(f"Time: {estimate['text']}.")
     ui.launcher(["probe", "--score-run", run.id], "probe", values,
-                f"probe · {common.run_label(run)}", "Start the probe")
+                f"probe · {common.run_label(run)}", "Start the probe", keep=estimates.PROBE_KEEP)
 ui.job_panel(("probe",), recent=1)

@@ -233,3 +233,13 @@ def build_cache_7b_shape(root: Path) -> dict:
     make_search_run(root, score, k=8, rs=tuple(range(2, 17)))
     make_compare_run(root, score, ks=(8, 12, 16))
     return SHAPE_7B
+
+
+def add_set_search(probe, **over):
+    """The probe run made a joint probe with a set search (``floe probe --schedule joint
+    --set-search``): probe.json rewritten with examples.set_search_json over its layers."""
+    payload = probe.read_json("probe.json")
+    found = examples.set_search_json(len(payload["layers"]), **over)
+    probe.write_json("probe.json", {**payload, "schedule": "joint", "set_search": found})
+    probe.finish(["probe.json"])
+    return probe

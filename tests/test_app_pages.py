@@ -102,7 +102,9 @@ def test_runs_table_lists_runs_and_deletes_the_selected_one(cache, model):
     table = at.dataframe[0].value
     assert set(table["kind"]) == {"warmup", "score"} and set(table["status"]) == {"done"}
     assert table.loc[table["kind"] == "score", "model"].item() == "tiny-model"
-    at.multiselect[0].select(score.id).run()
+    assert at.multiselect(key="runs:kinds").value == ["score", "warmup"]
+    runs_picker = next(m for m in at.multiselect if m.label == "Select runs to resume or delete")
+    runs_picker.select(score.id).run()
     delete = next(b for b in at.button if b.label == "Delete")
     assert delete.disabled  # not before the confirmation
     at.checkbox[0].check().run()
@@ -121,10 +123,11 @@ def test_a_corrupt_state_is_listed_deleted_and_cleaned_up(cache, model):
     at = open_page()
     table = at.dataframe[0].value
     assert table.loc[table["run"] == broken.id, "status"].item() == "corrupt"
-    at.multiselect[0].select(broken.id).run()
+    next(m for m in at.multiselect if m.label == "Select runs to resume or delete").select(broken.id).run()
     assert not at.exception
     next(b for b in at.button if b.label == "Clean up").click().run()
     assert not at.exception
+    at.button(key="cleanup:confirm").click().run()
     assert sorted(r.id for r in list_runs()) == sorted([score.id, score.config["warmup_run"]])
 
 
@@ -255,16 +258,19 @@ def test_refinement_page_names_the_k_to_evaluate_and_starts_compare(cache, model
     assert args[args.index("--policies") + 1] == "floe,floe-no-refine"
 
 
-def test_refinement_page_shows_compare_results(cache, model):
+def test_compare_page_shows_compare_results(cache, model):
+    """The evaluation per k (the paper's Table 7) has its own page: every policy against FLoE."""
     run = fx.make_score_run(cache, model)
     fx.make_compare_run(cache, run)
-    at = open_page(PAGES[2])
-    table, diffs = at.dataframe[-2].value, at.dataframe[-1].value
-    assert list(table.columns) == ["floe", "floe-no-refine"] and list(table.index) == [3, 2]
-    assert table.loc[2, "floe"] == "0.4500 ± 0.0100"
-    # The paired differences against FLoE, signed.
-    assert list(diffs.columns) == ["floe-no-refine"] and diffs.loc[2, "floe-no-refine"] == "+0.0100 ± 0.0100"
-    assert "minus floe" in text_of(at)
+    at = open_page("pages/7_Compare.py")
+    table = at.dataframe[0].value
+    assert list(table["policy"]) == ["FLoE (with refinement)", "FLoE without refinement"] * 2
+    assert list(table["k"]) == [3, 3, 2, 2]
+    row = table[(table["k"] == 2) & (table["policy"] == "FLoE without refinement")].iloc[0]
+    assert row["mean"] == "2.0100" and row["95 % interval"] == "[+0.0000, +1.0000]"
+    # The paired difference against FLoE, signed, with its interval and verdict.
+    assert row["minus floe"] == "+0.0100" and row["verdict"] == "no difference the seeds support"
+    assert "lower is better" in text_of(at)
 
 
 def test_rank_search_page_shows_the_study_and_starts_a_search(cache, model):

@@ -56,8 +56,8 @@ def test_validation_page_aligns_gains_ranks_policies_and_states_the_verdict(cach
     assert table.loc["deepest layers (last k)", "P@3"] == "1.00"
     assert table.loc["deepest layers (last k)", "verdict"] == "predicts the gains"
     assert table.loc["shallowest layers (first k)", "verdict"] == "points away from the useful layers"
-    warnings = " ".join(w.value for w in at.warning)
-    assert "shallowest layers (first k): points away from the useful layers (ρ -1.00" in warnings
+    summary = next(m.value for m in at.markdown if m.value.startswith("FLoE's ranking:"))
+    assert "the best predictor of the measured gains: **deepest layers (last k)** (ρ +1.00" in summary
     # FLoE's ranking and its reverse mirror each other.
     figures = validation.agreement(score, probe)
     assert figures["floe"]["spearman"] == pytest.approx(-figures["floe-reverse"]["spearman"])
@@ -72,7 +72,9 @@ def test_validation_page_starts_a_probe_job(cache):
     at = open_page(PAGE)
     assert "No probe" in text_of(at)
     command = at.code[-1].value
-    assert command.startswith(f"floe probe --score-run {score.id}") and "--max-samples 32" in command
+    # The cheap schedule on the analysis's data budget (128 examples of <= 128 tokens, 32 held out).
+    assert command.startswith(f"floe probe --score-run {score.id}") and "--schedule joint" in command
+    assert "--max-samples 128 --val-samples 32 --max-length 128" in command
     next(b for b in at.button if b.label == "Start the probe").click().run()
     job = only_job()
     assert job["args"][:3] == ["probe", "--score-run", score.id] and job["status"] == jobs.QUEUED
@@ -100,8 +102,8 @@ def test_validation_page_offers_select_by_measurement_with_its_cost(cache):
     # gains 0, 3, 6, 1, 4, 7, 2, 5 (x 0.01): the top 3 are layers 5, 2, 7
     assert chosen["layers"] == [2, 5, 7] and chosen["seconds"] == 8.0  # 8 cells of 1 s
     assert "**select by measurement (probe run's gain), top 3:** 2, 5, 7" in text_of(at)
-    cost = next(m for m in at.metric if m.label == "selection cost (s)")
-    assert cost.value == "8"
+    cost = next(m for m in at.metric if m.label == "selection cost")
+    assert cost.value == "8 s"
     # The fixture's probe records no data budget; FLoE's warm-up drew 128 examples of <= 128 tokens.
     assert not chosen["same_data"] and chosen["floe_data"] == "128 examples × ≤ 128 tokens"
     assert "Not the same data: the probe measured on ? examples" in text_of(at)

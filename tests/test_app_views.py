@@ -202,4 +202,4 @@ def test_corrupt_score_runs_are_set_aside_with_their_message(cache, model):
 
 def test_a_score_runs_label_names_its_sample_size(cache):
     run = fx.make_score_run(cache, str(fx.make_model_folder(cache / "tiny-model")))
-    assert " · general · 128 ex · 100% · β 0.5 · " in common.run_label(run)
+    assert " · general · 128 ex · 4 steps · 100% · β 0.5 · " in common.run_label(run)

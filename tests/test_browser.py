@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.browser
+# One server, one browser and one screenshot folder (module fixtures): one test worker.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -205,6 +206,7 @@ def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
     open_page(page, server, "Train_export")  # the k slider starts at its default again
     set_k(page, 2)
     page.get_by_role("button", name="config.yaml").wait_for()
+    assert not (server["cache"] / "exports").exists()  # built when a download asks for it, not before
     with page.expect_download() as download:
         page.get_by_role("button", name="config.yaml").click()
     config = yaml.safe_load(Path(download.value.path()).read_text())
@@ -223,6 +225,69 @@ def test_analyse_see_heatmap_choose_k_train_and_download(page, server):
         shot(page, name)
 
 
+def test_the_recommendation_panel_and_the_export_on_request(page, tmp_path):
+    """Fixture runs (nothing trains): a score run whose FLoE ranking points away from the
+    layers a finished probe measured as useful, and a training of FLoE's top 2. The panel
+    recommends the measured layers on Runs, Heatmaps and Train & export, says how far FLoE's
+    ranking is from them and trains them on another data seed; the probe's set search draws
+    the predicted loss per k under the k slider; the export is built when a download asks
+    for it."""
+    import app_fixtures as fx
+    from test_app_validation import make_probe_run
+
+    from floe.app import training
+    model = str(fx.make_model_folder(tmp_path / "tiny-model", n_layers=12))
+    score = fx.make_score_run(tmp_path, model, n_layers=12,
+                              rankings={"floe": list(range(12)), "floe-no-refine": list(range(12))})
+    fx.add_set_search(make_probe_run(tmp_path, score, {1: [0.01 * (k + 1) for k in range(12)],
+                                                       2: [0.01 * (k + 1) + 0.002 for k in range(12)]}))
+    train = fx.make_train_run(tmp_path, score, "floe", 2)
+    with app_server(tmp_path) as url:
+        server = {"url": url}
+        for name, path in (("r1-runs-recommendation", ""), ("r2-heatmaps-recommendation", "Heatmaps"),
+                           ("r3-train-recommendation", "Train_export")):
+            open_page(page, server, path)
+            panel = page.locator("[class*='st-key-recommendation-']")
+            panel.get_by_text("Recommendation: Adapt layers").wait_for()
+            text = panel.inner_text()
+            assert "Measured on this model and data" in text and "points away from the useful layers" in text
+            assert "(4 of 8 in common)" in text or "(0 of 5 in common)" in text  # k 8 here, 5 on Heatmaps
+            assert "Fair: the training draws data seed 43, not the probe's 42" in text
+            assert panel.get_by_role("button", name="Train the recommendation").is_enabled()
+            assert not page.locator("[data-testid='stException']").count(), name
+            panel.scroll_into_view_if_needed()
+            shot(page, name)
+            panel.screenshot(path=str(SHOTS / f"{name}-panel.png"))
+
+        # Train & export, under the k slider: each ranking's predicted loss per k (the probe's
+        # set search), the suggested k marked and said how it was computed.
+        caption = page.get_by_text("Suggested k (dashed line): k = 6 of 12", exact=False).last
+        caption.wait_for()
+        assert "reaches 90% of the all-layer gain (0.1000)" in caption.inner_text()
+        assert "Slider at k = 8" in caption.inner_text()
+        assert page.locator(".js-plotly-plot").count() == 2  # the curve, the choice's heatmap
+        page.locator(".js-plotly-plot").first.screenshot(path=str(SHOTS / "r3-train-k-curve.png"))
+
+        # FLoE's own top 2 (policy floe, k 2): its finished training's export, on request.
+        page.locator("[data-testid='stRadio']").get_by_text("FLoE (with refinement)", exact=True).click()
+        settle(page)
+        set_k(page, 2)
+        page.get_by_role("button", name="config.yaml").wait_for()
+        assert not (tmp_path / "exports").exists()
+        with page.expect_download() as download:
+            page.get_by_role("button", name="config.yaml").click()
+        config = yaml.safe_load(Path(download.value.path()).read_text())
+        assert config["layers"] == training.chosen_layers(score, "floe", 2)
+        assert (tmp_path / "exports" / train.id).is_dir()
+
+        open_page(page, server, "Validation")  # one summary sentence, and the verdict column
+        page.get_by_text("FLoE's ranking: points away from the useful layers").wait_for()
+        shot(page, "r4-validation")
+        open_page(page, server, "Compare")
+        assert not page.locator("[data-testid='stException']").count()
+        shot(page, "r5-compare")
+
+
 def test_every_page_with_32_layer_runs(page, tmp_path):
     """Pages full of data (fixture runs shaped like a 7B model) render in the browser."""
     from app_fixtures import build_cache_7b_shape
@@ -230,7 +295,8 @@ def test_every_page_with_32_layer_runs(page, tmp_path):
     with app_server(tmp_path) as url:
         for name, path, charts in (("f1-runs", "", 0), ("f2-heatmaps", "Heatmaps", 3),
                                    ("f3-stability", "Stability", 1), ("f4-refinement", "Refinement", 1),
-                                   ("f5-rank-search", "Rank_search", 2), ("f6-train-export", "Train_export", 2)):
+                                   ("f5-rank-search", "Rank_search", 2), ("f6-train-export", "Train_export", 2),
+                                   ("f7-validation", "Validation", 0), ("f8-compare", "Compare", 0)):
             open_page(page, {"url": url}, path)
             if charts:
                 page.locator(".js-plotly-plot").nth(charts - 1).wait_for()

@@ -1,14 +1,17 @@
 """Measured selection: the halving schedule (pure), the one-load adapter reset (training
-layer l after layer m is training it in a fresh model), the cheap probe runs, and policy
-``probe`` in train and compare."""
+layer l after layer m is training it in a fresh model), the cheap probe runs, policy
+``probe`` in train and compare, and the joint probe's set search with policy ``probe-set``."""
+import dataclasses
 import json
+import statistics
 
 import pytest
 import torch
+from helpers import RANKINGS
 
 from floe.cli import main
 from floe.method.halving import halving_cost, halving_schedule, rank_by_rungs, successive_halving
-from floe.pipeline.policies import POLICIES, available_policies, probe_ranking
+from floe.pipeline.policies import POLICIES, available_policies, probe_ranking, ranking_for
 from floe.pipeline.sparse import SparseConfig
 from floe.store.runs import open_run
 
@@ -174,3 +177,186 @@ def test_readme_states_the_min_steps_default():
     from floe.experiments.probe import ProbeConfig
     stated = re.search(r"`--min-steps` \((?:default )?(\d+)", (Path(__file__).parents[1] / "README.md").read_text())
     assert stated is not None and int(stated.group(1)) == ProbeConfig().min_steps == 2
+
+
+# --------------------------------------------------------------------------- set search (issue 20)
+def _joint(capsys, tiny_args, *extra):
+    code, out = _cli(capsys, "probe", *tiny_args, "--schedule", "joint", "--lr", "1e-2", "--max-steps", "2",
+                     *extra)
+    assert code == 0, out
+    return out, open_run(out["run"]).read_json("probe.json")
+
+
+def test_joint_probe_searches_sets_and_draws_each_rankings_curve(capsys, tiny_args):
+    from floe.experiments.cheap_probe import search_cost
+    from floe.method.setsearch import suggested_k
+    out, probe = _joint(capsys, tiny_args, "--seeds", "1,2", "--set-search")
+    found = probe["set_search"]
+    layers, ks = [0, 1, 2, 3], [1, 2, 3, 4]
+    assert found["ks"] == ks and found["n_seeds"] == 2 and found["score_run"] is None
+    for name in ("forward", "backward"):
+        search = found[name]
+        assert sorted(search["order"]) == layers and search["ks"] == ks
+        assert found["curves"][name] == search["losses"]  # a search's curve is its own sets
+    assert found["better"] in ("forward", "backward") and found["ranking"] == found["rankings"][found["better"]]
+    assert found["mean_loss"][found["better"]] == min(found["mean_loss"].values())
+    assert set(found["curves"]) == {"probe", "forward", "backward", "deepest"}
+    assert found["rankings"]["probe"] == probe["ranking"] and found["rankings"]["deepest"] == [3, 2, 1, 0]
+    # k = 1 is the best single's measured loss, k = L every layer's, for every ranking.
+    best = max(range(4), key=lambda k: probe["gain"][k])
+    assert found["curves"]["probe"][0] == pytest.approx(probe["base_val_loss"] - probe["gain"][best])
+    assert {c[-1] for c in found["curves"].values()} == {found["all_loss"]}
+    # Forward's first pick is the best single; no set beats the search's at its size.
+    assert found["forward"]["order"][0] == probe["ranking"][0]
+    # The suggestion, the costs (each set once per seed; the singles were already read).
+    assert found["suggested"]["k"] == suggested_k(ks, found["curves"][found["better"]], found["base_loss"],
+                                                  found["all_loss"], 0.9)
+    assert found["suggested"]["tolerance"] == 0.9 and "90%" in found["suggested"]["how"]
+    assert 0 < found["sets_evaluated"] <= search_cost(4, 4, 2) and found["validation_passes"] == 2 * found[
+        "sets_evaluated"]
+    assert min(found["train_seconds"], found["search_seconds"], found["curve_seconds"]) >= 0
+    assert out["set_search"]["curves"] == found["curves"] and out["suggested_k"] == found["suggested"]["how"]
+    # Another tolerance reads the same run's curve again: the run is reused, not measured anew
+    # (asked without --set-search: the probe's key is the same, and the stored search shows).
+    code, again = _cli(capsys, "probe", *tiny_args, "--schedule", "joint", "--lr", "1e-2", "--max-steps", "2",
+                       "--seeds", "1,2", "--tolerance", "1.0")
+    assert code == 0 and again["run"] == out["run"]
+    assert again["set_search"]["suggested"]["tolerance"] == 1.0
+    assert again["set_search"]["suggested"]["k"] == suggested_k(ks, found["curves"][found["better"]],
+                                                                found["base_loss"], found["all_loss"], 1.0)
+
+
+def test_a_sets_loss_is_the_mean_over_seeds_of_that_seeds_joint_adapter(tiny_model_dir, qa_file):
+    """What the search reads for a set, from the adapters kept in memory, equals training
+    each seed's all-layer adapter afresh and switching on only that set."""
+    from helpers import tiny_configs
+
+    from floe.experiments.cheap_probe import (
+        Bench,
+        SetSearchConfig,
+        joint_adapters,
+        layer_adapter,
+        measure_joint,
+        only_layers_on,
+        train_joint,
+    )
+    from floe.experiments.probe import ProbeConfig
+    from floe.models.load import load_model
+    from floe.pipeline.data import load_split, tokenize
+    from floe.pipeline.train import train, validation_loss
+    setup = tiny_configs(tiny_model_dir, qa_file, max_steps=2)
+
+    def fresh() -> Bench:
+        model, tok = load_model(setup.model.model, "cpu")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        split = load_split(setup.data)
+        val = tokenize(tok, split.val, 48)
+        return Bench(model, tokenize(tok, split.train, 48), val, tok.pad_token_id,
+                     validation_loss(model, val, tok.pad_token_id))
+    bench = fresh()
+    states, _ = train_joint(bench, setup, [1, 2], 4)
+    with joint_adapters(bench, setup.adapter, 4, states) as losses:
+        read = losses(frozenset({0, 2}))
+        assert losses(frozenset({0, 2})) == read  # reloading the weights changes nothing
+    for seed in (1, 2):
+        alone = fresh()
+        with layer_adapter(alone.model, setup.adapter, [0, 1, 2, 3], seed):
+            train(alone.model, alone.rows, dataclasses.replace(setup.training, seed=seed), alone.pad_id,
+                  show_progress=False)
+            with only_layers_on(alone.model, {0, 2}):
+                assert validation_loss(alone.model, alone.val, alone.pad_id) == pytest.approx(read[seed], abs=1e-6)
+    # The search reads each set's mean over the seeds, with the empty set the base model.
+    result = measure_joint(bench, setup, ProbeConfig(schedule="joint", seeds=[1, 2]), [0, 1, 2, 3], 4,
+                           SetSearchConfig(set_search=True, search_max_k=2))
+    found = result["set_search"]
+    assert found["forward"]["ks"] == [1, 2] and found["search_max_k"] == 2
+    assert found["rankings"]["forward"][:2] == found["forward"]["order"]  # completed by backward's order
+    assert sorted(found["rankings"]["forward"]) == [0, 1, 2, 3]
+    pair = found["rankings"]["deepest"][:2]  # 3, 2
+    assert found["curves"]["deepest"][1] == pytest.approx(statistics.fmean(
+        _set_losses(bench, setup, states, frozenset(pair)).values()))
+
+
+def _set_losses(bench, setup, states, layers):
+    from floe.experiments.cheap_probe import joint_adapters
+    with joint_adapters(bench, setup.adapter, 4, states) as losses:
+        return losses(layers)
+
+
+def test_the_search_is_off_by_default_and_only_a_bounded_search_changes_the_key(tiny_model_dir, qa_file):
+    from helpers import tiny_configs
+
+    from floe.experiments.cheap_probe import SetSearchConfig, cheap_probe_run
+    from floe.experiments.probe import ProbeConfig, probe_run
+    assert SetSearchConfig().set_search is False  # opt-in: about L^2 validation passes per seed
+    setup = tiny_configs(tiny_model_dir, qa_file)
+    joint, halving = ProbeConfig(schedule="joint"), ProbeConfig(schedule="halving")
+    default = probe_run(setup, joint).id  # the joint probe's key from before the set search
+    assert cheap_probe_run(setup, joint).id == default
+    assert cheap_probe_run(setup, joint, SetSearchConfig(tolerance=0.5)).id == default  # only reads the curve
+    # The search adds to the probe's run: the same training, the same key.
+    on = SetSearchConfig(set_search=True)
+    assert cheap_probe_run(setup, joint, on).id == default
+    assert cheap_probe_run(setup, joint, dataclasses.replace(on, tolerance=0.5)).id == default
+    # A bounded forward selection is another search: its own key, only with the search on.
+    bounded = cheap_probe_run(setup, joint, dataclasses.replace(on, search_max_k=8)).id
+    assert bounded != default
+    assert cheap_probe_run(setup, joint, SetSearchConfig(search_max_k=8)).id == default  # no search: no bound
+    assert cheap_probe_run(setup, halving, dataclasses.replace(on, search_max_k=8)).id == probe_run(setup, halving).id
+    for bad in (dict(search_max_k=0), dict(tolerance=0.0), dict(tolerance=1.2)):
+        with pytest.raises(ValueError):
+            SetSearchConfig(**bad)
+
+
+def test_the_default_joint_probe_writes_no_search_and_set_search_adds_it(tiny_model_dir, qa_file):
+    from helpers import tiny_configs
+
+    from floe.experiments import cheap_probe
+    from floe.experiments.probe import ProbeConfig, probe_run
+    setup = tiny_configs(tiny_model_dir, qa_file, max_steps=1, lr=3e-3)
+    probe = ProbeConfig(schedule="joint", seeds=[5])
+    old = cheap_probe.run_cheap_probe(setup, probe, show_progress=False)
+    assert old.id == probe_run(setup, probe).id  # the key it had before the set search
+    assert "set_search" not in old.read_json("probe.json")
+    with pytest.raises(ValueError, match="re-run floe probe --schedule joint --set-search"):
+        ranking_for(old, "probe-set")
+    again = cheap_probe.run_cheap_probe(setup, probe, show_progress=False,
+                                        search=cheap_probe.SetSearchConfig(set_search=True))
+    assert again.id == old.id and again.read_json("probe.json")["ranking"] == old.read_json("probe.json")["ranking"]
+    assert ranking_for(again, "probe-set") == again.read_json("probe.json")["set_search"]["ranking"]
+    # Asked again without the search, the probe with it is reused as it is.
+    reused = cheap_probe.run_cheap_probe(setup, probe, show_progress=False)
+    assert reused.id == old.id and "set_search" in reused.read_json("probe.json")
+
+
+def test_policy_probe_set_trains_the_better_searchs_set(capsys, tiny_args, score_run):
+    from floe.experiments.compare import CompareConfig, cell_selection
+    out, probe = _joint(capsys, tiny_args, "--score-run", score_run, "--set-search")
+    found = probe["set_search"]
+    assert found["score_run"] == score_run and {"floe", "adapter-norm"} <= set(found["curves"])
+    assert found["rankings"]["floe"] == RANKINGS["floe"]
+    code, trained = _cli(capsys, "train", "--policy", "probe-set", "--probe-run", out["run"], "--k", "2",
+                         "--max-samples", "16", "--val-samples", "8", "--max-length", "48",
+                         "--batch-size", "4", "--max-steps", "1", "--quiet")
+    assert code == 0, trained
+    assert trained["layers"] == sorted(found["ranking"][:2])
+    assert open_run(trained["run"]).config["selection"]["probe_run"] == out["run"]
+    # compare takes it as it takes policy probe.
+    sel = cell_selection(score_run, 2, "probe-set", 1, CompareConfig(policies=["probe-set", "floe"]), out["run"])
+    assert sel.policy == "probe-set" and sel.probe_run == out["run"]
+    # A halving probe has no set search: one clear line.
+    code, halving = _cli(capsys, "probe", *tiny_args, "--schedule", "halving", "--max-steps", "4")
+    assert code == 0 and "set_search" not in halving
+    code, err = _cli(capsys, "train", *tiny_args, "--policy", "probe-set", "--probe-run", halving["run"], "--k", "2")
+    assert code == 2 and "--schedule joint" in err and "Traceback" not in err
+
+
+def test_probe_help_offers_the_set_search_options():
+    from floe.cli import command_options
+    names = {o.dest for o in command_options("probe")}
+    assert {"set_search", "search_max_k", "tolerance"} <= names
+    search = next(o for o in command_options("probe") if o.dest == "set_search")
+    assert search.default is False and search.no_flag == "--no-set-search"  # --set-search turns it on
+    assert "Off by default" in search.help and "L^2 validation passes" in search.help
+    assert "probe-set" in dict((o.dest, o.choices) for o in command_options("train"))["policy"]

@@ -115,3 +115,22 @@ def test_tables_show_perplexity_and_loss_differences():
     assert "| 4 | -0.01750 ± 0.004200 |" in diff
     big = format_table([cell("floe", "perplexity", 1250.37, 12.5)], "perplexity", ["floe"])
     assert "| 4 | 1250 ± 12.50 |" in big
+
+
+def test_a_shared_compare_keeps_the_key_and_a_bad_storage_is_one_line(tiny_args, score_run, tiny_model_dir,
+                                                                     qa_file, capsys):
+    from helpers import tiny_configs
+
+    from floe.eval.evaluate import EvalConfig
+    from floe.experiments.compare import compare_key
+    from floe.store.runs import list_runs
+    setup, scored = tiny_configs(tiny_model_dir, qa_file), open_run(score_run)
+    shared = CompareConfig(storage="postgresql://floe:secret@db/studies", study_name="c")
+    assert compare_key(scored, setup, EvalConfig(), shared, None) == compare_key(
+        scored, setup, EvalConfig(), CompareConfig(), None)  # the storage only shares the work
+    before = {r.id for r in list_runs()}
+    code = main(["compare", "--score-run", score_run, *tiny_args, "--ks", "2", "--storage",
+                 "postgresql://floe:secret@127.0.0.1:1/studies"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Connection refused" in err and len(err.splitlines()) == 1 and "secret" not in err
+    assert {r.id for r in list_runs()} == before

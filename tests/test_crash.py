@@ -178,17 +178,28 @@ def _copy_runs(source: Path, target: Path, kinds: tuple[str, ...]) -> None:
 WARMUP = ("--epochs", "2", "--checkpoint-every", "1", "--score-samples", "8", "--score-batch-size", "4")
 
 
-def test_warmup_and_scoring_survive_kills(crash_setup):
+@pytest.fixture(scope="module")
+def warm_ref(crash_setup):
+    """An uninterrupted warm-up (the warm-up's reference, and what scoring starts from)."""
     base, common = crash_setup
-    rng = random.Random(SEED)
     ref = _cache(base, "ref")
     warm_cmd = ("warmup", *common, *WARMUP[:4])
-    points = trace(ref, *warm_cmd)
+    return ref, warm_cmd, trace(ref, *warm_cmd)
+
+
+# One test per stage (not one per command chain): the test workers share them out.
+def test_warmup_survives_kills(crash_setup, warm_ref):
+    base, _ = crash_setup
+    ref, warm_cmd, points = warm_ref
     reference = digest(only_run(ref, "warmup").path, VOLATILE)
     trials = _cache(base, "warmup")
-    for point in kill_points(points, {"warmup": 4}, 2, rng):
+    for point in kill_points(points, {"warmup": 2}, 1, random.Random(SEED)):
         check_point("warm-up", point, trials, warm_cmd, "warmup", reference)
 
+
+def test_scoring_survives_kills(crash_setup, warm_ref):
+    base, _ = crash_setup
+    ref = warm_ref[0]
     warm = only_run(ref, "warmup").id
     score_cmd = ("score", "--warmup-run", warm, "--device", "cpu", *WARMUP[4:])
     points = trace(ref, *score_cmd)
@@ -196,12 +207,13 @@ def test_warmup_and_scoring_survive_kills(crash_setup):
     trials = _cache(base, "score")
     _copy_runs(ref, trials, ("warmup",))
     for stage, point in [(p.split(":")[1] if p.startswith("log") else "score writes", p)
-                         for p in kill_points(points, {"taylor": 2, "fisher": 2, "tune": 2}, 2, rng)]:
+                         for p in kill_points(points, {"taylor": 1, "fisher": 1, "tune": 1}, 1,
+                                              random.Random(SEED + 4))]:
         check_point({"taylor": "Taylor", "fisher": "Fisher", "tune": "tuning"}.get(stage, stage),
                     point, trials, score_cmd, "score", reference)
 
 
-def test_training_search_compare_and_export_survive_kills(crash_setup):
+def test_training_and_export_survive_kills(crash_setup):
     base, common = crash_setup
     rng = random.Random(SEED + 1)
     ref = _cache(base, "ref2")
@@ -209,12 +221,17 @@ def test_training_search_compare_and_export_survive_kills(crash_setup):
     points = trace(ref, *train_cmd)
     reference = digest(only_run(ref, "train").path, VOLATILE)
     trials = _cache(base, "train")
-    for point in kill_points(points, {"train": 3}, 2, rng):
+    for point in kill_points(points, {"train": 2}, 1, rng):
         check_point("sparse training", point, trials, train_cmd, "train", reference)
-
     _check_export(base, ref, rng)
-    _check_rank_search(base, common, rng)
-    _check_compare(base, common, rng)
+
+
+def test_rank_search_survives_kills(crash_setup):
+    _check_rank_search(*crash_setup, random.Random(SEED + 2))
+
+
+def test_compare_survives_kills(crash_setup):
+    _check_compare(*crash_setup, random.Random(SEED + 3))
 
 
 def _check_export(base: Path, ref: Path, rng: random.Random) -> None:
@@ -224,7 +241,7 @@ def _check_export(base: Path, ref: Path, rng: random.Random) -> None:
     cmd = ("export", "--train-run", train_run, "--to", str(out / "reference"))
     points = trace(ref, *cmd)
     reference = digest(out / "reference")
-    for n, point in enumerate(kill_points(points, {}, 3, rng)):
+    for n, point in enumerate(kill_points(points, {}, 2, rng)):
         target = out / f"e{n}"
         code, _ = floe(ref, "export", "--train-run", train_run, "--to", str(target), env={"FLOE_CRASH_AT": point})
         assert code == -signal.SIGKILL and not target.exists()  # all or nothing
@@ -249,7 +266,7 @@ def _check_rank_search(base: Path, common: tuple, rng: random.Random) -> None:
     ref = _cache(base, "ref-search")
     points = trace(ref, *cmd)
     reference = {r.config["adapter"]["r"]: digest(r.path, VOLATILE) for r in list_runs(ref) if r.kind == "train"}
-    for n, point in enumerate(kill_points(points, {"train": 2}, 0, rng)):
+    for n, point in enumerate(kill_points(points, {"train": 1}, 0, rng)):
         cache = _cache(base, f"search{n}")
         code, _ = floe(cache, *cmd, env={"FLOE_CRASH_AT": point})
         assert code == -signal.SIGKILL
@@ -278,7 +295,7 @@ def _check_compare(base: Path, common: tuple, rng: random.Random) -> None:
     reference = digest(only_run(ref, "compare").path, VOLATILE)
     trials = _cache(base, "compare")
     _copy_runs(ref, trials, ("score",))
-    for point in kill_points(points, {"compare": 2}, 1, rng):
+    for point in kill_points(points, {"compare": 1}, 1, rng):
         check_point("compare cell", point, trials, cmd, "compare", reference)
         for run in list_runs(trials):  # every cell computed again from scratch next time
             if run.kind != "score":

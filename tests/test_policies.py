@@ -177,3 +177,23 @@ def test_hill_alpha_recovers_a_pareto_tail():
     for a in (1.0, 2.0, 4.0):
         lam = torch.rand(40_000, generator=g, dtype=torch.float64) ** (-1 / a)
         assert hill_alpha(lam) == pytest.approx(1 + a, abs=0.05 * a)
+
+
+def test_policy_probe_set_reads_the_better_search_of_a_joint_probe():
+    from floe.pipeline.policies import measured_policies, probe_set_ranking, selected_layers
+    assert "probe-set" in POLICIES and "probe-set" in MEASURED
+    joint = {"schedule": "joint", "layers": [0, 1, 2, 3], "gain": [0.1, 0.4, 0.3, 0.2], "ranking": [1, 2, 3, 0],
+             "set_search": {"ranking": [2, 0, 1, 3], "better": "backward"}}
+    assert probe_set_ranking(joint) == [2, 0, 1, 3]
+    assert selected_layers("probe-set", probe_set_ranking(joint), 2) == [0, 2]  # the search's set of size 2
+    assert measured_policies(joint) == ["probe", "probe-set"]
+    old = {k: v for k, v in joint.items() if k != "set_search"}
+    assert measured_policies(old) == ["probe"]
+    with pytest.raises(ValueError, match="probe run probe-x has none.*off by default.*re-run floe probe "
+                       "--schedule joint --set-search"):
+        probe_set_ranking(old, "probe-x")
+    for schedule in ("halving", "cells"):
+        with pytest.raises(ValueError, match=f"is a {schedule} probe: run floe probe --schedule joint --set-search"):
+            probe_set_ranking({**old, "schedule": schedule})
+    with pytest.raises(ValueError, match="probe run"):
+        ranking_from(OLD, "probe-set")  # not a score run's policy

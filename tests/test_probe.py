@@ -1,6 +1,7 @@
 """The probe on a tiny random model: cells are cached sparse trainings, gains and their
 intervals, leave-one-out, shared cells through an Optuna storage, and the CLI's summary."""
 import json
+import os
 
 import pytest
 
@@ -133,3 +134,71 @@ def test_a_killed_probe_resumes_at_the_first_missing_cell(tiny_model_dir, qa_fil
     cells = run.read_json("probe.json")["cells"]
     assert run.status == "done" and [c["layer"] for c in cells] == [0, 1, 2]
     assert stamps == {r: open_run(r).file("state.json").stat().st_mtime_ns for r in stamps}
+
+
+# --------------------------------------------------------------------------- shared cells
+def _grid(tmp_path):
+    from floe.store.storage import open_storage
+    return open_storage(f"sqlite:///{tmp_path / 'grid.db'}")
+
+
+def test_shared_cells_are_computed_once_and_read_back_from_the_storage(tmp_path):
+    from floe.experiments.shared import share_cells, shared_progress
+    storage, labels, computed = _grid(tmp_path), ["a", "b", "c"], []
+
+    def compute(i):
+        computed.append(i)
+        return {"value": i * 10}
+    first = share_cells(storage, "g", labels, compute)
+    assert first == [{"value": 0}, {"value": 10}, {"value": 20}] and sorted(computed) == [0, 1, 2]
+    # Another worker (or a later process) computes nothing and gets the same results.
+    assert share_cells(storage, "g", labels, compute) == first and len(computed) == 3
+    progress = shared_progress(f"sqlite:///{tmp_path / 'grid.db'}", "g")
+    assert [(p["label"], p["state"]) for p in progress] == [("a", "done"), ("b", "done"), ("c", "done")]
+    assert all(p["worker"].endswith(f":{os.getpid()}") for p in progress)
+    with pytest.raises(ValueError, match="shares another grid"):
+        share_cells(storage, "g", ["x", "y"], compute)
+
+
+def test_a_cell_interrupted_by_ctrl_c_is_computed_again(tmp_path, monkeypatch):
+    from floe.experiments.shared import share_cells
+    monkeypatch.setenv("FLOE_HEARTBEAT_SECONDS", "1")  # an orphan is queued after two looks, 1 s apart
+    storage, calls = _grid(tmp_path), []
+
+    def interrupted(i):
+        calls.append(i)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"value": i}
+    with pytest.raises(KeyboardInterrupt):
+        share_cells(storage, "g", ["a", "b", "c"], interrupted)
+    lost = calls[-1]
+    calls.clear()
+    results = share_cells(storage, "g", ["a", "b", "c"], lambda i: calls.append(i) or {"value": i})
+    assert results == [{"value": 0}, {"value": 1}, {"value": 2}]
+    assert lost in calls and len(calls) == 2  # the lost cell (queued again) and the one never drawn
+
+
+def test_a_second_trial_of_a_cell_does_not_compute_it():
+    """GridSampler's fallback (or two workers queueing one orphan) can give a cell a second
+    trial: the lowest-numbered live trial computes it, and a finished cell is never redone."""
+    from optuna.trial import FrozenTrial, TrialState
+
+    from floe.experiments.shared import RESULT, taken_by
+
+    def trial(number, state, cell, result=False, grid_id=None):
+        return FrozenTrial(number=number, state=state, value=None, values=None, datetime_start=None,
+                           datetime_complete=None, params={} if cell is None else {"cell": cell},
+                           distributions={}, user_attrs={RESULT: {}} if result else {},
+                           system_attrs={} if grid_id is None else {"grid_id": grid_id},
+                           intermediate_values={}, trial_id=number)
+    running, waiting = trial(0, TrialState.RUNNING, 5), trial(1, TrialState.WAITING, 5)
+    assert taken_by([running, waiting], 1, 5) == "held by trial 0"
+    assert taken_by([running, waiting], 0, 5) is None  # the lowest computes it
+    assert taken_by([trial(0, TrialState.FAIL, 5), waiting], 1, 5) is None  # a retry
+    assert taken_by([trial(0, TrialState.PRUNED, 5), waiting], 1, 5) is None
+    assert "done by trial 3" in taken_by([trial(3, TrialState.COMPLETE, 5, result=True)], 1, 5)
+    assert taken_by([running], 2, 4) is None  # another cell
+    # A lower trial given the same grid point that has not drawn its cell yet holds it too.
+    pending, late = trial(0, TrialState.RUNNING, None, grid_id=7), trial(9, TrialState.RUNNING, 5, grid_id=7)
+    assert taken_by([pending, late], 9, 5) == "held by trial 0"

@@ -137,7 +137,18 @@ def run_label(run: Run) -> str:
     samples = f" · {d['samples']} ex" if d.get("samples") is not None else ""
     beta = f" · β {d['budget']:g}" if d["budget"] is not None else ""
     detail = f" · {d['detail']}" if d["detail"] else ""
-    return f"{d['model']} · {d['data']}{samples}{ratio}{beta}{detail} · {run.id.split('-', 1)[1][:6]}"
+    return f"{d['model']} · {d['data']}{samples}{_steps(run)}{ratio}{beta}{detail} · {run.id.split('-', 1)[1][:6]}"
+
+
+def _steps(run: Run) -> str:
+    """" · 8 steps": a score run's warm-up budget (what its FLoE scores were computed after)."""
+    if run.kind != "score":
+        return ""
+    try:
+        steps = warmup_budget(run)["steps"]
+    except (CorruptRunError, OSError, KeyError, ValueError):
+        return ""
+    return f" · {steps} steps" if steps is not None else ""
 
 
 class skip_corrupt:

@@ -46,6 +46,7 @@ def search_trials(run: Run) -> tuple[pd.DataFrame, SearchJson] | tuple[None, Non
     if not summary or not summary.get("trials"):
         return None, None
     df = pd.DataFrame([{k: t.get(k) for k in TRIAL_COLUMNS} for t in summary["trials"]], columns=TRIAL_COLUMNS)
+    df["train_seconds"] = pd.to_numeric(df["train_seconds"], errors="coerce").round(1)  # tenths, not 1e-4 s
     return df, summary
 
 

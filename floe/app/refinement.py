@@ -1,5 +1,5 @@
-"""The Refinement page: rankings with and without the swap refinement (Fig. 6), and the
-evaluation of each k from ``floe compare`` (Table 7)."""
+"""The Refinement page: rankings with and without the swap refinement (Fig. 6), and which k
+need an evaluation to tell them apart (the evaluation itself: the Compare page)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +7,12 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from floe.app.common import finished, run_json, skip_corrupt
-from floe.experiments.compare import SUMMARY as COMPARE
+from floe.app.common import finished, skip_corrupt
 from floe.experiments.study import ranks_of
-from floe.store.artifacts import CompareJson, LayersJson
+from floe.store.artifacts import LayersJson
 from floe.store.runs import Run
 
-__all__ = ["compare_reference", "compare_runs", "compare_table", "differing_ks", "refinement_figure",
-           "refinement_moves", "refinement_summary"]
+__all__ = ["compare_runs", "differing_ks", "refinement_figure", "refinement_moves", "refinement_summary"]
 
 
 def differing_ks(with_refinement: list[int], without: list[int]) -> list[int]:
@@ -79,30 +77,3 @@ def compare_runs(score_run: Run, root: Path | None = None) -> list[Run]:
             if run.config.get("score_run") == score_run.id:
                 out.append(run)
     return out
-
-
-def compare_reference(run: Run) -> str | None:
-    """The policy a compare run's paired differences are taken against (None: no differences)."""
-    return run_json(run, COMPARE).get("differences", {}).get("reference")
-
-
-def compare_table(run: Run, metric: str | None = None,
-                  differences: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """One metric of a compare run as a table: rows k, columns policies, cells
-    "mean ± CI half-width" over seeds (the paper's Tables 2 and 7). With ``differences``,
-    each policy minus the reference policy, paired by seed (empty for runs without them).
-    Returns (table, metrics)."""
-    payload: CompareJson = run_json(run, COMPARE)
-    metrics = payload["metrics"]
-    metric = metric if metric in metrics else metrics[0]
-    source = payload.get("differences", {}).get("cells", []) if differences else payload["cells"]
-    cells = [c for c in source if c["metric"] == metric]
-
-    def cell(c):
-        hw = c.get("half_width")
-        return f"{c['mean']:{'+' if differences else ''}.4f}" + (f" ± {hw:.4f}" if hw is not None else "")
-    table = pd.DataFrame([{"k": c["k"], "policy": c["policy"], "value": cell(c)} for c in cells])
-    if table.empty:
-        return table, metrics
-    table = table.pivot(index="k", columns="policy", values="value").sort_index(ascending=False)
-    return table, metrics

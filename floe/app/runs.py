@@ -8,12 +8,17 @@ from typing import Any
 
 import pandas as pd
 
-from floe.app.common import describe
+from floe.app.common import describe, warmup_budget
 from floe.store import jobs
 from floe.store.artifacts import JobRecord, StateJson
 from floe.store.runs import CorruptRunError, Run
 
-__all__ = ["format_record", "job_view", "progress_of", "runs_table", "status_of"]
+__all__ = ["KIND_ORDER", "clean_up", "cleanup_preview", "format_record", "job_view", "kinds_of", "progress_of",
+           "runs_table", "sort_runs", "status_of"]
+
+# The Runs page's order of kinds: what answers "which layers?" first, the many cells of
+# trainings and evaluations last.
+KIND_ORDER = ("score", "probe", "compare", "study", "ranksearch", "train", "eval", "warmup")
 
 
 def _when(state: StateJson) -> str:
@@ -21,16 +26,69 @@ def _when(state: StateJson) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 
 
+def _kind_rank(kind: str) -> int:
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
+def kinds_of(runs: list[Run]) -> list[str]:
+    """The kinds present, score runs first (KIND_ORDER), with the count of each: for the filter."""
+    return sorted({r.kind for r in runs}, key=lambda k: (_kind_rank(k), k))
+
+
+def sort_runs(runs: list[Run], kinds: list[str] | None = None) -> list[Run]:
+    """The runs of ``kinds`` (None: all), score runs first, newest first within a kind."""
+    picked = [r for r in runs if kinds is None or r.kind in kinds]
+    return sorted(picked, key=lambda r: _kind_rank(r.kind))  # stable: list_runs is newest first
+
+
+def _steps(run: Run) -> int | None:
+    """A score run's warm-up steps (the budget behind its FLoE scores), else None."""
+    if run.kind != "score":
+        return None
+    try:
+        return warmup_budget(run)["steps"]
+    except (CorruptRunError, OSError, KeyError, ValueError):
+        return None
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: what it is, its status and when."""
+    """One row per run: what it is (with its sample size and, for a score run, its warm-up
+    steps), its status and when."""
     rows = []
     for run in runs:
         state = _safe_state(run)
-        rows.append({"run": run.id, "kind": run.kind, **describe(run),
+        rows.append({"run": run.id, "kind": run.kind, **describe(run), "warm-up steps": _steps(run),
                      "status": status_of(run), "date": _when(state or {}),
                      "error": (state or {}).get("error") or ""})
-    columns = ["run", "kind", "model", "data", "ratio", "budget", "detail", "status", "date", "error"]
+    columns = ["run", "kind", "model", "data", "samples", "warm-up steps", "ratio", "budget", "detail", "status",
+               "date", "error"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def cleanup_preview(root: Path | None = None) -> pd.DataFrame:
+    """What "Clean up" would delete: every failed, stale or corrupt run, and why; nothing is
+    deleted here (floe runs gc --dry-run)."""
+    from floe.store.runs import collect_garbage
+    found = collect_garbage(root, dry_run=True)
+    return pd.DataFrame([{"run": run_id, "why": why} for run_id, why in found], columns=["run", "why"])
+
+
+def clean_up(run_ids: list[str], root: Path | None = None) -> list[str]:
+    """Delete the previewed runs that are still garbage (a run resumed since the preview is
+    kept); returns the ids deleted."""
+    from floe.store.runs import GARBAGE, RunLockedError, cache_root, health
+    folder = (root or cache_root()) / "runs"
+    deleted = []
+    for run_id in run_ids:
+        run = Run(folder / run_id)
+        if not run.path.is_dir() or health(run) not in GARBAGE:
+            continue
+        try:
+            run.delete()
+        except (RunLockedError, OSError):
+            continue
+        deleted.append(run_id)
+    return deleted
 
 
 def status_of(run: Run) -> str:

@@ -26,9 +26,9 @@ from floe.store.artifacts import TrainJson
 from floe.store.runs import Run, list_runs, open_run
 
 __all__ = ["SELECTION_SKIP", "TRAIN_RUN_EVAL_SKIP", "adapter_parameters", "chosen_layers", "eval_runs_for",
-           "eval_table", "export_downloads",
-           "export_folder", "loss_curve", "memory_estimate", "model_facts", "selection_file",
-           "tracker_logs", "train_runs_for", "train_summary", "trainable_parameters"]
+           "eval_table", "export_downloads", "export_file", "export_folder", "export_names", "loss_curve",
+           "memory_estimate", "model_facts", "pending_training", "selection_file", "tracker_logs",
+           "train_runs_for", "train_summary", "trainable_parameters"]
 
 # The options a form for ``floe eval --train-run`` leaves out: the evaluation takes the
 # adapter, and the model and held-out data (every data option), from the train run.
@@ -148,8 +148,45 @@ def train_summary(run: Run) -> pd.DataFrame:
                           "steps": t.get("steps"), "val loss before": t.get("val_loss_before"),
                           "val loss after": t.get("val_loss_after"),
                           "trainable parameters": t.get("trainable_parameters"),
-                          "peak memory (GiB)": peak / 2 ** 30 if peak else None,
-                          "seconds": t.get("seconds"), "device": t.get("device")}])
+                          "peak memory (GiB)": round(peak / 2 ** 30, 2) if peak else None,
+                          "seconds": _seconds(t.get("seconds")), "device": t.get("device")}])
+
+
+def _seconds(value: float | None) -> float | None:
+    """Seconds to a precision a person reads: 0.1 s under a minute, whole seconds above."""
+    if value is None:
+        return None
+    return round(value, 1) if value < 60 else float(round(value))
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    """--flag value pairs of a command line (switches without a value map to "")."""
+    out, i = {}, 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+            out[args[i]] = value
+            i += 2 if value else 1
+        else:
+            i += 1
+    return out
+
+
+def pending_training(job_list: list, ranked_by: Run, policy: str, k: int) -> dict | None:
+    """The queued or running ``floe train`` job of this choice (ranking run, policy, k), if
+    any: its training run may not exist yet (the job is still loading), yet the page must not
+    say that nothing trains it."""
+    by = "--probe-run" if policy in MEASURED else "--score-run"
+    for job in job_list:
+        args = job.get("args") or []
+        if job.get("status") not in ("queued", "running") or args[:1] != ["train"]:
+            continue
+        given = _flags(args[1:])
+        if given.get(by) != ranked_by.id or given.get("--policy", "floe") != policy:
+            continue
+        if policy == "all" or given.get("--k", str(SparseConfig.k)) == str(k):
+            return job
+    return None
 
 
 def eval_runs_for(train_run: Run, root: Path | None = None) -> list[Run]:
@@ -199,6 +236,26 @@ def export_downloads(folder: Path) -> dict[str, bytes]:
             "peft_adapter_config.json": (folder / "peft" / "adapter_config.json").read_bytes(),
             "adapter.zip": _zip_folder(folder / "adapter", "adapter"),
             f"{folder.name}.zip": _zip_folder(folder, folder.name)}
+
+
+def export_names(train_run: Run) -> list[str]:
+    """The download names of a train run's export (export_file builds each on request)."""
+    return ["config.yaml", "peft_adapter_config.json", "adapter.zip", f"{train_run.id}.zip"]
+
+
+def export_file(train_run: Run, name: str) -> bytes:
+    """One download of the export, built when it is asked for (the export is written once,
+    into cache/exports; a zip is made at each request, never on a page rerun)."""
+    folder = export_folder(train_run)
+    if name == "config.yaml":
+        return (folder / "config.yaml").read_bytes()
+    if name == "peft_adapter_config.json":
+        return (folder / "peft" / "adapter_config.json").read_bytes()
+    if name == "adapter.zip":
+        return _zip_folder(folder / "adapter", "adapter")
+    if name == f"{folder.name}.zip":
+        return _zip_folder(folder, folder.name)
+    raise ValueError(f"no export file {name!r}; the export has {', '.join(export_names(train_run))}")
 
 
 def _zip_folder(folder: Path, prefix: str) -> bytes:

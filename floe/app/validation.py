@@ -15,11 +15,9 @@ from plotly.subplots import make_subplots
 
 from floe.app import common
 from floe.app.heatmaps import SCALE
-from floe.experiments.probe import PROBE_BUDGET
 from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
 from floe.experiments.validation import (
     agreement_table,
-    compare_gains,
     direction,
     floe_cost,
     matching_probes,
@@ -31,9 +29,9 @@ from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
 from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, Run
 
-__all__ = ["PRECISION_KS", "agreement", "compared_gains", "gain_figure", "matching_probes",
+__all__ = ["PRECISION_KS", "VERDICT_LABELS", "agreement", "data_budget", "gain_figure", "matching_probes",
            "measured_selection", "policy_table", "precision_figure", "probe_label", "probe_payload",
-           "probe_preset", "scatter_figure", "verdict_label", "verdicts"]
+           "scatter_figure", "summary_sentence", "verdict_label"]
 
 PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
 VERDICT_LABELS = {"predicts": "predicts the gains", "chance": "no better than chance",
@@ -86,13 +84,13 @@ def measured_selection(score_run: Run, probe_run: Run, k: int) -> dict | None:
     cost = probe_cost(p)
     floe = floe_cost(score_run, cost["basis"])
     ratio = cost["seconds"] / floe if cost["seconds"] is not None and floe else None
-    probe_data, floe_data = _sample(p["config"].get("data", {})), _sample(score_run.config["warmup"]["data"])
+    probe_data, floe_data = data_budget(p["config"].get("data", {})), data_budget(score_run.config["warmup"]["data"])
     return {"label": POLICIES["probe"], "ranking": order, "layers": sorted(order[:k]),
             "seconds": cost["seconds"], "what": cost["what"], "floe_seconds": floe, "ratio": ratio,
             "probe_data": probe_data, "floe_data": floe_data, "same_data": probe_data == floe_data}
 
 
-def _sample(data: dict) -> str:
+def data_budget(data: dict) -> str:
     """A selection's data budget: examples x tokens per example (cap)."""
     return f"{data.get('max_samples', '?')} examples × ≤ {data.get('max_length', '?')} tokens"
 
@@ -104,11 +102,6 @@ def probe_label(run: Run) -> str:
     schedule = "" if p.get("schedule", "cells") == "cells" else f"{p['schedule']} · "
     return (f"{schedule}{p['mode']} · {len(p['layers'])} layers · seeds {','.join(map(str, p['seeds']))} · "
             f"{done} cells ({state}) · {run.id.split('-', 1)[1][:6]}")
-
-
-def probe_preset() -> dict[str, str]:
-    """The probe's budget defaults as form values."""
-    return {k: str(v) for part in PROBE_BUDGET.values() for k, v in part.items()}
 
 
 def gain_figure(layers: LayersJson, probe: ProbeJson, score_label: str) -> go.Figure:
@@ -168,24 +161,48 @@ def _interval(pair: list) -> str:
     return "–" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
 
 
-def policy_table(table: dict[str, dict], compared: dict[str, dict] | None = None) -> pd.DataFrame:
+def policy_table(table: dict[str, dict]) -> pd.DataFrame:
     """One row per policy: rho and its interval, partial rho given depth and its interval,
-    precision@k for a few k (random expects k/n), and the compare run's top-k gains."""
+    precision@k for a few k (random expects k/n), and the verdict. The held-out results of
+    each policy's top-k are the Compare page's."""
     rows = []
     for policy, f in table.items():
-        row = {"policy": POLICIES[policy], "ρ": _fmt(f["spearman"]), "ρ 95 % CI": _interval(f["spearman_ci"]),
-               "partial ρ given depth": _fmt(f["partial_spearman"]),
+        row = {"policy": POLICIES[policy], "verdict": verdict_label(policy, f), "ρ": _fmt(f["spearman"]),
+               "ρ 95 % CI": _interval(f["spearman_ci"]), "partial ρ given depth": _fmt(f["partial_spearman"]),
                "partial 95 % CI": _interval(f["partial_spearman_ci"])}
         n = len(f["precision_at_k"])
         for k in PRECISION_KS:
             if k <= n:
                 row[f"P@{k}"] = f"{f['precision_at_k'][k - 1]:.2f}"
-        for k, cell in sorted((compared or {}).get(policy, {}).items()):
-            if cell["gain"] is not None:
-                row[f"top-{k} gain (compare)"] = f"{cell['gain']:+.4f}"
-        row["verdict"] = verdict_label(policy, f)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _rho(f: dict) -> str:
+    lo, hi = f["spearman_ci"]
+    return "ρ undefined" if f["spearman"] is None else \
+        f"ρ {f['spearman']:+.2f}" + ("" if lo is None else f" [{lo:+.2f}, {hi:+.2f}]")
+
+
+def summary_sentence(table: dict[str, dict]) -> str:
+    """The verdicts in one sentence: FLoE's, the ranking that predicts the gains best (the
+    highest lower bound of ρ), and how many rankings fall under each verdict."""
+    labels = {policy: verdict_label(policy, f) for policy, f in table.items()}
+    parts = []
+    if "floe" in table:
+        parts.append(f"FLoE's ranking: **{labels['floe']}** ({_rho(table['floe'])})")
+    predicting = [p for p, said in labels.items() if said == VERDICT_LABELS["predicts"] and p != "random"]
+    if predicting:
+        best = max(predicting, key=lambda p: table[p]["spearman_ci"][0])
+        parts.append(f"the best predictor of the measured gains: **{POLICIES[best]}** ({_rho(table[best])})")
+    else:
+        parts.append("no ranking predicts the measured gains beyond chance and depth")
+    counts: dict[str, int] = {}
+    for said in labels.values():
+        counts[said] = counts.get(said, 0) + 1
+    order = [*VERDICT_LABELS.values(), "no better than depth"]
+    tally = ", ".join(f"{counts[v]} {v}" for v in sorted(counts, key=order.index))
+    return "; ".join(parts) + f". Of the {len(table)} rankings: {tally} (the verdict column)."
 
 
 def precision_figure(table: dict[str, dict]) -> go.Figure:
@@ -202,13 +219,3 @@ def precision_figure(table: dict[str, dict]) -> go.Figure:
     fig.update_layout(height=360, xaxis_title="k", yaxis_title="precision@k (share of the probe's top-k)",
                       yaxis_range=[0, 1.05], margin={"l": 60, "r": 20, "t": 30, "b": 40})
     return fig
-
-
-def verdicts(table: dict[str, dict]) -> list[str]:
-    """Plain sentences for the policies that are no better than random or depth."""
-    return [v for policy, f in table.items() if (v := verdict(policy, f))]
-
-
-def compared_gains(score_run: Run) -> dict[str, dict]:
-    """policy -> {k: gain} of the newest compare run on this score run (val_loss)."""
-    return compare_gains(score_run)

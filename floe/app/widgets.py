@@ -8,7 +8,7 @@ from itertools import groupby
 
 import streamlit as st
 
-from floe.app import common, forms
+from floe.app import common, forms, recommend
 from floe.app.plan import launch_plan
 from floe.app.runs import job_view
 from floe.store import jobs
@@ -17,7 +17,7 @@ from floe.store.runs import CorruptRunError, Run, RunLockedError
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "PAGES", "POLL_S", "QUICK", "QUICK_EVAL", "QUICK_TIME",
            "RESULT_PAGES", "cpu_only", "delete_runs", "empty", "job_panel", "launcher",
            "layer_count_slider", "md", "option_widgets", "page", "pick_run", "plan_caption",
-           "quick_analyse_button", "quick_args", "show_error", "start_job"]
+           "quick_analyse_button", "quick_args", "recommendation_panel", "show_error", "start_job"]
 
 PAGES = [("app.py", "Runs", ":material/list:"),
          ("pages/1_Heatmaps.py", "Heatmaps", ":material/grid_on:"),
@@ -25,14 +25,15 @@ PAGES = [("app.py", "Runs", ":material/list:"),
          ("pages/3_Refinement.py", "Refinement", ":material/swap_vert:"),
          ("pages/4_Rank_search.py", "Rank search", ":material/tune:"),
          ("pages/5_Train_export.py", "Train & export", ":material/download:"),
-         ("pages/6_Validation.py", "Validation", ":material/fact_check:")]
+         ("pages/6_Validation.py", "Validation", ":material/fact_check:"),
+         ("pages/7_Compare.py", "Compare", ":material/compare_arrows:")]
 POLL_S = 3.0  # seconds between job-panel polls (each costs a short script run)
 # Where a finished job's result is seen: command -> (page, link text).
 RESULT_PAGES = {"analyze": ("pages/1_Heatmaps.py", "See the heatmap"),
                 "train": ("pages/5_Train_export.py", "See the training"),
                 "eval": ("pages/5_Train_export.py", "See the evaluation"),
                 "search-rank": ("pages/4_Rank_search.py", "See the search"),
-                "compare": ("pages/3_Refinement.py", "See the comparison"),
+                "compare": ("pages/7_Compare.py", "See the comparison"),
                 "probe": ("pages/6_Validation.py", "See the validation")}
 # Fast analysis settings for the one-click button: minutes on 2 CPU cores (the CLI's own
 # defaults are sized for a better estimate).
@@ -204,7 +205,7 @@ def option_widgets(command: str, preset: dict, skip: tuple[str, ...] = ()) -> di
     forms.check_preset(command, preset)
     values = {}
     for group, items in groupby(forms.form_options(command, skip), key=lambda o: o.group):
-        st.markdown(f"**{'general' if group == 'options' else group}**")
+        st.markdown(f"**{forms.group_title(group)}**")
         cols = st.columns(4)
         for i, opt in enumerate(items):
             # The preset is part of the key: switching it shows its values afresh.
@@ -224,10 +225,11 @@ def option_widgets(command: str, preset: dict, skip: tuple[str, ...] = ()) -> di
 
 
 def launcher(fixed: list[str], command: str, values: dict, label: str, button: str,
-             ready: bool = True, key: str | None = None) -> None:
-    """The equivalent CLI command of the choices made, and the button that runs it as a job."""
+             ready: bool = True, key: str | None = None, keep: tuple[str, ...] = ()) -> None:
+    """The equivalent CLI command of the choices made, and the button that runs it as a job
+    (``keep``: options passed even at the parser's default, see forms.cli_args)."""
     try:
-        args = fixed + forms.cli_args(forms.form_options(command), values)
+        args = fixed + forms.cli_args(forms.form_options(command), values, keep)
     except ValueError as e:
         show_error(e)
         args = None
@@ -261,3 +263,39 @@ def delete_runs(runs: list[Run]) -> None:
         except RunLockedError as e:
             show_error(e)
     common.layers.cache_clear()
+
+
+# --------------------------------------------------------------------------- recommendation
+def recommendation_panel(score_run: Run, k: int, key: str) -> recommend.Recommendation:
+    """Which layers to adapt at k, where that comes from and how sure it is
+    (floe.app.recommend), with one button that trains it and, while nothing has measured
+    this model and data, one that starts the cheap probe. The same panel on every page."""
+    rec = recommend.recommend(score_run, k, jobs.list_jobs())
+    lines = rec.lines
+    icon = {"measured": ":material/verified:", "best agreement": ":material/balance:",
+            "unchecked": ":material/help:"}[rec.source]
+    with st.container(border=True, key=f"recommendation-{key}"):
+        st.markdown(f"##### {icon} Recommendation: {lines['title']}")
+        st.markdown(lines["source"])
+        st.markdown(lines["floe"] + " " + lines["agreement"])
+        if lines["compare"]:
+            st.markdown(lines["compare"])
+        st.caption(lines["costs"])
+        left, right = st.columns(2)
+        with left:
+            if st.button("Train the recommendation", key=f"rec-train:{key}", icon=":material/play_arrow:",
+                         type="primary", help=jobs.display_command(rec.train["args"])):
+                start_job(rec.train["args"], rec.train["label"])
+                st.rerun()
+            if "fair" in lines:
+                st.caption(lines["fair"])
+        with right:
+            if rec.probe is not None:
+                if st.button("Start the cheap probe", key=f"rec-probe:{key}", icon=":material/science:",
+                             disabled=rec.pending is not None, help=jobs.display_command(rec.probe["args"])):
+                    start_job(rec.probe["args"], rec.probe["label"])
+                    st.rerun()
+                st.caption(lines["probe"])
+        st.page_link("pages/6_Validation.py", label="How far to trust each ranking: Validation",
+                     icon=":material/fact_check:")
+    return rec

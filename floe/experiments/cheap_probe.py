@@ -10,10 +10,19 @@ probe's training sample and batch size). Each rung trains its layers from scratc
 ``max_steps`` set, so a last-rung measurement is exactly a full probe cell's.
 schedule ``joint``: one adapter on every layer trained at the full budget; each layer's
 gain is then read with only its adapter switched on (leave-one-in), n + 1 validation
-passes and no other training.
+passes and no other training. The same switch reads any SET of layers, so with
+``SetSearchConfig.set_search`` (``--set-search``; off by default: about L^2 validation
+passes per seed) the joint probe then searches the sets themselves (``search_sets``,
+floe.method.setsearch): forward selection and backward elimination over the probed
+layers, and the predicted validation loss of every ranking's top-k at every k (the
+curves), with the smallest k within a tolerance of the all-layer gain (``suggestion``).
+With several seeds each seed's trained adapter stays in memory and a set's loss is the
+mean over seeds, so the searches rank sets by the same averaged measurement the singles
+are ranked by.
 
 The result is a probe run (kind ``probe``, keyed with its schedule) whose probe.json has
-the usual fields plus ``ranking``: what policy ``probe`` reads.
+the usual fields plus ``ranking``: what policy ``probe`` reads, and for a joint probe
+``set_search`` (with the search): what policy ``probe-set`` reads.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,21 +40,64 @@ import torch
 from floe.adapters.hydralora import (
     HydraLoraConfig,
     HydraLoraLinear,
+    adapter_state_dict,
     apply_hydralora,
     remove_hydralora,
 )
-from floe.experiments.probe import SUMMARY, ProbeConfig, layer_gains, probe_run, summary_head
+from floe.experiments.probe import SUMMARY, ProbeConfig, layer_gains, probe_key, probe_run, summary_head
 from floe.method.halving import halving_cost, halving_schedule, successive_halving
+from floe.method.setsearch import (
+    LossOfSet,
+    MemoLoss,
+    backward_elimination,
+    better_search,
+    completed_order,
+    curve_of_ranking,
+    forward_selection,
+    suggested_k,
+)
 from floe.models import arch
 from floe.models.load import load_model, resolve_device
 from floe.pipeline.data import load_split, tokenize
 from floe.pipeline.setup import Setup
 from floe.pipeline.train import TrainConfig, total_steps, train, validation_loss
-from floe.store.artifacts import ProbeCell, ProbeHead, ProbeJson
-from floe.store.runs import Run, reuse_finished
+from floe.store.artifacts import ProbeCell, ProbeHead, ProbeJson, SetSearch, Suggestion
+from floe.store.config import option, to_dict
+from floe.store.runs import DONE, Run, reuse_finished, run_for
 
-__all__ = ["Bench", "only_layers_on", "layer_adapter", "measure_halving", "measure_joint",
-           "run_cheap_probe", "train_layers"]
+__all__ = ["Bench", "SetSearchConfig", "cheap_probe_run", "joint_adapters", "layer_adapter", "measure_halving",
+           "measure_joint", "only_layers_on", "run_cheap_probe", "search_cost", "search_sets", "set_search_summary",
+           "suggestion", "train_joint", "train_layers"]
+
+# The rankings every joint probe draws a curve for, besides those a caller adds (a score
+# run's floe and adapter-norm): its singles ranking, the two searches' orders, depth.
+OWN_CURVES = ("probe", "forward", "backward", "deepest")
+
+
+@dataclass
+class SetSearchConfig:
+    """The joint probe's set search: the best set of each size, read from its trained adapter."""
+
+    set_search: bool = option(False, "joint: after training, also search the best set of layers of each "
+                              "size (forward selection and backward elimination, read by switching the "
+                              "trained adapters; no training) and predict every ranking's validation loss "
+                              "at each k: what policy probe-set and the app's loss-per-k curve read. Off by "
+                              "default for its cost: about L^2 validation passes per seed for L probed "
+                              "layers (the joint probe itself: L + 1); on a tiny 8-layer model 9.1x the "
+                              "joint training's time (bench/bench_setsearch.py), for SmolLM2's 30 layers an "
+                              "estimated 15-25 min on a 2-core CPU against about 90 s for the probe")
+    search_max_k: int | None = option(None, "joint with --set-search: the largest set forward selection "
+                                      "grows (default: every probed layer, so its order covers every k); "
+                                      "k x L validation passes "
+                                      "per seed up to k; backward elimination costs L^2 / 2 whatever it is")
+    tolerance: float = option(0.9, "suggested k: the smallest k whose predicted gain reaches this share of "
+                              "the all-layer gain (read from the stored curve: not part of the probe's key)")
+
+    def __post_init__(self):
+        if self.search_max_k is not None and self.search_max_k < 1:
+            raise ValueError(f"search_max_k must be >= 1, got {self.search_max_k}")
+        if not 0 < self.tolerance <= 1:
+            raise ValueError(f"tolerance must be in (0, 1], got {self.tolerance}")
 
 
 @contextlib.contextmanager
@@ -118,22 +171,156 @@ def measure_halving(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list
     return successive_halving(layers, measure, schedule), schedule
 
 
-def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int) -> dict:
-    """One all-layer adapter per seed; each layer's gain with only its adapter on."""
-    per_layer: dict[int, list[float]] = {k: [] for k in layers}
-    model, training = bench.model, setup.training
-    for s in probe.seeds:
-        with layer_adapter(model, setup.adapter, list(range(n_layers)), s):
-            train(model, bench.rows, dataclasses.replace(training, seed=s), bench.pad_id, show_progress=False)
-            for k in layers:
-                with only_layers_on(model, {k}):
-                    per_layer[k].append(bench.base_loss - validation_loss(model, bench.val, bench.pad_id))
-    gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
-    steps = total_steps(len(bench.rows), training)
-    rung = {"steps": steps, "layers": layers, "gains": [gains[k] for k in layers], "kept": layers}
-    ranking = sorted(layers, key=lambda k: (-gains[k], k))
-    return {"ranking": ranking, "rungs": [rung], "measured": {k: {steps: g} for k, g in gains.items()},
-            "per_seed": per_layer}
+def train_joint(bench: Bench, setup: Setup, seeds: list[int], n_layers: int) -> tuple[dict[int, dict], float]:
+    """Each seed's all-layer adapter, trained at the full budget and kept in memory (its
+    tensors by name), and the seconds the trainings took together."""
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    seconds = 0.0
+    for s in seeds:
+        with layer_adapter(bench.model, setup.adapter, list(range(n_layers)), s):
+            start = time.perf_counter()
+            train(bench.model, bench.rows, dataclasses.replace(setup.training, seed=s), bench.pad_id,
+                  show_progress=False)
+            seconds += time.perf_counter() - start
+            states[s] = {name: t.clone() for name, t in adapter_state_dict(bench.model).items()}
+    return states, seconds
+
+
+@contextlib.contextmanager
+def joint_adapters(bench: Bench, adapter: HydraLoraConfig, n_layers: int,
+                   states: Mapping[int, dict[str, torch.Tensor]]) -> Iterator[Callable[[frozenset[int]], dict]]:
+    """The all-layer adapter on the model for the block; yields ``losses(layers)``: per
+    seed, the validation loss with that seed's trained weights and only the adapters of
+    ``layers`` on (one validation pass per seed; the loaded seed is read first, so one
+    seed loads its weights once)."""
+    model = bench.model
+    with layer_adapter(model, adapter, list(range(n_layers)), seed=0):
+        params = dict(model.named_parameters())
+        loaded: list[int | None] = [None]
+
+        def load(seed: int) -> None:
+            if loaded[0] != seed:
+                with torch.no_grad():
+                    for name, value in states[seed].items():
+                        params[name].copy_(value)
+                loaded[0] = seed
+
+        def losses(layers: frozenset[int]) -> dict[int, float]:
+            out = {}
+            with only_layers_on(model, set(layers)), torch.no_grad():  # no graph: nothing is trained
+                for seed in sorted(states, key=lambda s: s != loaded[0]):
+                    load(seed)
+                    out[seed] = validation_loss(model, bench.val, bench.pad_id)
+            return {seed: out[seed] for seed in states}  # in seed order, whichever was loaded
+        yield losses
+
+
+def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int,
+                  search: SetSearchConfig | None = None, rankings: Mapping[str, list[int]] | None = None,
+                  on_set: Callable[[int, int], None] | None = None) -> dict:
+    """One all-layer adapter per seed; each layer's gain with only its adapter on; then,
+    with ``search`` on, the set search and the curves of the probe's own rankings and of
+    ``rankings`` (search_sets; one of another depth, another model's, is left out).
+    ``on_set(done, at_most)`` follows the search's progress."""
+    rankings = {name: r for name, r in (rankings or {}).items() if sorted(r) == list(range(n_layers))}
+    states, train_seconds = train_joint(bench, setup, probe.seeds, n_layers)
+    with joint_adapters(bench, setup.adapter, n_layers, states) as losses:
+        singles = {k: losses(frozenset({k})) for k in layers}
+        per_layer = {k: [bench.base_loss - singles[k][s] for s in probe.seeds] for k in layers}
+        gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
+        steps = total_steps(len(bench.rows), setup.training)
+        rung = {"steps": steps, "layers": layers, "gains": [gains[k] for k in layers], "kept": layers}
+        ranking = sorted(layers, key=lambda k: (-gains[k], k))
+        result: dict[str, Any] = {"ranking": ranking, "rungs": [rung], "per_seed": per_layer,
+                                  "measured": {k: {steps: g} for k, g in gains.items()}}
+        if search is not None and search.set_search:
+            # Known for free: the empty set is the base model, the singles were just read.
+            known = {frozenset(): bench.base_loss,
+                     **{frozenset({k}): statistics.fmean(v.values()) for k, v in singles.items()}}
+            result["set_search"] = search_sets(lambda s: statistics.fmean(losses(s).values()), known,
+                                               bench.base_loss, ranking, search, rankings,
+                                               n_seeds=len(states), on_set=on_set)
+            result["set_search"]["train_seconds"] = train_seconds
+    return result
+
+
+def search_cost(n_layers: int, k_max: int | None = None, n_rankings: int = 0) -> int:
+    """At most how many sets the search and curves evaluate beyond the singles and the
+    empty set (fewer where the memo answers): forward's rounds 2..k_max, backward's sets
+    of two or more layers (the all-layer set and each round's), and L per ranking whose
+    curve is not a search's."""
+    k_max = n_layers if k_max is None else min(k_max, n_layers)
+    forward = sum(n_layers - i for i in range(1, k_max))
+    backward = 1 + sum(range(3, n_layers + 1)) if n_layers > 1 else 0
+    return forward + backward + n_rankings * n_layers
+
+
+def search_sets(loss_of_set: LossOfSet, known: Mapping[frozenset[int], float], base_loss: float,
+                ranking: list[int], search: SetSearchConfig, rankings: Mapping[str, list[int]],
+                n_seeds: int = 1, on_set: Callable[[int, int], None] | None = None) -> dict:
+    """Forward selection and backward elimination over ``ranking``'s layers, which did
+    better (lower mean loss over the sizes both reached), and the curve of every ranking
+    at k = 1..L: the probe's singles ``ranking``, the searches' orders (forward's, when
+    stopped at search_max_k, completed by backward's), the deepest layers, and
+    ``rankings`` (restricted to the probed layers; one that lacks some, or takes a name
+    of the probe's own, is left out). ``loss_of_set`` is memoised (``known``: values
+    already measured); the costs and the suggested k at ``search.tolerance`` go with it:
+    probe.json's ``SetSearch`` less ``train_seconds`` and ``score_run``, the caller's."""
+    layers = sorted(ranking)
+    k_max = len(layers) if search.search_max_k is None else min(search.search_max_k, len(layers))
+    others = {name: [k for k in r if k in set(layers)] for name, r in rankings.items()
+              if name not in OWN_CURVES and set(layers) <= set(r)}
+    at_most = search_cost(len(layers), k_max, len(others) + 2)
+    loss = MemoLoss(loss_of_set, known, on_evaluation=(lambda done: on_set(done, at_most)) if on_set else None)
+    start = time.perf_counter()
+    forward = forward_selection(layers, loss, k_max=k_max)
+    backward = backward_elimination(layers, loss)
+    searched = time.perf_counter()
+    better, means = better_search({"forward": forward, "backward": backward})
+    drawn = {"probe": list(ranking), "forward": completed_order(forward["order"], backward["order"]),
+             "backward": backward["order"], "deepest": layers[::-1], **others}
+    ks = list(range(1, len(layers) + 1))
+    curves = {name: curve_of_ranking(r, loss, ks) for name, r in drawn.items()}
+    out = {"forward": forward, "backward": backward, "better": better, "mean_loss": means,
+           "ranking": drawn[better], "ks": ks, "rankings": drawn, "curves": curves,
+           "base_loss": base_loss, "all_loss": loss(layers), "search_max_k": k_max,
+           "sets_evaluated": loss.evaluations, "validation_passes": loss.evaluations * n_seeds, "n_seeds": n_seeds,
+           "search_seconds": searched - start, "curve_seconds": time.perf_counter() - searched}
+    out["suggested"] = suggestion(out, search.tolerance)
+    return out
+
+
+def suggestion(found: Mapping[str, Any], tolerance: float = 0.9) -> Suggestion:
+    """The suggested k on the better search's curve (policy probe-set's): the smallest k
+    whose predicted gain reaches ``tolerance`` of the all-layer gain, and how it was got.
+    ``found``: a probe.json ``set_search`` (a stored one is read again at any tolerance)."""
+    name, base, all_loss = found["better"], found["base_loss"], found["all_loss"]
+    all_gain = base - all_loss
+    k = suggested_k(found["ks"], found["curves"][name], base, all_loss, tolerance)
+    seeds = found.get("n_seeds", 1)
+    source = (f"predicted by the joint adapter with only the set's adapters on (validation loss, "
+              f"{'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}), on the {name} search's sets")
+    if k is None and all_gain <= 0:
+        how = (f"no k suggested: adapting all {len(found['ks'])} layers does not lower the validation loss "
+               f"({all_gain:+.4f} nats); {source}")
+    elif k is None:
+        how = f"no k reaches {tolerance:.0%} of the all-layer gain ({all_gain:.4f} nats); {source}"
+    else:
+        gain = base - found["curves"][name][found["ks"].index(k)]
+        how = (f"k = {k} of {len(found['ks'])}: the smallest k whose gain ({gain:.4f} nats) reaches "
+               f"{tolerance:.0%} of the all-layer gain ({all_gain:.4f}); {source}")
+    return {"k": k, "tolerance": tolerance, "ranking": name, "all_gain": all_gain,
+            "target_loss": base - tolerance * all_gain if all_gain > 0 else None, "how": how}
+
+
+def set_search_summary(probe: ProbeJson, tolerance: float = 0.9) -> SetSearch | None:
+    """A probe.json's set search with its suggested k read at ``tolerance`` (None: the
+    probe has no set search): what ``floe probe --json`` shows and the app can draw, the
+    curves under ``curves`` against ``ks``, ``base_loss`` and ``all_loss`` their frame."""
+    found = probe.get("set_search")
+    if not found:
+        return None
+    return {**found, "suggested": suggestion(found, tolerance)}
 
 
 def _load_bench(setup: Setup, probe: ProbeConfig) -> tuple[Bench, list[int], int]:
@@ -160,12 +347,43 @@ def _load_bench(setup: Setup, probe: ProbeConfig) -> tuple[Bench, list[int], int
     return Bench(model, rows, val, tok.pad_token_id, base_loss), layers, n_layers
 
 
-def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progress: bool = True) -> Run:
-    """Measure the layers with one model load (schedule halving or joint); a probe run."""
+def cheap_probe_run(setup: Setup, probe: ProbeConfig, search: SetSearchConfig | None = None) -> Run:
+    """The run of a cheap probe. The set search adds to a joint probe's run, not to its
+    key: with or without it the probe trains and measures the same, so a joint probe keeps
+    the key it had before the set search existed, ``--set-search`` on a finished probe
+    measures it again adding the search, and a probe asked without the search reuses one
+    that has it. Only the search's options that change what it finds (``search_max_k``)
+    enter the key, and only with the search on and off their default; the tolerance
+    never does (it only reads the stored curve)."""
+    search = search or SetSearchConfig()
+    default = SetSearchConfig()
+    changed = {name: value for name, value in to_dict(search).items()
+               if name not in ("set_search", "tolerance") and value != getattr(default, name)}
+    if probe.schedule != "joint" or not search.set_search or not changed:
+        return probe_run(setup, probe)
+    return run_for("probe", {**probe_key(setup, probe), "set_search": changed})
+
+
+def _lacks_set_search(run: Run, probe: ProbeConfig, search: SetSearchConfig) -> bool:
+    """A finished joint probe of the same key from before the set search: measured again
+    (its adapters were not kept) to add it."""
+    if probe.schedule != "joint" or not search.set_search or run.status != DONE:
+        return False
+    return "set_search" not in run.read_json(SUMMARY)
+
+
+def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progress: bool = True,
+                    search: SetSearchConfig | None = None, rankings: Mapping[str, list[int]] | None = None,
+                    score_run: str | None = None) -> Run:
+    """Measure the layers with one model load (schedule halving or joint); a probe run.
+    A joint probe with ``search.set_search`` (default off: about L^2 validation passes per
+    seed) also searches sets and draws the curves of its own rankings and of ``rankings``
+    (from ``score_run``, recorded with them)."""
     if probe.schedule == "cells":
         raise ValueError("schedule cells trains each cell as its own run: use floe.experiments.probe.run_probe")
-    run = probe_run(setup, probe)
-    if reuse_finished(run, force):
+    search = search or SetSearchConfig()
+    run = cheap_probe_run(setup, probe, search)
+    if reuse_finished(run, force or _lacks_set_search(run, probe, search)):
         return run
     with run.hold():
         start = time.perf_counter()
@@ -180,9 +398,16 @@ def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_
             result, schedule = measure_halving(bench, setup, probe, layers, on_cell=on_cell)
             steps = halving_cost(schedule)
         else:
-            result = measure_joint(bench, setup, probe, layers, n_layers)
+            def on_set(done: int, at_most: int) -> None:
+                run.log(event="progress", stage="set search", done=done, total=at_most)
+            result = measure_joint(bench, setup, probe, layers, n_layers, search, rankings, on_set=on_set)
             steps = total_steps(len(bench.rows), setup.training)
-        result.update(train_steps=steps * len(probe.seeds), seconds=time.perf_counter() - start)
+        found = result.get("set_search")
+        if found is not None:
+            found["score_run"] = score_run
+        # The probe's own cost, as before the set search: that has its own seconds.
+        searching = found["search_seconds"] + found["curve_seconds"] if found else 0.0
+        result.update(train_steps=steps * len(probe.seeds), seconds=time.perf_counter() - start - searching)
         _write_summary(run, summary_head(setup, probe, n_layers, layers), probe, bench.base_loss, result)
         run.finish([SUMMARY])
     return run
@@ -205,4 +430,7 @@ def _write_summary(run: Run, head: ProbeHead, probe: ProbeConfig, base_loss: flo
         "cell_seconds": None, "storage": None, "schedule": probe.schedule,
         "ranking": result["ranking"], "rungs": result["rungs"], "seconds": result["seconds"],
         "train_steps": result["train_steps"]}
+    if "set_search" in result:
+        payload["set_search"] = result["set_search"]
     run.write_json(SUMMARY, payload)
+

@@ -1,10 +1,14 @@
 """Policy comparison (the paper's Table 2): for each k, train the top-k layers of each
 policy under the same budget, evaluate, repeat over seeds, report mean and a 95 %
 t-interval per cell. Every training and evaluation is its own cached run, so a killed
-comparison resumes at the first missing cell.
+comparison resumes at the first missing cell. With ``storage`` several workers, each with its
+own cache, share the cells (the base model's evaluation and every (k, policy, seed) training)
+through an Optuna study (floe.experiments.shared), and each writes compare.json from the
+results the study records: the same file on every worker.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -16,6 +20,7 @@ from typing import Any
 from floe import KEY_VERSIONS
 from floe.eval.evaluate import SUMMARY as EVAL_SUMMARY
 from floe.eval.evaluate import EvalConfig, headline, run_evaluation
+from floe.experiments.shared import adapter_checksum, share_cells
 from floe.method.stats import mean_ci
 from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.policies import MEASURED, POLICIES, open_probe_run
@@ -26,9 +31,10 @@ from floe.store import artifacts
 from floe.store.artifacts import CompareCell, CompareJson
 from floe.store.config import option, to_dict
 from floe.store.runs import Run, atomic_write_bytes, reuse_finished, run_for
+from floe.store.storage import open_storage, redact
 
-__all__ = ["SUMMARY", "TABLE", "CompareConfig", "aggregate", "cell_selection", "format_table", "paired_differences",
-           "plan", "reference_policy", "run_compare", "selection_overlap", "to_csv"]
+__all__ = ["SUMMARY", "TABLE", "CompareConfig", "aggregate", "cell_selection", "compare_key", "format_table",
+           "paired_differences", "plan", "reference_policy", "run_compare", "selection_overlap", "to_csv"]
 
 SUMMARY, TABLE = artifacts.COMPARE, "compare.csv"
 
@@ -45,6 +51,10 @@ class CompareConfig:
     resample_random: bool = option(True, "draw the random policy's layers anew for each seed, so "
                                    "its interval covers the choice of layers")
     confidence: float = option(0.95, "confidence level of the t-intervals")
+    storage: str | None = option(None, "Optuna RDB storage URL (e.g. postgresql://...) through "
+                                 "which several workers, each with its own cache, share this "
+                                 "comparison's cells")
+    study_name: str | None = option(None, "study name in the storage (default: the run id)")
 
     def __post_init__(self):
         bad = [p for p in self.policies if p not in POLICIES]
@@ -189,8 +199,16 @@ def _cell(grid: _Grid, k: int, policy: str, seed: int) -> dict:
     return {"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
             "train_run": trained.id, "eval_run": evaluated.id,
             "trainable_parameters": summary["trainable_parameters"],
-            "train_seconds": summary["seconds"],
+            "train_seconds": summary["seconds"], "adapter_sha256": adapter_checksum(trained),
             "metrics": headline(evaluated.read_json(EVAL_SUMMARY))}
+
+
+def _base(grid: _Grid) -> dict:
+    """The base model's evaluation (a cached run)."""
+    model_cfg = grid.setup.model
+    run = run_evaluation(model_cfg.model, grid.evaluation, data=grid.setup.data, device=model_cfg.device,
+                         show_progress=grid.show_progress)
+    return {"eval_run": run.id, "metrics": headline(run.read_json(EVAL_SUMMARY))}
 
 
 
@@ -201,7 +219,8 @@ def _write_summary(run: Run, score_run: str, model_cfg: ModelConfig, n_layers: i
     metrics = sorted({r["metric"] for r in rows}, key=lambda m: (not m.endswith("/acc"), m))
     payload: CompareJson = {
         "score_run": score_run, "model": model_cfg.model, "n_layers": n_layers, "partial": partial,
-        "config": to_dict(config), "metrics": metrics, "cells": rows, "results": results,
+        "config": {**to_dict(config), "storage": redact(config.storage) if config.storage else None},
+        "metrics": metrics, "cells": rows, "results": results,
         "base": base, "tables": {m: format_table(rows, m, config.policies) for m in metrics}}
     reference = reference_policy(config.policies)
     diffs = paired_differences(results, reference, config.confidence) if reference else []
@@ -244,6 +263,18 @@ def _probe_selection(probe_run: str | None, config: CompareConfig, fingerprint: 
     return {"probe_run": run.id, **selection_overlap(run.config["data"], data)}
 
 
+def compare_key(scored: Run, setup: Setup, evaluation: EvalConfig, config: CompareConfig,
+                selection: dict | None) -> dict:
+    """What defines the comparison (not the storage, which only shares the work)."""
+    key = {"floe": KEY_VERSIONS["compare"], "score_run": scored.id, "model": scored.config["warmup"]["model"],
+           "data": data_key(setup.data), "adapter": to_dict(dataclasses.replace(setup.adapter, layers=None)),
+           "train": {**to_dict(setup.training), "seed": None}, "eval": to_dict(evaluation),
+           "compare": {k: v for k, v in to_dict(config).items() if k not in ("storage", "study_name")}}
+    if selection is not None:  # comparisons without policy probe keep their keys
+        key["probe_run"] = selection["probe_run"]
+    return key
+
+
 def run_compare(score_run: str, setup: Setup, evaluation: EvalConfig, config: CompareConfig,
                 force: bool = False, show_progress: bool = True, probe_run: str | None = None) -> Run:
     """Train and evaluate every (k, policy, seed) cell; write compare.json and compare.csv.
@@ -253,34 +284,52 @@ def run_compare(score_run: str, setup: Setup, evaluation: EvalConfig, config: Co
     probe is judged on data it never saw (compare.json's "selection")."""
     scored = open_score_run(score_run)
     scored.verify()
-    model_cfg, data, adapter, training = setup.model, setup.data, setup.adapter, setup.training
-    n_layers = model_shape(model_cfg).n_layers
-    cells = plan(config, n_layers)
-    selection = _probe_selection(probe_run, config, scored.config["warmup"]["model"], data)
-    key = {"floe": KEY_VERSIONS["compare"], "score_run": scored.id, "model": scored.config["warmup"]["model"],
-           "data": data_key(data), "adapter": to_dict(dataclasses.replace(adapter, layers=None)),
-           "train": {**to_dict(training), "seed": None}, "eval": to_dict(evaluation),
-           "compare": to_dict(config)}
-    if selection is not None:  # comparisons without policy probe keep their keys
-        key["probe_run"] = selection["probe_run"]
-    run = run_for("compare", key)
+    n_layers = model_shape(setup.model).n_layers
+    cells = [(k, policy, seed) for seed in config.seeds  # seed-major: an early look covers every cell
+             for k, policy in plan(config, n_layers)]
+    selection = _probe_selection(probe_run, config, scored.config["warmup"]["model"], setup.data)
+    storage = open_storage(config.storage) if config.storage else None  # a bad URL: no run folder left
+    run = run_for("compare", compare_key(scored, setup, evaluation, config, selection))
     if reuse_finished(run, force):
         return run
-    with run.hold():
-        total = len(cells) * len(config.seeds)
-        run.log(event="start", stage="compare", total_steps=total, resumed_from=0)
-        base_run = run_evaluation(model_cfg.model, evaluation, data=data, device=model_cfg.device,
-                                  show_progress=show_progress)
-        base = {"eval_run": base_run.id, "metrics": headline(base_run.read_json(EVAL_SUMMARY))}
-        results = []
-        grid = _Grid(setup, scored.id, config, evaluation, probe_run, show_progress)
-        for seed in config.seeds:  # seed-major: an early look already covers every cell
-            for k, policy in cells:
-                results.append(_cell(grid, k, policy, seed))
-                run.log(event="progress", stage="compare", done=len(results), total=total,
-                        k=k, policy=policy, seed=seed)
-                # The table so far, for the app and for a look while the grid runs.
-                _write_summary(run, scored.id, model_cfg, n_layers, config, results, base,
-                               partial=len(results) < total, selection=selection)
+    grid = _Grid(setup, scored.id, config, evaluation, probe_run, show_progress)
+
+    def write(base: dict, results: list[dict], partial: bool) -> None:
+        _write_summary(run, scored.id, setup.model, n_layers, config, results, base, partial=partial,
+                       selection=selection)
+    # Shared: no lock; several workers on one cache write the same compare.json.
+    with (run.hold() if storage is None else contextlib.nullcontext(run)):
+        run.log(event="start", stage="compare", total_steps=len(cells), resumed_from=0)
+        if storage is None:
+            _local(run, grid, cells, write)
+        else:
+            _shared(run, grid, cells, storage, write)
         run.finish([SUMMARY, TABLE])
     return run
+
+
+def _local(run: Run, grid: _Grid, cells: list[tuple[int, str, int]], write) -> None:
+    base = _base(grid)
+    results: list[dict] = []
+    for k, policy, seed in cells:
+        results.append(_cell(grid, k, policy, seed))
+        run.log(event="progress", stage="compare", done=len(results), total=len(cells), k=k, policy=policy,
+                seed=seed)
+        write(base, results, partial=len(results) < len(cells))  # the table so far, for a look
+
+
+def _shared(run: Run, grid: _Grid, cells: list[tuple[int, str, int]], storage, write) -> None:
+    """Cell 0 of the shared grid is the base model's evaluation, then the trainings."""
+    labels = ["base model"] + [f"k {k} {policy} seed {seed}" for k, policy, seed in cells]
+
+    def compute(i: int) -> dict:
+        return _base(grid) if i == 0 else _cell(grid, *cells[i - 1])
+
+    def progress(so_far: list) -> None:
+        done = [r for r in so_far[1:] if r is not None]
+        run.log(event="progress", stage="compare", done=len(done), total=len(cells))
+        if so_far[0] is not None and len(done) < len(cells):  # complete: only the final summary
+            write(so_far[0], done, partial=True)
+
+    results = share_cells(storage, grid.config.study_name or run.id, labels, compute, on_result=progress)
+    write(results[0], results[1:], partial=False)

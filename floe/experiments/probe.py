@@ -9,8 +9,11 @@ all-layer adapter of the same seed, ``val_loss_after(all but l) - val_loss_after
 
 Every (layer, seed) cell is a sparse training run (floe.pipeline.sparse), cached and
 resumable: the same probe twice reuses its cells, a killed probe resumes at the first
-missing one. With ``storage`` several workers share the cells through an Optuna RDB
-study with a GridSampler over the cells; each worker then collects all of them.
+missing one. With ``storage`` several workers, each with its own cache, share the cells
+through an Optuna RDB study (floe.experiments.shared): each cell is trained by one worker,
+which records its result in the study, and every worker writes probe.json from the
+study alone, byte for byte the same (nothing of the worker that writes it is in it; who
+trained which cell is in the study, ``shared_progress``).
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
+from floe.experiments.shared import adapter_checksum, share_cells
 from floe.method.stats import mean_ci
 from floe.pipeline.data import data_key
 from floe.pipeline.setup import Setup
@@ -33,11 +37,12 @@ from floe.pipeline.sparse import (
 from floe.store import artifacts
 from floe.store.artifacts import MeanCI, ProbeCell, ProbeHead, ProbeJson
 from floe.store.config import option, to_dict
-from floe.store.runs import DONE, Run, run_for
+from floe.store.runs import DONE, Run, open_run, run_for
 from floe.store.storage import open_storage, redact
 
 __all__ = ["MODES", "PROBE_BUDGET", "SCHEDULES", "SUMMARY", "ProbeConfig", "ProbeMode", "ProbeSchedule",
-           "cell_layers", "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe", "summary_head"]
+           "cell_label", "cell_layers", "layer_gains", "plan_cells", "probe_key", "probe_run", "run_probe",
+           "summary_head"]
 
 SUMMARY = artifacts.PROBE
 ProbeMode = Literal["single", "leave-one-out"]
@@ -68,8 +73,8 @@ class ProbeConfig:
     layers: list[int] | None = option(None, "layers to probe (default: all)", cli=False)
     confidence: float = option(0.95, "confidence level of the per-layer t-intervals")
     storage: str | None = option(None, "Optuna RDB storage URL (e.g. postgresql://..., "
-                                 "sqlite:////path/probe.db) through which several workers "
-                                 "share this probe's cells")
+                                 "sqlite:////path/probe.db) through which several workers, "
+                                 "each with its own cache, share this probe's cells")
     study_name: str | None = option(None, "study name in the storage (default: the run id)")
     schedule: ProbeSchedule = option("cells", "cells: each (layer, seed) its own cached training run; "
                                      "halving: one model load, successive halving over the layers "
@@ -120,6 +125,11 @@ def cell_layers(layer: int, mode: str, n_layers: int) -> list[int]:
     if layer == ALL:
         return list(range(n_layers))
     return [layer] if mode == "single" else [k for k in range(n_layers) if k != layer]
+
+
+def cell_label(layer: int, seed: int) -> str:
+    """What a cell is, as the shared study lists its cells."""
+    return f"{'all layers' if layer == ALL else f'layer {layer}'} seed {seed}"
 
 
 def layer_gains(cells: list[ProbeCell], layers: list[int], seeds: list[int],
@@ -186,26 +196,48 @@ def _train_cell(setup: Setup, layer: int, seed: int, n_layers: int, mode: str, s
         raise ValueError("the probe measures validation loss: set val_samples >= 1")
     return {"layer": layer, "seed": seed, "train_run": run.id, "adapted": adapted,
             "val_loss_before": summary["val_loss_before"], "val_loss_after": summary["val_loss_after"],
-            "gain": None, "train_seconds": summary["seconds"]}
+            "gain": None, "train_seconds": summary["seconds"], "adapter_sha256": adapter_checksum(run)}
 
 
-def _share_cells(cells, train, storage, study_name: str) -> None:
-    """Workers draw cells from one Optuna study (GridSampler over the cell indices) until
-    every cell has been drawn; a cell another worker holds is waited for."""
+def _shared(run: Run, head: ProbeHead, probe: ProbeConfig, cells: list[tuple[int, int]], storage,
+            train) -> None:
+    """Train cells of the probe shared through ``storage`` until all are done anywhere;
+    probe.json from the results the study records (each cell's ProbeCell, its training
+    steps and the wall time of the worker that trained it)."""
     import optuna
-    from optuna.samplers import GridSampler
-    grid = list(range(len(cells)))
-    study = optuna.create_study(study_name=study_name, storage=storage,
-                                sampler=GridSampler({"cell": grid}, seed=0), direction="maximize",
-                                load_if_exists=True)
 
-    def objective(trial) -> float:
-        layer, seed = cells[trial.suggest_categorical("cell", grid)]
+    def compute(i: int) -> dict:
+        start = time.perf_counter()
         try:
-            return train(layer, seed)["val_loss_after"]
-        except RunStoppedError as e:  # the worker computing it stopped; ours resumes it later
+            cell = train(*cells[i])
+        except RunStoppedError as e:  # a process of this cache stopped training it: take it again
             raise optuna.TrialPruned(str(e)) from None
-    study.optimize(objective, n_trials=len(cells), gc_after_trial=True)
+        return {**cell, "steps": summary_of(open_run(cell["train_run"]))["steps"],
+                "wall_seconds": time.perf_counter() - start}
+
+    def write(results: list, partial: bool) -> None:
+        done = [r for r in results if r is not None]
+        _write_summary(run, head, probe, [_probe_cell(r) for r in done], [r["wall_seconds"] for r in done],
+                       partial=partial)
+        run.log(event="progress", stage="probe", done=len(done), total=len(cells))
+
+    def progress(so_far: list) -> None:
+        # Complete results are written once, as the final summary: a worker on the same
+        # cache may have finished the run with them already.
+        if None in so_far:
+            write(so_far, partial=True)
+
+    results = share_cells(storage, probe.study_name or run.id, [cell_label(*c) for c in cells], compute,
+                          on_result=progress)
+    write(results, partial=False)
+
+
+_RECORD_ONLY = ("steps", "wall_seconds")  # in the study's record of a cell, not in probe.json's
+
+
+def _probe_cell(result: dict) -> ProbeCell:
+    """The probe.json part of a recorded cell result."""
+    return cast(ProbeCell, {k: v for k, v in result.items() if k not in _RECORD_ONLY})
 
 
 def run_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progress: bool = True) -> Run:
@@ -223,23 +255,28 @@ def run_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_progre
     def train(layer: int, seed: int) -> ProbeCell:
         return _train_cell(setup, layer, seed, shape.n_layers, probe.mode, show_progress)
 
-    shared = probe.storage is not None
-    with (contextlib.nullcontext(run) if shared else run.hold()):
-        if probe.storage is not None:  # shared
-            _share_cells(cells, train, storage, probe.study_name or run.id)
+    head = summary_head(setup, probe, shape.n_layers, layers)
+    # Shared: no lock; several workers on one cache write the same probe.json.
+    with (run.hold() if storage is None else contextlib.nullcontext(run)):
         run.log(event="start", stage="probe", total_steps=len(cells), resumed_from=0)
-        done: list[ProbeCell] = []
-        walls: list[float] = []
-        for layer, seed in cells:
-            start = time.perf_counter()
-            done.append(train(layer, seed))
-            walls.append(time.perf_counter() - start)
-            run.log(event="progress", stage="probe", done=len(done), total=len(cells),
-                    layer=layer, seed=seed)
-            head = summary_head(setup, probe, shape.n_layers, layers)
-            _write_summary(run, head, probe, done, walls, partial=len(done) < len(cells))
+        if storage is not None:
+            _shared(run, head, probe, cells, storage, train)
+        else:
+            _local(run, head, probe, cells, train)
         run.finish([SUMMARY])
     return run
+
+
+def _local(run: Run, head: ProbeHead, probe: ProbeConfig, cells: list[tuple[int, int]], train) -> None:
+    """Train (or reuse) every cell in order, rewriting probe.json after each."""
+    done: list[ProbeCell] = []
+    walls: list[float] = []
+    for layer, seed in cells:
+        start = time.perf_counter()
+        done.append(train(layer, seed))
+        walls.append(time.perf_counter() - start)
+        run.log(event="progress", stage="probe", done=len(done), total=len(cells), layer=layer, seed=seed)
+        _write_summary(run, head, probe, done, walls, partial=len(done) < len(cells))
 
 
 def _write_summary(run: Run, head: ProbeHead, probe: ProbeConfig, done: list[ProbeCell], walls: list[float],

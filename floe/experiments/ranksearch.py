@@ -6,6 +6,12 @@ held-out losses are reported to the trial so the median pruner can stop hopeless
 The study lives in an Optuna storage: ``study.db`` (SQLite) in the run folder, or any RDB
 URL shared by several workers. ``n_trials`` counts finished trials over all sessions and
 workers, so a killed search, started again, only runs what is missing.
+
+A rank some trial already trained, in any worker's cache, is not trained again: its result
+is copied (``reused_trial`` says from which trial), after waiting for a lower-numbered trial
+that is training it. Shared (``storage``): a worker that has run its share waits until no
+trial runs and ``n_trials`` have finished (a dead worker's trial is failed once stale and run
+again), then writes search.json from the study: the same file on every worker.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
+from floe.experiments.shared import WORKER, poll_seconds, revive_stale, worker_id
 from floe.pipeline.setup import Setup
 from floe.pipeline.sparse import (
     RunStoppedError,
@@ -115,6 +122,12 @@ def make_objective(setup: Setup, sparse: SparseConfig, search: RankSearchConfig)
 
     def objective(trial) -> float:
         r = trial.suggest_int("r", search.r_min, search.r_max)
+        trial.set_user_attr(WORKER, worker_id())
+        twin = _finished_twin(trial.study, trial.number, r)
+        if twin is not None:  # trained already, maybe by another worker: its result, not a retraining
+            for name, value in {**twin.user_attrs, WORKER: worker_id(), "reused_trial": twin.number}.items():
+                trial.set_user_attr(name, value)
+            return twin.value
         start = time.time()
         try:
             run = run_sparse_training(setup.replace(adapter=dataclasses.replace(setup.adapter, r=r)),
@@ -134,6 +147,40 @@ def make_objective(setup: Setup, sparse: SparseConfig, search: RankSearchConfig)
             raise ValueError("the rank search needs validation data: set val_samples >= 1")
         return summary["val_loss_after"]
     return objective
+
+
+def _finished_twin(study, number: int, r: int):
+    """A complete trial of rank ``r`` that trained it (after waiting for a lower-numbered
+    running trial of ``r``, e.g. on another worker, or one that has not drawn its rank yet),
+    or None."""
+    from optuna.trial import TrialState
+    while True:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != number]
+        done = [t for t in trials if t.params.get("r") == r and t.state == TrialState.COMPLETE
+                and "train_run" in t.user_attrs]
+        if done:
+            return min(done, key=lambda t: t.number)
+        if not any(t.state == TrialState.RUNNING and t.number < number and t.params.get("r", r) == r
+                   for t in trials):
+            return None
+        time.sleep(poll_seconds())
+        revive_stale(study)  # a dead worker's trial stops the wait once stale
+
+
+def _settle(study, search: RankSearchConfig, objective, callbacks) -> None:
+    """Shared: run trials while fewer than ``n_trials`` are finished or running, then wait
+    until none runs, so every worker summarizes the same study."""
+    from optuna.trial import TrialState
+    while True:
+        revive_stale(study)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        finished = _finished(study)
+        if finished >= search.n_trials and not running:
+            return
+        if finished + running < search.n_trials:
+            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=True)
+        else:
+            time.sleep(poll_seconds())
 
 
 def _finished(study) -> int:
@@ -191,8 +238,10 @@ def run_rank_search(setup: Setup, sparse: SparseConfig, search: RankSearchConfig
         todo = search.n_trials - _finished(study)
         run.log(event="start", stage="search", total_steps=search.n_trials,
                 resumed_from=_finished(study))
-        if todo > 0:
-            objective = make_objective(setup, sparse, search)
+        objective = make_objective(setup, sparse, search)
+        if not local:
+            _settle(study, search, objective, [_progress(run, search.n_trials)])
+        elif todo > 0:
             study.optimize(objective, n_trials=todo,
                            callbacks=[MaxTrialsCallback(search.n_trials,
                                                         states=(TrialState.COMPLETE, TrialState.PRUNED)),

@@ -125,10 +125,12 @@ def convert_embedded(name: str) -> Path:
     tok.save_pretrained(tmp)
     atomic_write_json(tmp / _MARKER, {"embedded": name, "gguf": gguf.name,
                                       "gguf_sha256_16": _file_digest(gguf)})
-    if folder.exists():  # another process won the race; keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
+    try:
         tmp.rename(folder)
+    except OSError:  # another process won the race (e.g. parallel test workers); keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / _MARKER).exists():
+            raise
     return folder
 
 

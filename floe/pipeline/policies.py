@@ -1,6 +1,8 @@
 """The layer-selection policies: the one list of them, with their labels, and the ranking
-each reads from (or derives from) a score run's layers.json, or, for policy ``probe``,
-from a probe run's probe.json (the layers ranked by their measured gain)."""
+each reads from (or derives from) a score run's layers.json, or, for the measured
+policies, from a probe run's probe.json: ``probe`` ranks the layers by their measured
+gain alone, ``probe-set`` takes the better set search of a joint probe (the set of size
+k is its top k: both searches give nested sets)."""
 from __future__ import annotations
 
 from floe.pipeline.score import load_layers
@@ -9,8 +11,8 @@ from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, Run, open_run
 
 __all__ = ["MEASURED", "POLICIES", "PROBE_SUMMARY", "available_policies", "check_policy", "depth_ranking",
-           "layer_ranges", "open_probe_run", "probe_ranking", "ranking_for", "ranking_from", "selected_layers",
-           "spread_layers", "spread_ranking"]
+           "layer_ranges", "measured_policies", "open_probe_run", "probe_ranking", "probe_set_ranking", "ranking_for",
+           "ranking_from", "selected_layers", "spread_layers", "spread_ranking"]
 
 PROBE_SUMMARY = artifacts.PROBE
 
@@ -30,9 +32,10 @@ POLICIES: dict[str, str] = {
     "lora-drop": "LoRA-drop (adapter output norm)",
     "ht-sr": "HT-SR alpha (AlphaLoRA)",
     "probe": "select by measurement (probe run's gain)",
+    "probe-set": "select a set by measurement (joint probe's set search)",
 }
 # Policies ranked by a probe run (no score run needed); the others by a score run.
-MEASURED = {"probe"}
+MEASURED = {"probe", "probe-set"}
 # Policies read from layers.json "baselines" under these keys; the others are derived.
 _STORED = {"random", "weight-norm", "adapter-norm", "all", "lora-drop", "ht-sr"}
 
@@ -138,6 +141,29 @@ def probe_ranking(probe: ProbeJson) -> list[int]:
     return sorted(gains, key=lambda k: (gains[k] is None, -(gains[k] or 0.0), k))
 
 
+def probe_set_ranking(probe: ProbeJson, run_id: str = "") -> list[int]:
+    """Policy ``probe-set``'s ranking: the order of the joint probe's better set search
+    (forward selection or backward elimination), whose first k are its set of size k."""
+    found = probe.get("set_search")
+    if not found:
+        which = f"probe run {run_id}" if run_id else "this probe run"
+        schedule = probe.get("schedule", "cells")
+        if schedule == "joint":
+            raise ValueError(f"policy probe-set reads a joint probe's set search, and {which} has none (the "
+                             "search is off by default for its cost): re-run floe probe --schedule joint "
+                             "--set-search with the same options (it measures that probe again and adds the "
+                             "search: about L^2 validation passes per seed for L layers)")
+        raise ValueError(f"policy probe-set reads a joint probe's set search, and {which} is a {schedule} "
+                         "probe: run floe probe --schedule joint --set-search on the same model and data, and "
+                         "give its run")
+    return [int(k) for k in found["ranking"]]
+
+
+def measured_policies(probe: ProbeJson) -> list[str]:
+    """The measured policies a probe run can rank by (``probe-set`` only with a set search)."""
+    return [p for p in POLICIES if p in MEASURED and (p != "probe-set" or probe.get("set_search"))]
+
+
 def open_probe_run(run_id: str) -> Run:
     """A finished probe run (clear errors for a missing, unfinished or other kind of run)."""
     try:
@@ -153,11 +179,12 @@ def open_probe_run(run_id: str) -> Run:
 
 
 def ranking_for(run: Run, policy: str) -> list[int]:
-    """The layer ranking of ``policy`` from a finished score run, or (policy ``probe``)
+    """The layer ranking of ``policy`` from a finished score run, or (a measured policy)
     from a finished probe run."""
     if policy in MEASURED:
         if run.kind != "probe":
             raise ValueError(f"policy {policy!r} ranks layers by a probe run, and {run.id} is a "
                              f"{run.kind} run: give --probe-run ID")
-        return probe_ranking(run.read_json(PROBE_SUMMARY))
+        probe = run.read_json(PROBE_SUMMARY)
+        return probe_set_ranking(probe, run.id) if policy == "probe-set" else probe_ranking(probe)
     return ranking_from(load_layers(run), policy)

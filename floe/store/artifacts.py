@@ -7,7 +7,8 @@ a CorruptRunError naming the field, not a KeyError three calls later). Extra fie
 refused on write and tolerated on read, so a newer writer's runs stay readable. The check
 is pydantic's validation of the TypedDicts below (strict types, no coercion).
 
-Pure data: this module imports nothing of floe, so every layer may use it.
+Pure data: this module imports nothing of floe (but floe.store.set_search, pure data too), so every
+layer may use it.
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
 
+from floe.store.set_search import SetOrder, SetSearch, Suggestion  # probe.json's set search (pure data too)
+
 __all__ = ["ARTIFACTS", "COMPARE", "CONFIG", "EVAL", "JOB", "LAYERS", "PROBE", "SEARCH", "STABILITY", "STATE",
            "TIMINGS", "TRAIN", "WARMUP", "ArtifactError", "Baselines", "CompareCell", "CompareJson", "Components",
            "Differences", "EvalJson", "EvalSummary", "JobRecord", "LayersJson", "MeanCI", "ProbeCell", "ProbeHead",
-           "ProbeJson", "Refinement", "SearchJson", "Signals", "StabilityJson", "StateJson", "TaskResult",
-           "TimingsJson", "TrainJson", "TrainSummary", "Tuning", "WarmupJson", "check"]
+           "ProbeJson", "Refinement", "SearchJson", "SetOrder", "SetSearch", "Signals", "StabilityJson", "StateJson",
+           "Suggestion", "TaskResult", "TimingsJson", "TrainJson", "TrainSummary", "Tuning", "WarmupJson", "check"]
 
 CONFIG, STATE = "config.json", "state.json"
 WARMUP, TRAIN, LAYERS, TIMINGS = "warmup.json", "train.json", "layers.json", "timings.json"
@@ -298,6 +301,7 @@ class ProbeCell(TypedDict):
     gain: float | None           # single: before - after; leave-one-out: after - after(all)
     train_seconds: float | None
     steps: NotRequired[int]      # cheap schedules: the optimizer steps behind the gain
+    adapter_sha256: NotRequired[str | None]  # cell probes: sha256 of the trained adapter's weights
 
 
 @with_config(_STRICT)
@@ -323,7 +327,8 @@ class ProbeJson(ProbeHead):
     gain: list[float | None]     # per probed layer: mean gain over seeds (None: no cell yet)
     gain_ci: list[MeanCI]        # per probed layer: its interval over seeds
     base_val_loss: float | None  # the unadapted model's validation loss
-    cell_seconds: float | None   # mean wall time of the cells computed in this session
+    cell_seconds: float | None   # mean wall time of the cells computed in this session (shared:
+                                 # by the workers that trained them, as the study records)
     storage: str | None          # the shared storage, password redacted
     # Cheap schedules (floe.experiments.cheap_probe) only: the measured ranking (the layers
     # dropped at an early rung were measured on fewer steps, so their gains rank them
@@ -331,8 +336,9 @@ class ProbeJson(ProbeHead):
     schedule: NotRequired[str]
     ranking: NotRequired[list[int]]
     rungs: NotRequired[list[dict[str, Any]]]
-    seconds: NotRequired[float]
+    seconds: NotRequired[float]     # the set search's time excluded (it has its own)
     train_steps: NotRequired[int]   # optimizer steps of all its trainings together
+    set_search: NotRequired[SetSearch]  # joint probes since issue 20: what policy probe-set reads
 
 
 @with_config(_STRICT)
