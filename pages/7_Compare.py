@@ -54,8 +54,8 @@ with st.expander("Start a compare", expanded=not found):
         st.caption("No finished probe of this model and data: the compare has no measured column "
                    "(the Validation page or the recommendation starts a probe).")
     # probe-set joins probe when the probe run has a set search (floe probe --set-search).
-    policies = setsearch.compare_policies(compare.fair_policies(available_policies(common.layers(run)),
-                                                                bool(probes)), probe_run)
+    policies = compare.fair_policies(available_policies(common.layers(run)),
+                                     setsearch.offered_by(probe_run) if probe_run else [])
     preset = {**common.training_preset(run), **ui.cpu_only(ui.QUICK_EVAL), "ks": str(min(8, n_layers)),
               "policies": ",".join(policies), **({"seed": seed} if seed is not None else {})}
     values = ui.option_widgets("compare", preset, skip=("score_run", "probe_run"))

@@ -13,7 +13,7 @@ from test_app_pages import figure, only_job, open_page, text_of
 from test_app_recommend import DEPTH, MEASURED, SHALLOW, button, gains, score_run, two_seeds
 from test_app_validation import make_probe_run
 
-from floe.app import common, setsearch, training, validation
+from floe.app import common, compare, setsearch, training, validation
 from floe.pipeline.policies import POLICIES
 
 pytestmark = pytest.mark.usefixtures("queued_jobs")  # conftest: jobs queued, not started
@@ -128,7 +128,7 @@ def test_the_curve_frame_starts_at_the_base_model_and_names_probe_set():
     assert setsearch.slider_curve(found, "deepest") == "deepest"
     assert setsearch.slider_curve(found, "random") == "forward"  # no curve of its own
     assert setsearch.curve_colors(found)["backward"] == setsearch.OTHER_SEARCH_COLOR
-    assert setsearch.compare_policies(["probe", "floe"], None) == ["probe", "floe"]
+    assert compare.fair_policies(["probe", "floe"]) == ["probe", "floe"]  # no probe-set without a search
     # A search drawn against a score run: its floe and adapter-norm lines, and where they come from.
     found = examples.set_search_json(4, score_run="score-elsewhere", rankings={
         **found["rankings"], "floe": [0, 1, 2, 3], "adapter-norm": [3, 1, 2, 0]}, curves={

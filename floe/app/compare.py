@@ -6,7 +6,7 @@ No Streamlit here; the numbers come from compare.json (floe.experiments.compare)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,16 @@ __all__ = ["FAIR_POLICIES", "compare_label", "fair_policies", "compare_payload",
            "compare_table", "fairness", "format_value", "lower_is_better"]
 
 SUMMARY = "compare.json"
-# What a fair compare started here compares, where the score run holds them: the measured
-# choice, FLoE and the heuristics that did best in docs/results.md.
-FAIR_POLICIES = ("probe", "floe", "adapter-norm", "deepest", "lora-drop")
+# What a fair compare started here compares, where the score run (or the chosen probe run)
+# holds them: the measured choices, FLoE and the heuristics that did best in docs/results.md.
+FAIR_POLICIES = ("probe", "probe-set", "floe", "adapter-norm", "deepest", "lora-drop")
 
 
-def fair_policies(available: list[str], has_probe: bool) -> list[str]:
+def fair_policies(available: list[str], measured: Sequence[str] = ()) -> list[str]:
     """The policies a compare started here compares: FAIR_POLICIES this score run holds, and
-    the probe's column when a finished probe of its model and data exists."""
-    return [p for p in FAIR_POLICIES if p in available or (p == "probe" and has_probe)]
+    the measured ones (``probe``, ``probe-set`` with a set search) the chosen probe run offers
+    (floe.app.setsearch.offered_by)."""
+    return [p for p in FAIR_POLICIES if p in available or p in measured]
 
 
 def compare_runs(score_run: Run, root: Path | None = None) -> list[Run]:

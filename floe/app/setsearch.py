@@ -21,9 +21,9 @@ from floe.pipeline.policies import POLICIES, measured_policies
 from floe.store.artifacts import SetSearch
 from floe.store.runs import Run
 
-__all__ = ["CURVE_NAMES", "OTHER_SEARCH_COLOR", "compare_policies", "curve_caption", "curve_colors", "curve_figure",
+__all__ = ["CURVE_NAMES", "OTHER_SEARCH_COLOR", "curve_caption", "curve_colors", "curve_figure",
            "curve_frame", "curve_label", "curve_order", "curve_probe", "measured_options", "no_search_line",
-           "probes_for", "search_command", "set_search_of", "slider_curve"]
+           "offered_by", "probes_for", "search_command", "set_search_of", "slider_curve"]
 
 # A curve's name in the legend (the others: the policy's own name).
 CURVE_NAMES = {"forward": "forward selection", "backward": "backward elimination",
@@ -43,7 +43,8 @@ def set_search_of(probe_run: Run) -> SetSearch | None:
     return None
 
 
-def _offers(probe_run: Run) -> list[str]:
+def offered_by(probe_run: Run) -> list[str]:
+    """The measured policies a probe run can rank by (none for a damaged run)."""
     from floe.app.validation import probe_payload
     with skip_corrupt():
         return measured_policies(probe_payload(probe_run))
@@ -53,14 +54,14 @@ def _offers(probe_run: Run) -> list[str]:
 def measured_options(probes: list[Run]) -> list[str]:
     """The measured policies these finished probe runs offer, in POLICIES order: ``probe``
     with any of them, ``probe-set`` with one that has a set search."""
-    offered = {policy for run in probes for policy in _offers(run)}
+    offered = {policy for run in probes for policy in offered_by(run)}
     return [p for p in POLICIES if p in offered]
 
 
 def probes_for(policy: str, probes: list[Run]) -> dict[str, Run]:
     """The probe runs (by id, in the given order) that rank the layers by ``policy``, a
     measured policy: any finished probe for ``probe``, one with a set search for ``probe-set``."""
-    return {run.id: run for run in probes if policy in _offers(run)}
+    return {run.id: run for run in probes if policy in offered_by(run)}
 
 
 def curve_probe(probes: list[Run], chosen: Run | None = None) -> Run | None:
@@ -72,15 +73,6 @@ def curve_probe(probes: list[Run], chosen: Run | None = None) -> Run | None:
         if run.kind == "probe" and set_search_of(run) is not None:
             return run
     return None
-
-
-def compare_policies(fair: list[str], probe_run: Run | None) -> list[str]:
-    """A compare's policies (floe.app.compare.fair_policies) with ``probe-set`` after
-    ``probe`` when the compare's probe run has a set search."""
-    if probe_run is None or "probe-set" not in _offers(probe_run) or "probe-set" in fair:
-        return list(fair)
-    at = fair.index("probe") + 1 if "probe" in fair else 0
-    return [*fair[:at], "probe-set", *fair[at:]]
 
 
 # --------------------------------------------------------------------------- the curve
