@@ -105,15 +105,16 @@ else:
 
 st.subheader("Downloads")
 st.download_button("Layer list (JSON)", training.selection_file(run, policy, k, ranked_by), file_name="layers.json",
-                   mime="application/json", icon=":material/download:", key="dl:layers")
+                   mime="application/json", icon=":material/download:", key="dl:layers", on_click="ignore")
 done = [r for r in trained if r.status == "done"]
 if done:
     # Each file is built when its button is clicked (the export is written once, a zip made
-    # per click), never on a page rerun.
+    # per click), never on a page rerun; a download reruns nothing ("ignore"), so the other
+    # buttons stay where they are for the next click.
     cols = st.columns(len(training.export_names(done[0])))
     for col, name in zip(cols, training.export_names(done[0])):
         col.download_button(name, functools.partial(training.export_file, done[0], name), file_name=name,
-                            icon=":material/download:", key=f"dl:{name}")
+                            icon=":material/download:", key=f"dl:{name}", on_click="ignore")
     st.caption(f"From `floe export --train-run {done[0].id}`, built when you click: config.yaml trains it again "
                "(`floe train --config config.yaml`), the peft config adapts the same layers with plain LoRA.")
 else:

@@ -1,7 +1,7 @@
 """Validation: does a layer ranking predict what adapting each layer actually buys?"""
 import streamlit as st
 
-from floe.app import common, estimates, recommend, validation
+from floe.app import common, compare, estimates, recommend, setsearch, validation
 from floe.app import widgets as ui
 from floe.pipeline.policies import POLICIES
 
@@ -47,6 +47,18 @@ else:
         policy = left.selectbox("Policy", list(table), format_func=POLICIES.get)
         left.plotly_chart(validation.scatter_figure(payload, probe, policy, table[policy]), key="scatter")
         right.plotly_chart(validation.precision_figure(table), key="precision")
+    if checks := setsearch.calibrations(probe_run):
+        st.subheader("Does the set search predict trained losses?")
+        compare_run, found = checks[0]
+        if len(checks) > 1:
+            pick = st.selectbox("Compare run", range(len(checks)),
+                                format_func=lambda i: compare.compare_label(checks[i][0]))
+            compare_run, found = checks[pick]
+        st.markdown(setsearch.calibration_sentence(found))
+        st.plotly_chart(setsearch.calibration_figure(found), key="calibration")
+        st.caption(f"Each point: a (policy, k) cell of compare run {compare_run.id}, its sparse adapter trained "
+                   "on those layers alone (mean over seeds) against the probe's prediction for the same set "
+                   "(the joint adapter with only the set's adapters on).")
     st.subheader("Select by measurement")
     k = ui.layer_count_slider(st, "k: layers to adapt", payload["n_layers"], 8)
     chosen = validation.measured_selection(run, probe_run, k)

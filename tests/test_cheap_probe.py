@@ -360,3 +360,59 @@ def test_probe_help_offers_the_set_search_options():
     assert search.default is False and search.no_flag == "--no-set-search"  # --set-search turns it on
     assert "Off by default" in search.help and "L^2 validation passes" in search.help
     assert "probe-set" in dict((o.dest, o.choices) for o in command_options("train"))["policy"]
+
+
+def test_replaying_the_blocks_below_the_switched_layer_gives_the_same_loss_bit_for_bit(tiny_model_dir, qa_file):
+    """A set read with its parent's lower blocks replayed equals the set read in full,
+    exactly, for every first differing block; the search reads the same with and without."""
+    from helpers import tiny_configs
+
+    from floe.experiments.cheap_probe import Bench, SetSearchConfig, search_sets, train_joint
+    from floe.experiments.switched import SwitchedLoss, first_difference
+    from floe.models.load import load_model
+    from floe.models.replay import blocks_recorded, blocks_replayed
+    from floe.pipeline.data import load_split, tokenize
+    from floe.pipeline.train import validation_loss
+    setup = tiny_configs(tiny_model_dir, qa_file, max_steps=2)
+    model, tok = load_model(setup.model.model, "cpu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    split = load_split(dataclasses.replace(setup.data, val_samples=12))
+    val = tokenize(tok, split.val, 48)
+    assert len(val) == 12  # two batches of validation_loss
+    bench = Bench(model, tokenize(tok, split.train, 48), val, tok.pad_token_id,
+                  validation_loss(model, val, tok.pad_token_id))
+    states, _ = train_joint(bench, setup, [1], 4)
+    with joint_adapters_of(bench, setup, states) as losses:
+        full = SwitchedLoss(model, val, tok.pad_token_id, max_bytes=0)  # replay off
+        replaying = losses.switched
+        cases = [({0, 1, 3}, {0, 1}), ({0, 2}, {0, 1, 2}), ({1, 2, 3}, {1, 2}), ({3}, set()), ({0, 3}, {3})]
+        for layers, parent in cases:
+            layers, parent = frozenset(layers), frozenset(parent)
+            assert losses(layers, parent)[1] == full(layers)  # exactly, not approximately
+        assert first_difference(frozenset({0, 1, 3}), frozenset({0, 1})) == 3
+        assert replaying.blocks_replayed == 3 + 1 + 3 + 3 + 0 and replaying.recordings == 4  # ({0, 3}, {3}): none
+        with blocks_recorded(model) as outputs:
+            validation_loss(model, val[:4], tok.pad_token_id)  # one batch recorded
+        with pytest.raises(RuntimeError, match="more forward calls"), blocks_replayed(model, 2, outputs):
+            validation_loss(model, val[:4] * 2, tok.pad_token_id, batch_size=4)  # two asked
+        assert "forward" not in vars(arch_blocks(model)[0])  # the blocks are themselves again
+
+        def mean(switched):
+            return lambda s, parent=None: switched(s, parent, key=1)
+        search = SetSearchConfig(set_search=True)
+        known = {frozenset(): bench.base_loss}
+        with_replay = search_sets(mean(replaying), known, bench.base_loss, [0, 1, 2, 3], search, {})
+        without = search_sets(mean(full), known, bench.base_loss, [0, 1, 2, 3], search, {})
+    assert with_replay["curves"] == without["curves"] and with_replay["ranking"] == without["ranking"]
+    assert replaying.blocks_replayed > 0 and full.blocks_replayed == 0
+
+
+def joint_adapters_of(bench, setup, states):
+    from floe.experiments.cheap_probe import joint_adapters
+    return joint_adapters(bench, setup.adapter, 4, states)
+
+
+def arch_blocks(model):
+    from floe.models.arch import decoder_layers
+    return decoder_layers(model)

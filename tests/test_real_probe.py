@@ -5,7 +5,8 @@ import pytest
 
 from floe.cli import main
 
-pytestmark = pytest.mark.real
+# One test worker for both: the probe reuses the analysis the score test computed (same cache).
+pytestmark = [pytest.mark.real, pytest.mark.xdist_group("real-analysis")]
 
 SMALL = ["--device", "cpu", "--max-samples", "16", "--val-samples", "4", "--max-length", "64",
          "--batch-size", "8", "--quiet", "--json"]
@@ -13,7 +14,7 @@ SMALL = ["--device", "cpu", "--max-samples", "16", "--val-samples", "4", "--max-
 
 def test_two_layer_probe_on_smollm2(capsys):
     # The same small analysis as test_real_score (reused when both run in one session).
-    assert main(["analyze", *SMALL, "--score-samples", "16", "--score-batch-size", "8"]) == 0
+    assert main(["analyze", *SMALL, "--score-samples", "8", "--score-batch-size", "8"]) == 0
     score = json.loads(capsys.readouterr().out)
     assert main(["probe", "--score-run", score["run"], "--layers", "2,28", *SMALL,
                  "--val-samples", "8", "--lr", "1e-3"]) == 0

@@ -5,10 +5,11 @@ import pytest
 
 from floe.cli import main
 
-pytestmark = pytest.mark.real
+# One test worker for both: the probe reuses the analysis the score test computed (same cache).
+pytestmark = [pytest.mark.real, pytest.mark.xdist_group("real-analysis")]
 
 SMALL = ["--device", "cpu", "--max-samples", "16", "--val-samples", "4", "--max-length", "64",
-         "--batch-size", "8", "--score-samples", "16", "--score-batch-size", "8", "--quiet", "--json"]
+         "--batch-size", "8", "--score-samples", "8", "--score-batch-size", "8", "--quiet", "--json"]
 
 
 def test_real_ranking_of_all_30_layers_is_reproducible(capsys):

@@ -147,3 +147,22 @@ def test_suggested_k_is_the_smallest_k_within_the_tolerance_of_the_all_layer_gai
             suggested_k(ks, losses, 3.0, 2.0, tolerance=bad)
     with pytest.raises(ValueError, match="losses"):
         suggested_k(ks, losses[:2], 3.0, 2.0)
+
+
+def test_each_set_is_asked_with_the_parent_it_grows_or_shrinks_by_one_layer():
+    """A MemoLoss with_parent passes the parent on: the chosen set (forward), the kept set
+    (backward), the top k-1 (a curve); each set differs from its parent by one layer."""
+    asked = []
+
+    def loss(layers, parent):
+        asked.append((layers, parent))
+        return -sum(layers) + 0.1 * len(layers) ** 2
+
+    memo = MemoLoss(loss, with_parent=True)
+    forward_selection(range(4), memo)
+    backward_elimination(range(4), memo)
+    curve_of_ranking([3, 0, 1, 2], memo, range(5))
+    with_parent = [(s, p) for s, p in asked if p is not None]
+    assert with_parent and all(len(s ^ p) == 1 for s, p in with_parent)
+    assert asked[0] == (frozenset({0}), frozenset())  # the first round grows the empty set
+    assert MemoLoss(lambda s: 1.0)(frozenset({1}), parent=frozenset()) == 1.0  # plain functions take none

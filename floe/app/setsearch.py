@@ -11,17 +11,21 @@ validation passes per seed. Pure data and plotly figures, no Streamlit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from floe.app.common import policy_colors, skip_corrupt
+from floe.app.compare import compare_payload
+from floe.experiments.calibration import Calibration, calibration, differing_settings
 from floe.pipeline.policies import POLICIES, measured_policies
-from floe.store.artifacts import SetSearch
-from floe.store.runs import Run
+from floe.store.artifacts import COMPARE, SetSearch
+from floe.store.runs import Run, list_runs
 
-__all__ = ["CURVE_NAMES", "OTHER_SEARCH_COLOR", "curve_caption", "curve_colors", "curve_figure",
+__all__ = ["CURVE_NAMES", "OTHER_SEARCH_COLOR", "calibration_figure", "calibration_sentence", "calibrations",
+           "curve_caption", "curve_colors", "curve_figure",
            "curve_frame", "curve_label", "curve_order", "curve_probe", "measured_options", "no_search_line",
            "offered_by", "probes_for", "search_command", "set_search_of", "slider_curve"]
 
@@ -192,3 +196,68 @@ def no_search_line(score_run: Run, n_layers: int) -> str:
     return (f"No predicted loss per k: no probe of this model and data has a set search. It is opt-in for its "
             f"cost, about L² = {n_layers ** 2} validation passes per seed for these {n_layers} layers (the joint "
             f"probe alone: {n_layers + 1}): `{display_command(search_command(score_run))}`")
+
+
+# --------------------------------------------------------------------------- calibration
+def calibrations(probe_run: Run, root: Path | None = None) -> list[tuple[Run, Calibration]]:
+    """Each compare run that trained from this probe (``--probe-run``), newest first, with
+    the calibration of the probe's set search against its trained cells (none without a
+    search)."""
+    found = set_search_of(probe_run)
+    if found is None:
+        return []
+    out = []
+    for run in list_runs(root):
+        if run.kind != "compare" or not run.file(COMPARE).exists():
+            continue
+        with skip_corrupt():
+            if run.config.get("probe_run") != probe_run.id:
+                continue
+            settings = differing_settings(probe_run.config, run.config)
+            out.append((run, calibration(found, compare_payload(run), settings)))
+    return out
+
+
+def calibration_figure(found: Calibration) -> go.Figure:
+    """Trained against predicted validation loss, one point per (policy, k) cell, coloured by
+    policy, with the line trained = predicted."""
+    cells = found["cells"]
+    colors = policy_colors()
+    fig = go.Figure()
+    for policy in sorted({c["policy"] for c in cells}):
+        mine = [c for c in cells if c["policy"] == policy]
+        fig.add_trace(go.Scatter(
+            x=[c["predicted"] for c in mine], y=[c["trained"] for c in mine], mode="markers+text",
+            text=[f"k={c['k']}" for c in mine], textposition="top center", name=POLICIES.get(policy, policy),
+            marker={"size": 10, "color": colors.get(policy, OTHER_SEARCH_COLOR)}))
+    if cells:
+        lo = min(min(c["predicted"], c["trained"]) for c in cells)
+        hi = max(max(c["predicted"], c["trained"]) for c in cells)
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="trained = predicted",
+                                 line={"color": OTHER_SEARCH_COLOR, "dash": "dot"}))
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis_title="predicted (joint adapter, only the set on)",
+                      yaxis_title="trained (sparse adapter, mean over seeds)",
+                      legend={"orientation": "h", "y": -0.25, "x": 0, "font": {"size": 11}})
+    return fig
+
+
+def calibration_sentence(found: Calibration) -> str:
+    """What the calibration says: ρ with its interval over how many cells, the mean gap,
+    and under which differing settings the two were read."""
+    n = len(found["cells"])
+    if n < 3:
+        return f"Only {n} trained cell(s) match a curve of the search: a correlation needs 3 or more."
+    lo, hi = found["spearman_ci"]
+    interval = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else ""
+    rho = found["spearman"]
+    reading = ("orders the trained results" if lo is not None and lo > 0 else
+               "does not reliably order the trained results (the interval reaches 0)")
+    settings = found["conditions"]
+    where = ("under the probe's own data and training settings" if not settings else
+             "with these settings differing from the probe's: "
+             + ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in settings.items()))
+    gap = found["mean_gap"] or 0.0
+    return (f"Over {n} (policy, k) cells the predicted loss {reading}: Spearman ρ = {rho:+.2f}{interval} "
+            f"(the issue's goal: ≥ 0.9). Trained minus predicted: {gap:+.4f} nats on average, "
+            f"{where}.")

@@ -39,15 +39,14 @@ import torch
 
 from floe.adapters.hydralora import (
     HydraLoraConfig,
-    HydraLoraLinear,
     adapter_state_dict,
     apply_hydralora,
     remove_hydralora,
 )
 from floe.experiments.probe import SUMMARY, ProbeConfig, layer_gains, probe_key, probe_run, summary_head
+from floe.experiments.switched import SwitchedLoss, only_layers_on
 from floe.method.halving import halving_cost, halving_schedule, successive_halving
 from floe.method.setsearch import (
-    LossOfSet,
     MemoLoss,
     backward_elimination,
     better_search,
@@ -65,9 +64,9 @@ from floe.store.artifacts import ProbeCell, ProbeHead, ProbeJson, SetSearch, Sug
 from floe.store.config import option, to_dict
 from floe.store.runs import DONE, Run, reuse_finished, run_for
 
-__all__ = ["Bench", "SetSearchConfig", "cheap_probe_run", "joint_adapters", "layer_adapter", "measure_halving",
-           "measure_joint", "only_layers_on", "run_cheap_probe", "search_cost", "search_sets", "set_search_summary",
-           "suggestion", "train_joint", "train_layers"]
+__all__ = ["Bench", "JointLosses", "SetSearchConfig", "cheap_probe_run", "joint_adapters", "layer_adapter",
+           "measure_halving", "measure_joint", "only_layers_on", "run_cheap_probe", "search_cost", "search_sets",
+           "set_search_summary", "suggestion", "train_joint", "train_layers"]
 
 # The rankings every joint probe draws a curve for, besides those a caller adds (a score
 # run's floe and adapter-norm): its singles ranking, the two searches' orders, depth.
@@ -83,9 +82,9 @@ class SetSearchConfig:
                               "trained adapters; no training) and predict every ranking's validation loss "
                               "at each k: what policy probe-set and the app's loss-per-k curve read. Off by "
                               "default for its cost: about L^2 validation passes per seed for L probed "
-                              "layers (the joint probe itself: L + 1); on a tiny 8-layer model 9.1x the "
-                              "joint training's time (bench/bench_setsearch.py), for SmolLM2's 30 layers an "
-                              "estimated 15-25 min on a 2-core CPU against about 90 s for the probe")
+                              "layers (the joint probe itself: L + 1), less the decoder blocks replayed from "
+                              "each set's parent; for SmolLM2's 30 layers about 26 min on a 2-core CPU "
+                              "(bench/bench_replay.py), against about 90 s for the probe")
     search_max_k: int | None = option(None, "joint with --set-search: the largest set forward selection "
                                       "grows (default: every probed layer, so its order covers every k); "
                                       "k x L validation passes "
@@ -110,23 +109,6 @@ def layer_adapter(model, adapter: HydraLoraConfig, layers: list[int], seed: int)
         yield model
     finally:
         remove_hydralora(model)
-
-
-@contextlib.contextmanager
-def only_layers_on(model, layers: set[int]):
-    """Leave-one-in: only the adapters of ``layers`` act inside the block."""
-    blocks = arch.decoder_layers(model)
-    switched = []
-    for k, block in enumerate(blocks):
-        for m in block.modules():
-            if isinstance(m, HydraLoraLinear):
-                switched.append((m, m.enabled))
-                m.enabled = k in layers
-    try:
-        yield model
-    finally:
-        for m, state in switched:
-            m.enabled = state
 
 
 @dataclass(frozen=True)
@@ -186,33 +168,39 @@ def train_joint(bench: Bench, setup: Setup, seeds: list[int], n_layers: int) -> 
     return states, seconds
 
 
+class JointLosses:
+    """``losses(layers, parent=None)``: per seed, the validation loss with that seed's
+    trained weights and only the adapters of ``layers`` on (one validation pass per seed,
+    or less: the blocks below the layer where ``layers`` and ``parent`` differ are replayed
+    from the parent's pass, floe.experiments.switched). The loaded seed is read first, so
+    one seed loads its weights once. ``switched`` counts the blocks run and replayed."""
+
+    def __init__(self, model, states: Mapping[int, dict[str, torch.Tensor]], switched: SwitchedLoss):
+        self.states, self.switched = states, switched
+        self._params = dict(model.named_parameters())
+        self._loaded: int | None = None
+
+    def _load(self, seed: int) -> None:
+        if self._loaded != seed:
+            with torch.no_grad():
+                for name, value in self.states[seed].items():
+                    self._params[name].copy_(value)
+            self._loaded = seed
+
+    def __call__(self, layers: frozenset[int], parent: frozenset[int] | None = None) -> dict[int, float]:
+        out = {}
+        for seed in sorted(self.states, key=lambda s: s != self._loaded):
+            self._load(seed)
+            out[seed] = self.switched(frozenset(layers), parent, key=seed)
+        return {seed: out[seed] for seed in self.states}  # in seed order, whichever was loaded
+
+
 @contextlib.contextmanager
 def joint_adapters(bench: Bench, adapter: HydraLoraConfig, n_layers: int,
-                   states: Mapping[int, dict[str, torch.Tensor]]) -> Iterator[Callable[[frozenset[int]], dict]]:
-    """The all-layer adapter on the model for the block; yields ``losses(layers)``: per
-    seed, the validation loss with that seed's trained weights and only the adapters of
-    ``layers`` on (one validation pass per seed; the loaded seed is read first, so one
-    seed loads its weights once)."""
-    model = bench.model
-    with layer_adapter(model, adapter, list(range(n_layers)), seed=0):
-        params = dict(model.named_parameters())
-        loaded: list[int | None] = [None]
-
-        def load(seed: int) -> None:
-            if loaded[0] != seed:
-                with torch.no_grad():
-                    for name, value in states[seed].items():
-                        params[name].copy_(value)
-                loaded[0] = seed
-
-        def losses(layers: frozenset[int]) -> dict[int, float]:
-            out = {}
-            with only_layers_on(model, set(layers)), torch.no_grad():  # no graph: nothing is trained
-                for seed in sorted(states, key=lambda s: s != loaded[0]):
-                    load(seed)
-                    out[seed] = validation_loss(model, bench.val, bench.pad_id)
-            return {seed: out[seed] for seed in states}  # in seed order, whichever was loaded
-        yield losses
+                   states: Mapping[int, dict[str, torch.Tensor]]) -> Iterator[JointLosses]:
+    """The all-layer adapter on the model for the block, and its ``JointLosses``."""
+    with layer_adapter(bench.model, adapter, list(range(n_layers)), seed=0):
+        yield JointLosses(bench.model, states, SwitchedLoss(bench.model, bench.val, bench.pad_id))
 
 
 def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int,
@@ -237,10 +225,14 @@ def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[i
             # Known for free: the empty set is the base model, the singles were just read.
             known = {frozenset(): bench.base_loss,
                      **{frozenset({k}): statistics.fmean(v.values()) for k, v in singles.items()}}
-            result["set_search"] = search_sets(lambda s: statistics.fmean(losses(s).values()), known,
-                                               bench.base_loss, ranking, search, rankings,
+            counted = losses.switched
+            run_before, replayed_before = counted.blocks_run, counted.blocks_replayed
+            result["set_search"] = search_sets(lambda s, parent=None: statistics.fmean(losses(s, parent).values()),
+                                               known, bench.base_loss, ranking, search, rankings,
                                                n_seeds=len(states), on_set=on_set)
-            result["set_search"]["train_seconds"] = train_seconds
+            run, replayed = counted.blocks_run - run_before, counted.blocks_replayed - replayed_before
+            result["set_search"].update(train_seconds=train_seconds, recording_passes=counted.recordings,
+                                        blocks_replayed_share=replayed / max(run + replayed, 1))
     return result
 
 
@@ -255,7 +247,7 @@ def search_cost(n_layers: int, k_max: int | None = None, n_rankings: int = 0) ->
     return forward + backward + n_rankings * n_layers
 
 
-def search_sets(loss_of_set: LossOfSet, known: Mapping[frozenset[int], float], base_loss: float,
+def search_sets(loss_of_set: Callable[..., float], known: Mapping[frozenset[int], float], base_loss: float,
                 ranking: list[int], search: SetSearchConfig, rankings: Mapping[str, list[int]],
                 n_seeds: int = 1, on_set: Callable[[int, int], None] | None = None) -> dict:
     """Forward selection and backward elimination over ``ranking``'s layers, which did
@@ -263,15 +255,17 @@ def search_sets(loss_of_set: LossOfSet, known: Mapping[frozenset[int], float], b
     at k = 1..L: the probe's singles ``ranking``, the searches' orders (forward's, when
     stopped at search_max_k, completed by backward's), the deepest layers, and
     ``rankings`` (restricted to the probed layers; one that lacks some, or takes a name
-    of the probe's own, is left out). ``loss_of_set`` is memoised (``known``: values
-    already measured); the costs and the suggested k at ``search.tolerance`` go with it:
+    of the probe's own, is left out). ``loss_of_set(layers, parent)`` is memoised
+    (``known``: values already measured; ``parent``: the set it grows or shrinks, or
+    None); the costs and the suggested k at ``search.tolerance`` go with it:
     probe.json's ``SetSearch`` less ``train_seconds`` and ``score_run``, the caller's."""
     layers = sorted(ranking)
     k_max = len(layers) if search.search_max_k is None else min(search.search_max_k, len(layers))
     others = {name: [k for k in r if k in set(layers)] for name, r in rankings.items()
               if name not in OWN_CURVES and set(layers) <= set(r)}
     at_most = search_cost(len(layers), k_max, len(others) + 2)
-    loss = MemoLoss(loss_of_set, known, on_evaluation=(lambda done: on_set(done, at_most)) if on_set else None)
+    loss = MemoLoss(loss_of_set, known, on_evaluation=(lambda done: on_set(done, at_most)) if on_set else None,
+                    with_parent=True)
     start = time.perf_counter()
     forward = forward_selection(layers, loss, k_max=k_max)
     backward = backward_elimination(layers, loss)

@@ -16,8 +16,11 @@ Both give nested sets (the set of size k is ``order[:k]``), so each is a ranking
 ``curve_of_ranking`` is the loss a top-k ranking buys at each k; ``suggested_k`` the
 smallest k within a tolerance of the all-layer gain. The callable is memoised
 (``MemoLoss``): one set asked twice, by one search or by several sharing the memo, is
-evaluated once. Ties go to the lower layer index (it ranks first), so results are
-deterministic.
+evaluated once. Each set is asked with its parent, the set it grows or shrinks by one
+layer (the chosen ones, the kept ones, the top k-1): a ``MemoLoss(..., with_parent=True)``
+passes it on, so an evaluation that can reuse the parent's work (the joint probe replays
+the decoder blocks below the layer that differs) does. Ties go to the lower layer index
+(it ranks first), so results are deterministic.
 """
 from __future__ import annotations
 
@@ -44,19 +47,26 @@ class SetOrder(TypedDict):
 class MemoLoss:
     """``loss_of_set`` with a memory: each distinct set reaches the function once.
     ``evaluations`` counts those calls (the ``known`` values given up front are free);
-    ``on_evaluation(evaluations)`` follows them (a progress log)."""
+    ``on_evaluation(evaluations)`` follows them (a progress log). With ``with_parent`` the
+    function is called as ``loss_of_set(layers, parent)`` where the caller names a parent
+    (a frozenset, or None)."""
 
-    def __init__(self, loss_of_set: LossOfSet, known: Mapping[frozenset[int], float] | None = None,
-                 on_evaluation: Callable[[int], None] | None = None):
+    def __init__(self, loss_of_set: Callable[..., float], known: Mapping[frozenset[int], float] | None = None,
+                 on_evaluation: Callable[[int], None] | None = None, with_parent: bool = False):
         self._loss_of_set = loss_of_set
         self._on_evaluation = on_evaluation
+        self._with_parent = with_parent
         self.values: dict[frozenset[int], float] = dict(known or {})
         self.evaluations = 0
 
-    def __call__(self, layers: Iterable[int]) -> float:
+    def __call__(self, layers: Iterable[int], parent: Iterable[int] | None = None) -> float:
         key = frozenset(layers)
         if key not in self.values:
-            self.values[key] = float(self._loss_of_set(key))
+            if self._with_parent:
+                value = self._loss_of_set(key, None if parent is None else frozenset(parent))
+            else:
+                value = self._loss_of_set(key)
+            self.values[key] = float(value)
             self.evaluations += 1
             if self._on_evaluation is not None:
                 self._on_evaluation(self.evaluations)
@@ -87,7 +97,7 @@ def forward_selection(layers: Iterable[int], loss_of_set: LossOfSet, k_max: int 
     losses: list[float] = []
     while len(chosen) < k_max:
         left = [k for k in pool if k not in chosen]
-        best = min(left, key=lambda k: (loss([*chosen, k]), k))
+        best = min(left, key=lambda k: (loss([*chosen, k], parent=chosen), k))
         chosen.append(best)
         losses.append(loss(chosen))
     return {"order": chosen, "ks": list(range(1, k_max + 1)), "losses": losses}
@@ -106,7 +116,7 @@ def backward_elimination(layers: Iterable[int], loss_of_set: LossOfSet, k_min: i
     removed: list[int] = []
     by_size = {len(kept): loss(kept)}
     while len(kept) > k_min:
-        worst = min(kept, key=lambda k: (loss([j for j in kept if j != k]), -k))
+        worst = min(kept, key=lambda k: (loss([j for j in kept if j != k], parent=kept), -k))
         kept.remove(worst)
         removed.append(worst)
         by_size[len(kept)] = loss(kept)
@@ -141,7 +151,7 @@ def curve_of_ranking(ranking: Sequence[int], loss_of_set: LossOfSet, ks: Iterabl
     for k in ks:
         if not 0 <= k <= len(ranking):
             raise ValueError(f"k={k} must be in 0..{len(ranking)} (the ranking's length)")
-        out.append(loss(ranking[:k]))
+        out.append(loss(ranking[:k], parent=ranking[:k - 1] if k else None))
     return out
 
 

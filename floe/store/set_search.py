@@ -8,7 +8,7 @@ on, mean over the probe's seeds. Pure data: imports nothing of floe.
 from __future__ import annotations
 
 from pydantic import ConfigDict, with_config
-from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic needs it on Python < 3.12
 
 __all__ = ["SetOrder", "SetSearch", "Suggestion"]
 
@@ -61,3 +61,7 @@ class SetSearch(TypedDict):
     train_seconds: float         # the joint trainings, all seeds
     search_seconds: float        # both searches
     curve_seconds: float         # the curves, beyond the sets the searches evaluated
+    # Replay (floe.experiments.switched): extra passes that recorded a parent's blocks, and
+    # the share of decoder blocks replayed, not computed (absent in probes written before it).
+    recording_passes: NotRequired[int]
+    blocks_replayed_share: NotRequired[float]
