@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 20's calibration: the joint probe's set search (predicted loss of any set) against
+# sparse adapters trained on those sets alone, at the probe's own budget and on its own data
+# (32 examples of at most 64 tokens, 8 steps, 16 validation examples, data seed 42), so the
+# gap measures the prediction, not a change of budget. Cached and resumable; one torch job.
+#   bash bench/calibration.sh            (SmolLM2, general; MODEL=..., DATA=..., SEEDS=42,43)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/common.sh
+MODEL=${MODEL:-smollm2-135m} DATA=${DATA:-general} SEEDS=${SEEDS:-42}
+out=bench/results/calibration; mkdir -p "$out"
+tag=$MODEL-$DATA
+floe analyze --model "$MODEL" --data "$DATA" --device cpu --quiet --json > "$out/analyze-$tag.json"
+score=$(run_of "$out/analyze-$tag.json")
+floe probe --score-run "$score" --schedule joint --set-search --device cpu --quiet --json > "$out/probe-$tag.json"
+probe=$(run_of "$out/probe-$tag.json")
+floe compare --score-run "$score" --probe-run "$probe" --data "$DATA" \
+  --policies probe-set,probe,floe,adapter-norm,deepest --ks 2,4,8,16 --seeds "$SEEDS" \
+  --max-samples 32 --max-length 64 --batch-size 4 --lr 1e-3 --val-samples 16 --seed 42 \
+  --tasks '' --device cpu --quiet --json > "$out/compare-$tag.json"
+.venv/bin/python - "$out/probe-$tag.json" "$out/compare-$tag.json" <<'PY' | tee "$out/calibration-$tag.json"
+import json, sys
+from floe.experiments.calibration import calibration, differing_settings
+from floe.store.runs import open_run
+probe, compare = (open_run(json.load(open(p))["run"]) for p in sys.argv[1:3])
+found = calibration(probe.read_json("probe.json")["set_search"], compare.read_json("compare.json"),
+                    differing_settings(probe.config, compare.config))
+print(json.dumps({"probe_run": probe.id, "compare_run": compare.id, **found}, indent=2))
+PY
