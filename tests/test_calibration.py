@@ -42,11 +42,16 @@ def test_calibration_ranks_cells_and_measures_the_gap():
                            result("probe-set", order["forward"][:2], 2.95, 2.97),
                            result("probe", order["probe"][:4], 2.94),
                            result("floe", [0, 7], 2.9),  # no curve holds it
-                           result("random", [1, 2], 3.0) + [{**result("random", [3, 4], 3.0)[0], "seed": 43}])
+                           result("random", [1, 2], 3.0) + [{**result("random", [3, 4], 3.0)[0], "seed": 43}],
+                           result("lora-drop", order["deepest"][:2], 2.0),  # deepest's set: one point
+                           result("all", list(range(8)), 2.9))
     found = calibration(FOUND, compare, {"data.seed": [42, 1]}, n_boot=200)
     assert [(c["policy"], c["k"]) for c in found["cells"]] == [("deepest", 2), ("probe-set", 2), ("probe", 4)]
     deep = found["cells"][0]
+    assert deep["also"] == ["lora-drop"]  # named, but the first policy's training is the point
     assert deep["trained"] == pytest.approx(3.0) and deep["predicted"] == FOUND["curves"]["deepest"][1]
+    # The all-layer set is the joint adapter itself: reported apart, out of the statistics.
+    assert found["all_layers"]["predicted"] == FOUND["all_loss"] and found["all_layers"]["trained"] == 2.9
     assert deep["gap"] == pytest.approx(3.0 - deep["predicted"])
     assert found["unmatched"] == [{"policy": "floe", "k": 2, "layers": [0, 7]}]  # random: sets differ by seed
     # The predictions order the trained losses exactly here: deepest worst, then probe-set, then probe.
@@ -78,7 +83,7 @@ def test_the_validation_page_draws_the_calibration_of_a_compare_from_the_probe(c
     at = open_page("pages/6_Validation.py")
     assert not at.exception
     assert "Does the set search predict trained losses?" in [h.value for h in at.subheader]
-    sentence = next(m.value for m in at.markdown if m.value.startswith("Over 4 (policy, k) cells"))
+    sentence = next(m.value for m in at.markdown if m.value.startswith("Over 4 trained sets"))
     assert "Spearman ρ = " in sentence and sentence.endswith("differing from the probe's: data.seed 42 → 1.")
     charts = [figure(at, i) for i in range(len(at.get("plotly_chart")))]
     drawn = next(c for c in charts if any(t.get("name") == "trained = predicted" for t in c["data"]))

@@ -247,7 +247,7 @@ def calibration_sentence(found: Calibration) -> str:
     and under which differing settings the two were read."""
     n = len(found["cells"])
     if n < 3:
-        return f"Only {n} trained cell(s) match a curve of the search: a correlation needs 3 or more."
+        return f"Only {n} trained set(s) match a curve of the search: a correlation needs 3 or more."
     lo, hi = found["spearman_ci"]
     interval = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else ""
     rho = found["spearman"]
@@ -258,6 +258,8 @@ def calibration_sentence(found: Calibration) -> str:
              "with these settings differing from the probe's: "
              + ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in settings.items()))
     gap = found["mean_gap"] or 0.0
-    return (f"Over {n} (policy, k) cells the predicted loss {reading}: Spearman ρ = {rho:+.2f}{interval} "
+    return (f"Over {n} trained sets (each (policy, k) cell's; a set two policies chose counts once, the "
+            f"all-layer set, the joint adapter itself, not at all) the predicted loss {reading}: "
+            f"Spearman ρ = {rho:+.2f}{interval} "
             f"(the issue's goal: ≥ 0.9). Trained minus predicted: {gap:+.4f} nats on average, "
             f"{where}.")

@@ -6,7 +6,8 @@ adapter trained on those layers alone. A compare run with the probe's ``probe`` 
 (``floe compare --probe-run``) trains exactly such adapters: for each of its cells (policy,
 k, the layers it adapted) the prediction is read from the curve whose top-k is that very
 set (matched by the set, not by the policy's name), and set against the trained loss, mean
-over the compare's seeds. Pure functions on the two artifacts.
+over the compare's seeds. A set two policies chose is one point; the all-layer set is
+reported apart (it is the joint adapter itself). Pure functions on the two artifacts.
 
 The two are read under different conditions whenever the compare's budget or data seed
 differs from the probe's (a fair compare judges on another sample): the gap in nats then
@@ -26,7 +27,8 @@ __all__ = ["Calibration", "CalibrationCell", "calibration", "differing_settings"
 
 
 class CalibrationCell(TypedDict):
-    policy: str
+    policy: str                  # the first policy (by name) that chose the set
+    also: list[str]              # other policies of the compare that chose the same set at this k
     k: int
     layers: list[int]
     predicted: float             # the joint adapter's loss with only these layers on
@@ -36,7 +38,9 @@ class CalibrationCell(TypedDict):
 
 
 class Calibration(TypedDict):
-    cells: list[CalibrationCell]
+    cells: list[CalibrationCell]  # one per distinct set below all layers: what the statistics are over
+    all_layers: CalibrationCell | None  # the all-layer set: the joint adapter itself (the same training
+    #                              when the settings agree), so left out of the statistics
     unmatched: list[dict[str, Any]]  # compare cells whose set no curve of the search holds
     spearman: float | None       # predicted against trained, over cells (None: fewer than 3)
     spearman_ci: list[float | None]  # bootstrap 95 % over cells
@@ -75,20 +79,27 @@ def calibration(search: SetSearch, compare: CompareJson,
                 conditions: Mapping[str, Any] | None = None, n_boot: int = 2000) -> Calibration:
     """Each compare cell's trained loss against the search's prediction for its set; the
     Spearman correlation over cells with a bootstrap interval, and the mean gap."""
-    cells: list[CalibrationCell] = []
+    by_set: dict[tuple[int, ...], CalibrationCell] = {}
     unmatched = []
     for (policy, k), found in sorted(_trained(compare).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if tuple(found["layers"]) in by_set:  # two policies chose one set: one point, both named
+            by_set[tuple(found["layers"])]["also"].append(policy)
+            continue
         predicted = predicted_loss(search, found["layers"])
         if predicted is None:
             unmatched.append({"policy": policy, "k": k, "layers": found["layers"]})
             continue
         trained = statistics.fmean(found["values"])
-        cells.append({"policy": policy, "k": k, "layers": found["layers"], "predicted": predicted,
-                      "trained": trained, "trained_values": found["values"], "gap": trained - predicted})
+        by_set[tuple(found["layers"])] = {
+            "policy": policy, "also": [], "k": k, "layers": found["layers"], "predicted": predicted,
+            "trained": trained, "trained_values": found["values"], "gap": trained - predicted}
+    every = sorted(search["rankings"]["probe"])
+    all_layers = by_set.pop(tuple(every), None)
+    cells = list(by_set.values())
     x, y = [c["predicted"] for c in cells], [c["trained"] for c in cells]
     rho = spearman_or_nan(x, y) if len(cells) >= 3 else float("nan")
     lo, hi = bootstrap_ci(spearman_or_nan, [x, y], n_boot=n_boot) if len(cells) >= 3 else (None, None)
-    return {"cells": cells, "unmatched": unmatched, "spearman": None if rho != rho else rho,
+    return {"cells": cells, "all_layers": all_layers, "unmatched": unmatched, "spearman": None if rho != rho else rho,
             "spearman_ci": [lo, hi], "mean_gap": statistics.fmean(c["gap"] for c in cells) if cells else None,
             "conditions": dict(conditions or {})}
 

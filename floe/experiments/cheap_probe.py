@@ -83,8 +83,8 @@ class SetSearchConfig:
                               "at each k: what policy probe-set and the app's loss-per-k curve read. Off by "
                               "default for its cost: about L^2 validation passes per seed for L probed "
                               "layers (the joint probe itself: L + 1), less the decoder blocks replayed from "
-                              "each set's parent; for SmolLM2's 30 layers about 26 min on a 2-core CPU "
-                              "(bench/bench_replay.py), against about 90 s for the probe")
+                              "each set's parent; for SmolLM2's 30 layers 28 min on a 2-core CPU "
+                              "(docs/results.md), against 81 s for the probe")
     search_max_k: int | None = option(None, "joint with --set-search: the largest set forward selection "
                                       "grows (default: every probed layer, so its order covers every k); "
                                       "k x L validation passes "
