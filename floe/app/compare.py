@@ -18,8 +18,8 @@ from floe.pipeline.policies import POLICIES
 from floe.store.artifacts import CompareJson
 from floe.store.runs import DONE, Run, list_runs
 
-__all__ = ["FAIR_POLICIES", "compare_label", "fair_policies", "compare_payload", "compare_runs", "compare_summary",
-           "compare_table", "fairness", "format_value", "lower_is_better"]
+__all__ = ["FAIR_POLICIES", "compare_label", "compare_payload", "compare_runs", "compare_runs_where", "compare_summary",
+           "compare_table", "fair_policies", "fairness", "format_value", "lower_is_better"]
 
 SUMMARY = "compare.json"
 # What a fair compare started here compares, where the score run (or the chosen probe run)
@@ -36,12 +36,18 @@ def fair_policies(available: list[str], measured: Sequence[str] = ()) -> list[st
 
 def compare_runs(score_run: Run, root: Path | None = None) -> list[Run]:
     """Compare runs of this score run with results so far (finished or running), newest first."""
+    return compare_runs_where("score_run", score_run.id, root)
+
+
+def compare_runs_where(field: str, run_id: str, root: Path | None = None) -> list[Run]:
+    """Compare runs with results so far whose config names ``run_id`` as ``field``
+    (``score_run``, ``probe_run``), newest first; damaged ones left out."""
     out = []
     for run in list_runs(root):
         if run.kind != "compare" or not run.file(SUMMARY).exists():
             continue
         with skip_corrupt():
-            if run.config.get("score_run") == score_run.id:
+            if run.config.get(field) == run_id:
                 out.append(run)
     return out
 

@@ -18,11 +18,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from floe.app.common import policy_colors, skip_corrupt
-from floe.app.compare import compare_payload
+from floe.app.compare import compare_payload, compare_runs_where
 from floe.experiments.calibration import Calibration, calibration, differing_settings
 from floe.pipeline.policies import POLICIES, measured_policies
-from floe.store.artifacts import COMPARE, SetSearch
-from floe.store.runs import Run, list_runs
+from floe.store.artifacts import SetSearch
+from floe.store.runs import Run
 
 __all__ = ["CURVE_NAMES", "OTHER_SEARCH_COLOR", "calibration_figure", "calibration_sentence", "calibrations",
            "curve_caption", "curve_colors", "curve_figure",
@@ -207,12 +207,8 @@ def calibrations(probe_run: Run, root: Path | None = None) -> list[tuple[Run, Ca
     if found is None:
         return []
     out = []
-    for run in list_runs(root):
-        if run.kind != "compare" or not run.file(COMPARE).exists():
-            continue
+    for run in compare_runs_where("probe_run", probe_run.id, root):
         with skip_corrupt():
-            if run.config.get("probe_run") != probe_run.id:
-                continue
             settings = differing_settings(probe_run.config, run.config)
             out.append((run, calibration(found, compare_payload(run), settings)))
     return out
@@ -261,5 +257,6 @@ def calibration_sentence(found: Calibration) -> str:
     return (f"Over {n} trained sets (each (policy, k) cell's; a set two policies chose counts once, the "
             f"all-layer set, the joint adapter itself, not at all) the predicted loss {reading}: "
             f"Spearman ρ = {rho:+.2f}{interval} "
-            f"(the issue's goal: ≥ 0.9). Trained minus predicted: {gap:+.4f} nats on average, "
+            f"(at 0.9 or more the curve can stand in for training each set). "
+            f"Trained minus predicted: {gap:+.4f} nats on average, "
             f"{where}.")

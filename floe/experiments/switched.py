@@ -72,9 +72,10 @@ class SwitchedLoss:
 
     def __call__(self, layers: frozenset[int], parent: frozenset[int] | None = None, key: Hashable = 0) -> float:
         start = first_difference(layers, parent) if self.replay else 0
-        outputs = self._recorded(parent, key) if start > 0 and parent is not None else None
-        start = start if outputs is not None else 0
-        self.blocks_run += (self._n_blocks - start)
+        outputs = self._recorded(parent, key) if parent is not None and start > 0 else None
+        if outputs is None:  # no parent, nothing shared, or replay turned off by the record's size
+            start = 0
+        self.blocks_run += self._n_blocks - start
         self.blocks_replayed += start
         with only_layers_on(self.model, set(layers)), torch.no_grad():
             if outputs is None:
