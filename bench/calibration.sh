@@ -4,21 +4,24 @@
 # (32 examples of at most 64 tokens, 8 steps, 16 validation examples, data seed 42), so the
 # gap measures the prediction, not a change of budget. Cached and resumable; one torch job.
 #   bash bench/calibration.sh            (SmolLM2, general; MODEL=..., DATA=..., SEEDS=42,43)
+# The fair compare (selection on data seed 42, training and judging on another sample):
+#   COMPARE_SEED=1 SEEDS=42,43,44 VAL=64 bash bench/calibration.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-MODEL=${MODEL:-smollm2-135m} DATA=${DATA:-general} SEEDS=${SEEDS:-42}
+MODEL=${MODEL:-smollm2-135m} DATA=${DATA:-general} SEEDS=${SEEDS:-42} COMPARE_SEED=${COMPARE_SEED:-42} VAL=${VAL:-16}
 out=bench/results/calibration; mkdir -p "$out"
 tag=$MODEL-$DATA
+judged=$tag$([[ $COMPARE_SEED == 42 ]] || echo "-data$COMPARE_SEED")$([[ $VAL == 16 ]] || echo "-val$VAL")
 floe analyze --model "$MODEL" --data "$DATA" --device cpu --quiet --json > "$out/analyze-$tag.json"
 score=$(run_of "$out/analyze-$tag.json")
 floe probe --score-run "$score" --schedule joint --set-search --device cpu --quiet --json > "$out/probe-$tag.json"
 probe=$(run_of "$out/probe-$tag.json")
 floe compare --score-run "$score" --probe-run "$probe" --data "$DATA" \
   --policies probe-set,probe,floe,adapter-norm,deepest --ks 2,4,8,16 --seeds "$SEEDS" \
-  --max-samples 32 --max-length 64 --batch-size 4 --lr 1e-3 --val-samples 16 --seed 42 \
-  --tasks '' --device cpu --quiet --json > "$out/compare-$tag.json"
-.venv/bin/python - "$out/probe-$tag.json" "$out/compare-$tag.json" <<'PY' | tee "$out/calibration-$tag.json"
+  --max-samples 32 --max-length 64 --batch-size 4 --lr 1e-3 --val-samples "$VAL" --seed "$COMPARE_SEED" \
+  --tasks '' --device cpu --quiet --json > "$out/compare-$judged.json"
+.venv/bin/python - "$out/probe-$tag.json" "$out/compare-$judged.json" <<'PY' | tee "$out/calibration-$judged.json"
 import json, sys
 from floe.experiments.calibration import calibration, differing_settings
 from floe.store.runs import open_run
