@@ -70,7 +70,7 @@ def _fair_compare(tag: str) -> tuple[str, dict, list[dict]] | None:
     return fair["run"], summary, results
 
 
-def _val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str, int], dict]:
+def val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str, int], dict]:
     """Each policy's val loss minus ``reference``'s, paired by seed, by (policy, k)."""
     return {(c["policy"], c["k"]): c for c in paired_differences(results, reference, 0.95)
             if c["metric"] == "val_loss"}
@@ -79,7 +79,7 @@ def _val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str
 def compare_table(results: list[dict], base: float, order: list[str] = ORDER) -> str:
     """val loss mean ± t half-width per (policy, k), and the difference to FLoE paired by seed."""
     ks = sorted({r["k"] for r in results if r["policy"] != "all"})
-    diffs = _val_loss_differences(results, "floe")
+    diffs = val_loss_differences(results, "floe")
     head = "| policy | " + " | ".join(f"k={k}: layers | val loss | minus floe" for k in ks) + " |"
     rows = [head, "|---" * (1 + 3 * len(ks)) + "|"]
     for policy in [p for p in order if any(r["policy"] == p for r in results)]:
@@ -103,7 +103,7 @@ def compare_table(results: list[dict], base: float, order: list[str] = ORDER) ->
 
 def versus_table(results: list[dict], reference: str, order: list[str] = ORDER) -> str:
     """``reference`` minus every other policy, paired by seed (negative: reference is better)."""
-    diffs = _val_loss_differences(results, reference)
+    diffs = val_loss_differences(results, reference)
     if not diffs:
         return f"({reference}: no cells yet)"
     ks = sorted({k for _, k in diffs})
@@ -136,23 +136,36 @@ def _excludes_zero(cell: dict) -> bool:
     return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
 
 
-def _wall(run_id: str) -> float:
-    state = open_run(run_id).state
-    return state["finished"] - state["started"]
+def active_seconds(run_id: str) -> float:
+    """A run's wall time, or for a run that logs optimizer steps, ``stepped_seconds``."""
+    run = open_run(run_id)
+    stepped = stepped_seconds(run.progress())
+    return stepped if stepped is not None else run.state["finished"] - run.state["started"]
+
+
+def stepped_seconds(events: list[dict]) -> float | None:
+    """Optimizer steps times the median interval between two logged steps (None: under three
+    steps logged). Not the wall time: the study pauses its job while tests run and a session's
+    end kills it (the rerun starts again or resumes), and neither is the cost of the run."""
+    steps = [e for e in events if e.get("event") == "step"]
+    if len(steps) < 3:
+        return None
+    typical = statistics.median(b["time"] - a["time"] for a, b in zip(steps, steps[1:]))
+    return typical * steps[-1]["total_steps"]
 
 
 def cost_table(analyze: dict, probe: dict, cheap: dict | None, results: list[dict]) -> str:
     """Selection wall time (each run's own, from its state) next to the training times of
     the compare (train_seconds of its cells, the same run and load)."""
     score = open_run(analyze["run"])
-    floe_s = _wall(score.id) + _wall(score.config["warmup_run"])
-    probe_s = _wall(probe["run"])
+    floe_s = active_seconds(score.id) + active_seconds(score.config["warmup_run"])
+    probe_s = active_seconds(probe["run"])
     rows = ["| what | wall (s) | x FLoE selection |", "| --- | --- | --- |",
             f"| FLoE selection (warm-up + scoring) | {floe_s:.0f} | 1.00 |",
             f"| full probe ({len(probe['seeds'])} seeds x {len(probe['layers'])} layers) | "
             f"{probe_s:.0f} | {probe_s / floe_s:.2f} |"]
     if cheap:
-        cheap_s = _wall(cheap["run"])
+        cheap_s = active_seconds(cheap["run"])
         rows.append(f"| cheap probe (joint, 1 seed) | {cheap_s:.0f} | {cheap_s / floe_s:.2f} |")
     for k in sorted({r["k"] for r in results}, reverse=True):
         t = statistics.fmean(r["train_seconds"] for r in results if r["k"] == k)
@@ -198,7 +211,7 @@ def overview_row(tag: str, probe: dict, cheap: dict | None, results: list[dict])
     measured choices beat FLoE's (paired by seed), and how well the cheap probe's ranking
     matches the full probe's."""
     agree = probe["agreement"]
-    diffs = _val_loss_differences(results, "floe")
+    diffs = val_loss_differences(results, "floe")
     cells = [tag] + [_fmt_ci(agree[p]["spearman"], agree[p].get("spearman_ci")) if p in agree else "n/a"
                      for p in ("floe", "adapter-norm")]
     for policy in ("probe", "cheap probe"):

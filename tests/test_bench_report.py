@@ -61,3 +61,26 @@ def test_budget_transfer_and_ladder_table():
     line = ladder_table([row]).splitlines()[-1]
     assert line == ("| 256 | 32 | -0.25 [-0.60, +0.20] | +0.80 [+0.50, +0.95] | n/a | n/a | +0.10 | "
                     "3, 5-7, 25-28 |")
+
+
+def test_stepped_seconds_ignore_pauses_and_restarts():
+    from bench.report_results import stepped_seconds
+
+    def steps(times, total=4):
+        return [{"event": "step", "step": i + 1, "total_steps": total, "time": t} for i, t in enumerate(times)]
+    assert stepped_seconds(steps([0.0, 2.0, 4.0, 6.0])) == pytest.approx(8.0)
+    paused = steps([0.0, 2.0, 900.0, 902.0])  # a kill -STOP of 15 minutes between steps 2 and 3
+    assert stepped_seconds(paused) == pytest.approx(8.0)
+    restarted = steps([0.0, 2.0]) + [{"event": "start"}] + steps([5000.0, 5002.0, 5004.0, 5006.0])
+    assert stepped_seconds(restarted) == pytest.approx(8.0)
+    assert stepped_seconds(steps([0.0, 2.0])) is None  # too few steps: the caller takes the wall time
+
+
+def test_set_goal_counts_ties_and_strict_wins():
+    from bench.report_sets import goal_count
+    layers = {2: [0, 1], 4: [0, 1, 2, 3]}
+    cells = [_cell(p, 2, s, 3.0, layers[2]) for p in ("probe", "probe-set") for s in (1, 2, 3)]
+    cells += [_cell("probe", 4, s, 2.5 + 0.01 * s, layers[4]) for s in (1, 2, 3)]
+    cells += [_cell("probe-set", 4, s, 2.3 + 0.012 * s, [0, 1, 2, 5]) for s in (1, 2, 3)]
+    goal = goal_count(cells)
+    assert goal == {"cells": 2, "same_layers": [2], "at_or_below": [2, 4], "strictly_below": [4]}
