@@ -47,6 +47,15 @@ else:
         policy = left.selectbox("Policy", list(table), format_func=POLICIES.get)
         left.plotly_chart(validation.scatter_figure(payload, probe, policy, table[policy]), key="scatter")
         right.plotly_chart(validation.precision_figure(table), key="precision")
+    curve = validation.budget_curve(run, probe_run)
+    if curve["steps"].nunique() > 1 if len(curve) else False:
+        st.subheader("Does the verdict hold after a longer warm-up?")
+        st.markdown(validation.budget_curve_sentence(curve))
+        st.plotly_chart(validation.budget_curve_figure(curve), key="budget-curve")
+        st.caption("Each point: a score run of this model and data with this run's scoring settings, after a "
+                   "warm-up of that many optimizer steps; ρ of its ranking with this probe's gains, with the "
+                   "bootstrap 95 % interval over layers. Below the dashed line a ranking points away from the "
+                   "useful layers. `floe analyze --max-samples W` adds a warm-up length.")
     if checks := setsearch.calibrations(probe_run):
         st.subheader("Does the set search predict trained losses?")
         compare_run, found = checks[0]

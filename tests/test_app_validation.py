@@ -187,6 +187,33 @@ def test_a_warmup_of_100_steps_or_more_is_not_flagged(cache):
     assert common.budget_line(score) == "128 warm-up steps · 1024 examples · ≤ 128 tokens each · 65,500 tokens"
 
 
+def test_the_budget_curve_shows_floe_agreement_per_warmup_length(cache):
+    from floe.store.runs import open_run
+    model = str(fx.make_model_folder(cache / "tiny-model", n_layers=8))
+    # Two warm-ups of the same model and data (another ratio, so another run): after 4 steps FLoE
+    # ranks the shallowest first, after 128 the deepest; the gains rise with depth.
+    shallow, deep = list(range(8)), list(range(7, -1, -1))
+    short = fx.make_score_run(cache, model, n_layers=8, rankings={"floe": shallow, "floe-no-refine": shallow})
+    long = fx.make_score_run(cache, model, n_layers=8, ratio=0.5, rankings={"floe": deep, "floe-no-refine": deep})
+    warm = open_run(long.config["warmup_run"], cache)
+    warm.write_json("warmup.json", examples.warmup_json(128, n_train=1024))
+    warm.finish(["warmup.json", "adapter/adapter_model.safetensors"])
+    probe = make_probe_run(cache, short, {1: [0.01 * k for k in range(8)], 2: [0.01 * k + 0.001 for k in range(8)]})
+    assert [r.id for r in validation.budget_curve_runs(short, probe)] == [short.id, long.id]
+    curve = validation.budget_curve(short, probe)
+    floe = curve[curve["policy"] == "floe"].set_index("steps")["rho"]
+    assert floe[4] == pytest.approx(-1.0) and floe[128] == pytest.approx(1.0)
+    assert validation.budget_curve_sentence(curve).startswith(
+        "FLoE after 4 warm-up steps: ρ -1.00 [-1.00, -1.00], points away from the useful layers; after 128 "
+        "steps (1024 examples): ρ +1.00 [+1.00, +1.00], predicts the gains")
+    at = open_page(PAGE)
+    assert not at.exception and "Does the verdict hold after a longer warm-up?" in [h.value for h in at.subheader]
+    assert "FLoE after 4 warm-up steps" in text_of(at)
+    lines = next(f for i in range(6) if (f := figure(at, i))["layout"]["xaxis"].get("type") == "log")["data"]
+    floe_line = next(t for t in lines if t["name"] == "FLoE (with refinement)")
+    assert floe_line["x"] == [4, 128] and floe_line["y"] == pytest.approx([-1.0, 1.0])
+
+
 @pytest.mark.parametrize("rho, ci, said", [(0.6, (0.2, 0.9), "predicts"), (0.1, (-0.3, 0.5), "chance"),
                                            (-0.5, (-0.8, -0.2), "away"), (None, (None, None), "chance"),
                                            (0.3, (0.0, 0.6), "chance")])

@@ -18,6 +18,7 @@ from floe.app.heatmaps import SCALE
 from floe.experiments.probe import SUMMARY as PROBE_SUMMARY
 from floe.experiments.validation import (
     agreement_table,
+    budget_curve_runs,
     direction,
     floe_cost,
     matching_probes,
@@ -29,10 +30,12 @@ from floe.pipeline.policies import POLICIES, probe_ranking, ranking_from
 from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, Run
 
-__all__ = ["PRECISION_KS", "VERDICT_LABELS", "agreement", "data_budget", "gain_figure", "matching_probes",
+__all__ = ["BUDGET_CURVE_POLICIES", "PRECISION_KS", "VERDICT_LABELS", "agreement", "budget_curve",
+           "budget_curve_figure", "budget_curve_sentence", "data_budget", "gain_figure", "matching_probes",
            "measured_selection", "policy_table", "precision_figure", "probe_label", "probe_payload",
            "scatter_figure", "summary_sentence", "verdict_label"]
 
+BUDGET_CURVE_POLICIES = ("floe", "adapter-norm", "lora-drop")  # the rankings that read the warm-up
 PRECISION_KS = (1, 3, 5, 8)  # the table's precision@k columns (the figure shows every k)
 VERDICT_LABELS = {"predicts": "predicts the gains", "chance": "no better than chance",
                   "away": "points away from the useful layers"}
@@ -219,3 +222,55 @@ def precision_figure(table: dict[str, dict]) -> go.Figure:
     fig.update_layout(height=360, xaxis_title="k", yaxis_title="precision@k (share of the probe's top-k)",
                       yaxis_range=[0, 1.05], margin={"l": 60, "r": 20, "t": 30, "b": 40})
     return fig
+
+
+def budget_curve(score_run: Run, probe_run: Run) -> pd.DataFrame:
+    """Each warm-up-reading ranking's agreement with the probe, per warm-up length: one row per
+    (score run of budget_curve_runs, policy), with the warm-up's steps, examples and tokens."""
+    rows = []
+    for run in budget_curve_runs(score_run, probe_run):
+        budget, table = common.warmup_budget(run), agreement(run, probe_run)
+        for policy in BUDGET_CURVE_POLICIES:
+            if (f := table.get(policy)) and f["spearman"] is not None:
+                lo, hi = f["spearman_ci"]
+                rows.append({"run": run.id, "steps": budget["steps"], "examples": budget["examples"],
+                             "tokens": budget["tokens"], "policy": policy, "rho": f["spearman"],
+                             "low": lo, "high": hi, "this run": run.id == score_run.id})
+    return pd.DataFrame(rows)
+
+
+def budget_curve_figure(curve: pd.DataFrame) -> go.Figure:
+    """ρ with the measured gains against the warm-up's optimizer steps (log axis), one line per
+    ranking with its bootstrap interval; the zero line is chance."""
+    fig, colors = go.Figure(), common.policy_colors()
+    for policy, part in curve.groupby("policy", sort=False):
+        part = part.sort_values("steps")
+        ci = part[["low", "high"]].notna().all(axis=1)
+        fig.add_trace(go.Scatter(
+            x=part["steps"], y=part["rho"], mode="lines+markers", name=POLICIES[policy],
+            line={"color": colors.get(policy)},
+            error_y={"type": "data", "symmetric": False, "array": (part["high"] - part["rho"]).where(ci, 0),
+                     "arrayminus": (part["rho"] - part["low"]).where(ci, 0)},
+            customdata=part[["examples", "run"]],
+            hovertemplate="%{x} steps over %{customdata[0]} examples: ρ %{y:+.2f}<br>%{customdata[1]}<extra></extra>"))
+    fig.add_hline(y=0, line={"dash": "dash", "color": "grey"})
+    fig.update_layout(height=360, xaxis={"title": "warm-up: optimizer steps", "type": "log"},
+                      yaxis={"title": "ρ with the measured gains", "range": [-1.05, 1.05]},
+                      margin={"l": 60, "r": 20, "t": 30, "b": 40})
+    return fig
+
+
+def budget_curve_sentence(curve: pd.DataFrame) -> str:
+    """FLoE's agreement at the shortest and the longest warm-up, in words."""
+    floe = curve[curve["policy"] == "floe"].sort_values("steps")
+    if len(floe) < 2:
+        return "FLoE's agreement is known at one warm-up length only."
+    first, last = floe.iloc[0], floe.iloc[-1]
+
+    def said(row) -> str:
+        ci = [None, None] if pd.isna(row["low"]) else [row["low"], row["high"]]
+        interval = "" if ci[0] is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        verdict_ = VERDICT_LABELS[direction({"spearman": row["rho"], "spearman_ci": ci})]
+        return f"ρ {row['rho']:+.2f}{interval}, {verdict_}"
+    return (f"FLoE after {first['steps']} warm-up steps: {said(first)}; after {last['steps']} steps "
+            f"({last['examples']} examples): {said(last)}.")

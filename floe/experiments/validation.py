@@ -12,9 +12,9 @@ from floe.pipeline.warmup import SUMMARY as WARMUP
 from floe.store.artifacts import LayersJson, ProbeJson
 from floe.store.runs import DONE, CorruptRunError, Run, list_runs, open_run
 
-__all__ = ["PAPER_WARMUP_STEPS", "STARVED_WARMUP_STEPS", "agreement_table", "budget_sentence", "compare_gains",
-           "direction", "floe_cost", "matching_probes", "matching_score_runs", "probe_cost", "same_setup",
-           "validation_summary", "verdict", "warmup_budget"]
+__all__ = ["PAPER_WARMUP_STEPS", "STARVED_WARMUP_STEPS", "agreement_table", "budget_curve_runs", "budget_sentence",
+           "compare_gains", "direction", "floe_cost", "matching_probes", "matching_score_runs", "probe_cost",
+           "same_setup", "validation_summary", "verdict", "warmup_budget"]
 
 # Policies with no ranking of their own to check.
 _NOT_RANKINGS = ("all",)
@@ -201,6 +201,18 @@ def matching_probes(score_run: Run) -> list[Run]:
 
 def matching_score_runs(probe_run: Run) -> list[Run]:
     return [r for r in list_runs() if r.kind == "score" and r.status == DONE and same_setup(r, probe_run)]
+
+
+def budget_curve_runs(score_run: Run, probe_run: Run) -> list[Run]:
+    """The score runs of the budget curve: finished, on the probe's model and data, with
+    ``score_run``'s scoring settings, one per warm-up length (the newest), shortest first."""
+    by_steps: dict[int, Run] = {}
+    for run in matching_score_runs(probe_run):  # newest first
+        if run.config.get("score") == score_run.config.get("score"):
+            steps = warmup_budget(run)["steps"]
+            if steps is not None:
+                by_steps.setdefault(steps, run)
+    return [by_steps[steps] for steps in sorted(by_steps)]
 
 
 def validation_summary(probe_run: Run, score_run: Run | None = None, n_boot: int = 1000) -> dict:
