@@ -12,6 +12,8 @@
 #   4. the fair compare at T (selection on data seed 42, training and judging on data seed
 #      $EVAL_SEED): FLoE (largest W), the probes (default budget and T), adapter-norm
 #      (largest W), LoRA-drop, deepest and all layers, k = $KS, training seeds $SEEDS;
+#   4b. the same trainings judged by benchmarks ($JUDGE_TASKS through lm-eval, $JUDGE_LIMIT items
+#      each, the base model's accuracy beside them): does the held-out loss's verdict show there?
 #   5. the full single-layer probe at T on $FULL_LAYERS, 2 seeds: does the joint reading
 #      hold at T?
 #   6. the paper's protocol, when both sets are studied: FLoE's selection from the warm-up on
@@ -36,7 +38,9 @@ FULL_LAYERS=${FULL_LAYERS:-0,3,6,9,12,15,18,21,24,27}
 KS=${KS:-8}
 SEEDS=${SEEDS:-42,43,44}
 EVAL_SEED=${EVAL_SEED:-1}
-STEPS=${STEPS:-ground-truth ladder compare full-probe paper-protocol}
+JUDGE_TASKS=${JUDGE_TASKS:-arc-easy,piqa}
+JUDGE_LIMIT=${JUDGE_LIMIT:-500}
+STEPS=${STEPS:-ground-truth ladder compare judge full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -60,16 +64,22 @@ for model in ${MODELS:-smollm2-135m}; do
           > "$out/analyze-$tag-$w.json" || continue 2
       done
     fi
+    w_max=${LADDER##* }
+    big=$(run_of "$out/analyze-$tag-$w_max.json" 2>/dev/null)
+    cmp=(--ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" --tasks '' "${at_T[@]}" "${common[@]}")
     if wants compare; then
-      w_max=${LADDER##* }
-      big=$(run_of "$out/analyze-$tag-$w_max.json")
-      cmp=(--ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" --tasks '' "${at_T[@]}" "${common[@]}")
       step "fair compare at T (policies of the W=$w_max analysis)"
       floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-T-$tag.json")" --data "$data" \
         --policies floe,probe,adapter-norm,lora-drop,deepest "${cmp[@]}" > "$out/compare-T-$tag.json" || continue
       step "fair compare at T, the default-budget probe's column"
       floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
+    fi
+    if wants judge; then
+      step "the compare at T judged by $JUDGE_TASKS (lm-eval, $JUDGE_LIMIT items each; the same trainings)"
+      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-T-$tag.json")" --data "$data" \
+        --policies floe,probe,adapter-norm,lora-drop,deepest "${cmp[@]}" --tasks "$JUDGE_TASKS" \
+        --limit "$JUDGE_LIMIT" > "$out/compare-T-judged-$tag.json" || continue
     fi
     if wants full-probe && [ -n "$FULL_LAYERS" ]; then
       step "full probe at T, layers $FULL_LAYERS"

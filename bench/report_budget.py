@@ -150,7 +150,30 @@ def report(tag: str) -> str:
                  + sum(_probe(p)["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600
         parts.append(f"Machine time of these runs (warm-ups, scorings, probes, the compare's {len(runs)} "
                      f"trainings and evaluations; pauses excluded): {hours:.1f} h on a 2-core CPU VM.")
+    parts += judged_tables(tag)
     return "\n\n".join(parts)
+
+
+def benchmark_metrics(metrics: dict) -> list[str]:
+    """The benchmark metric of each task in a cell's metrics: acc_norm where lm-eval has it, else acc."""
+    tasks = sorted({m.rsplit("/", 1)[0] for m in metrics if "/" in m and not m.endswith("_stderr")})
+    return [f"{t}/acc_norm" if f"{t}/acc_norm" in metrics else f"{t}/acc" for t in tasks]
+
+
+def judged_tables(tag: str) -> list[str]:
+    """The compare at T judged by benchmarks (the same trainings, evaluated with lm-eval): one table
+    per task, with the base model's accuracy beside it."""
+    judged = _load(f"compare-T-judged-{tag}.json")
+    if not judged:
+        return []
+    summary = open_run(judged["run"]).read_json("compare.json")
+    results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]} for r in summary["results"]]
+    base = summary["base"]["metrics"]
+    out = []
+    for metric in benchmark_metrics(results[0]["metrics"]) if results else []:
+        out.append(f"Judged by {metric} (lm-eval, base model {base.get(metric, float('nan')):.4f}):\n\n"
+                   + compare_table(results, None, ORDER, metric))
+    return out
 
 
 def main(tags: list[str]) -> None:

@@ -70,34 +70,39 @@ def _fair_compare(tag: str) -> tuple[str, dict, list[dict]] | None:
     return fair["run"], summary, results
 
 
-def val_loss_differences(results: list[dict], reference: str) -> dict[tuple[str, int], dict]:
-    """Each policy's val loss minus ``reference``'s, paired by seed, by (policy, k)."""
+def val_loss_differences(results: list[dict], reference: str,
+                         metric: str = "val_loss") -> dict[tuple[str, int], dict]:
+    """Each policy's ``metric`` minus ``reference``'s, paired by seed, by (policy, k)."""
     return {(c["policy"], c["k"]): c for c in paired_differences(results, reference, 0.95)
-            if c["metric"] == "val_loss"}
+            if c["metric"] == metric}
 
 
-def compare_table(results: list[dict], base: float, order: list[str] = ORDER) -> str:
-    """val loss mean ± t half-width per (policy, k), and the difference to FLoE paired by seed."""
+def compare_table(results: list[dict], base: float | None, order: list[str] = ORDER,
+                  metric: str = "val_loss") -> str:
+    """``metric`` (default the val loss) mean ± t half-width per (policy, k), and the difference
+    to FLoE paired by seed."""
     ks = sorted({r["k"] for r in results if r["policy"] != "all"})
-    diffs = val_loss_differences(results, "floe")
-    head = "| policy | " + " | ".join(f"k={k}: layers | val loss | minus floe" for k in ks) + " |"
+    diffs = val_loss_differences(results, "floe", metric)
+    name = "val loss" if metric == "val_loss" else metric
+    head = "| policy | " + " | ".join(f"k={k}: layers | {name} | minus floe" for k in ks) + " |"
     rows = [head, "|---" * (1 + 3 * len(ks)) + "|"]
     for policy in [p for p in order if any(r["policy"] == p for r in results)]:
         line = [policy]
         for k in ks:
-            cell = [r for r in results if r["policy"] == policy and r["k"] == k]
+            cell = [r for r in results if r["policy"] == policy and r["k"] == k and metric in r["metrics"]]
             if not cell:
                 line += ["", "", ""]
                 continue
             layers = {tuple(r["layers"]) for r in cell}
             line.append(layer_ranges(next(iter(layers))) if len(layers) == 1 else "per seed")
-            line.append(_mean_pm(mean_ci([r["metrics"]["val_loss"] for r in cell])))
+            line.append(_mean_pm(mean_ci([r["metrics"][metric] for r in cell])))
             d = diffs.get((policy, k))
             line.append(_signed(d) if d else "")
         rows.append("| " + " | ".join(line) + " |")
-    full = [r["metrics"]["val_loss"] for r in results if r["policy"] == "all"]
+    full = [r["metrics"][metric] for r in results if r["policy"] == "all" and metric in r["metrics"]]
     if full:
-        rows.append(f"\nAll layers: val loss {_mean_pm(mean_ci(full))}; base model {base:.4f}.")
+        before = f"; base model {base:.4f}" if base is not None else ""
+        rows.append(f"\nAll layers: {name} {_mean_pm(mean_ci(full))}{before}.")
     return "\n".join(rows)
 
 

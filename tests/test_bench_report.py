@@ -84,3 +84,14 @@ def test_set_goal_counts_ties_and_strict_wins():
     cells += [_cell("probe-set", 4, s, 2.3 + 0.012 * s, [0, 1, 2, 5]) for s in (1, 2, 3)]
     goal = goal_count(cells)
     assert goal == {"cells": 2, "same_layers": [2], "at_or_below": [2, 4], "strictly_below": [4]}
+
+
+def test_budget_report_judges_by_each_task_metric_and_tables_any_metric():
+    from bench.report_budget import benchmark_metrics
+    metrics = {"val_loss": 3.0, "perplexity": 20.0, "floe_arc_easy/acc": 0.5, "floe_arc_easy/acc_norm": 0.45,
+               "floe_arc_easy/acc_norm_stderr": 0.02, "floe_piqa/acc": 0.6, "floe_piqa/acc_stderr": 0.01}
+    assert benchmark_metrics(metrics) == ["floe_arc_easy/acc_norm", "floe_piqa/acc"]
+    cells = [{**c, "metrics": {"floe_piqa/acc": c["metrics"]["val_loss"] / 10}} for c in RESULTS]
+    table = compare_table(cells, None, metric="floe_piqa/acc")
+    assert "| k=2: layers | floe_piqa/acc | minus floe |" in table and "base model" not in table
+    assert "| 0, 1 | 0.2540" in next(line for line in table.splitlines() if line.startswith("| probe"))
