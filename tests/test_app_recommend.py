@@ -70,7 +70,7 @@ def test_measured_the_probe_picks_the_layers_and_trains_them_on_another_data_see
     assert "Recommendation: Adapt layers 5, 6, 7 (k = 3)" in text
     assert "**Measured** on this model and data" in text and probe.id in text
     assert "FLoE's top 3: 0, 1, 2 (0 of 3 in common)" in text
-    assert "ρ -1.00" in text and "**points away from the useful layers**" in text
+    assert "ρ -1.00" in text and "**points away from the useful layers** (its scores after 4 warm-up steps" in text
     assert "Held-out compare: none yet of select by measurement" in text
     # Fair by default: another data seed than the probe's 42, and how many examples it saw.
     assert "Fair: the training draws data seed 43, not the probe's 42" in text
@@ -129,6 +129,7 @@ def test_best_agreement_takes_the_ranking_that_predicted_the_gains_elsewhere(cac
     assert "It has not been checked on this data." in text
     assert "Recommendation: Adapt layers 5, 6, 7 (k = 3)" in text  # MEASURED's top 3 on this run
     assert "FLoE's ranking against the measured gains on tiny-model · medical: ρ -" in text
+    assert "(its scores after 4 warm-up steps · 32 examples · ≤ 128 tokens each)." in text  # the budget it holds at
     button(at, "Train the recommendation").click().run()
     args = only_job()["args"]
     assert args[:7] == ["train", "--score-run", fresh.id, "--policy", "adapter-norm", "--k", "3"]

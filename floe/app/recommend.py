@@ -63,7 +63,7 @@ class Recommendation:
     floe_layers: list[int]          # FLoE's top-k on the score run (sorted)
     probe_run: Run | None = None    # measured: the probe; best agreement: the probe elsewhere
     checked: dict | None = None     # best agreement: {"figures", "where", "verdict"} of that check
-    floe_check: dict | None = None  # FLoE's agreement: {"rho", "ci", "verdict", "where"}
+    floe_check: dict | None = None  # FLoE's agreement: {"rho", "ci", "verdict", "where", "budget"}
     compare: dict | None = None     # compare_difference() of the recommendation against FLoE
     costs: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)    # {"args", "label", "fair"}
@@ -278,7 +278,8 @@ def recommend(score_run: Run, k: int, jobs: list[JobRecord] | None = None) -> Re
                              floe_layers, probe_run=probe)
         table = agreement(score_run, probe)
         if "floe" in table:
-            rec.floe_check = _check(table["floe"], verdict_label("floe", table["floe"]), "this model and data")
+            rec.floe_check = _check(table["floe"], verdict_label("floe", table["floe"]), "this model and data",
+                                    score_run)
         values, fair = fair_training_values(score_run, probe)
         args = ["train", "--policy", "probe", "--probe-run", probe.id, "--k", str(k)]
         rec.train = {"args": args + forms.cli_args(forms.form_options("train"), values), "fair": fair,
@@ -295,7 +296,8 @@ def recommend(score_run: Run, k: int, jobs: list[JobRecord] | None = None) -> Re
                            "verdict": verdict_label(policy, best["figures"])}
             elsewhere = agreement(best["checked_on"], best["probe_run"]).get("floe")
             if elsewhere:
-                rec.floe_check = _check(elsewhere, verdict_label("floe", elsewhere), best["where"])
+                rec.floe_check = _check(elsewhere, verdict_label("floe", elsewhere), best["where"],
+                                        best["checked_on"])
         args = ["train", "--score-run", score_run.id, "--policy", policy, "--k", str(k)]
         rec.train = {"args": args + forms.cli_args(forms.form_options("train"), common.training_preset(score_run)),
                      "fair": None, "label": f"train · {policy} top-{k} · {label}"}
@@ -312,8 +314,11 @@ def recommend(score_run: Run, k: int, jobs: list[JobRecord] | None = None) -> Re
     return rec
 
 
-def _check(figures: dict, verdict: str, where: str) -> dict:
-    return {"rho": figures["spearman"], "ci": list(figures["spearman_ci"]), "verdict": verdict, "where": where}
+def _check(figures: dict, verdict: str, where: str, checked_on: Run | None = None) -> dict:
+    """An agreement in the panel's words; ``checked_on``: the score run whose FLoE scores were
+    checked, so the line names the warm-up budget the verdict holds at."""
+    return {"rho": figures["spearman"], "ci": list(figures["spearman_ci"]), "verdict": verdict, "where": where,
+            "budget": common.budget_line(checked_on) if checked_on is not None else None}
 
 
 def _rho(check: dict) -> str:
@@ -352,8 +357,9 @@ def panel_lines(rec: Recommendation) -> dict[str, str]:
     lines["floe"] = f"FLoE's top {k}: {_layers(rec.floe_layers)} ({same})."
     if rec.floe_check:
         where = "" if rec.source == "measured" else f" on {rec.floe_check['where']}"
+        budget = f" (its scores after {rec.floe_check['budget']})" if rec.floe_check["budget"] else ""
         lines["agreement"] = (f"FLoE's ranking against the measured gains{where}: {_rho(rec.floe_check)}, "
-                              f"**{rec.floe_check['verdict']}**.")
+                              f"**{rec.floe_check['verdict']}**{budget}.")
     else:
         lines["agreement"] = "FLoE's ranking: not checked against measured gains (no probe of this model and data)."
     lines["compare"] = _compare_line(rec)
