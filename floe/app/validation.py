@@ -268,9 +268,8 @@ def budget_curve_sentence(curve: pd.DataFrame) -> str:
     first, last = floe.iloc[0], floe.iloc[-1]
 
     def said(row) -> str:
-        ci = [None, None] if pd.isna(row["low"]) else [row["low"], row["high"]]
-        interval = "" if ci[0] is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
-        verdict_ = VERDICT_LABELS[direction({"spearman": row["rho"], "spearman_ci": ci})]
-        return f"ρ {row['rho']:+.2f}{interval}, {verdict_}"
+        figures = {"spearman": row["rho"],
+                   "spearman_ci": [None, None] if pd.isna(row["low"]) else [row["low"], row["high"]]}
+        return f"{_rho(figures)}, {VERDICT_LABELS[direction(figures)]}"
     return (f"FLoE after {first['steps']} warm-up steps: {said(first)}; after {last['steps']} steps "
             f"({last['examples']} examples): {said(last)}.")
