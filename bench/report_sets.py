@@ -25,21 +25,24 @@ ORDER = ["probe-set", "probe", "adapter-norm", "floe", "deepest"]
 
 def goal_count(results: list[dict]) -> dict:
     """probe-set minus probe per k, paired by seed: how many cells at or below 0, and how many
-    strictly below with the interval excluding 0 (cells with the same layers count as ties)."""
+    strictly below or above with the interval excluding 0 (cells with the same layers are ties)."""
     cells = {k: c for (p, k), c in val_loss_differences(results, "probe").items() if p == "probe-set"}
     same = [k for k, c in cells.items() if not any(c["values"])]
     at_or_below = [k for k, c in cells.items() if c["mean"] <= 0]
     below = [k for k, c in cells.items() if c["ci_high"] is not None and c["ci_high"] < 0]
+    above = [k for k, c in cells.items() if c["ci_low"] is not None and c["ci_low"] > 0]
     return {"cells": len(cells), "same_layers": sorted(same), "at_or_below": sorted(at_or_below),
-            "strictly_below": sorted(below)}
+            "strictly_below": sorted(below), "strictly_above": sorted(above)}
 
 
 def search_line(search: dict) -> str:
     fwd, bwd = (search["mean_loss"][d] for d in ("forward", "backward"))
     suggested = search["suggested"]
     cost = search["search_seconds"] + search["curve_seconds"]
+    verdict = (f"a tie to 3 decimals, {search['better']} kept" if round(fwd, 3) == round(bwd, 3)
+               else f"{search['better']} better")
     return (f"Forward selection mean predicted loss {fwd:.3f}, backward elimination {bwd:.3f} "
-            f"({search['better']} better); suggested k {suggested.get('k', 'n/a')}; search and curves "
+            f"({verdict}); suggested k {suggested.get('k', 'n/a')}; search and curves "
             f"{cost:.0f} s against the joint training's {search['train_seconds']:.1f} s "
             f"({cost / search['train_seconds']:.0f}x; {search['validation_passes']} validation passes).")
 
@@ -68,7 +71,8 @@ def report(path: Path) -> str:
              f"probe-set against the top-k singles: at or below in {len(goal['at_or_below'])} of "
              f"{goal['cells']} cells (k = {goal['at_or_below']}; the same layers at k = {goal['same_layers']}), "
              f"strictly below with the interval excluding 0 in {len(goal['strictly_below'])} "
-             f"(k = {goal['strictly_below']}).",
+             f"(k = {goal['strictly_below']}); above with the interval excluding 0 in "
+             f"{len(goal['strictly_above'])} (k = {goal['strictly_above']}).",
              calibration_line(found), search_line(search)]
     return "\n\n".join(parts)
 

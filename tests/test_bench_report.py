@@ -83,7 +83,11 @@ def test_set_goal_counts_ties_and_strict_wins():
     cells += [_cell("probe", 4, s, 2.5 + 0.01 * s, layers[4]) for s in (1, 2, 3)]
     cells += [_cell("probe-set", 4, s, 2.3 + 0.012 * s, [0, 1, 2, 5]) for s in (1, 2, 3)]
     goal = goal_count(cells)
-    assert goal == {"cells": 2, "same_layers": [2], "at_or_below": [2, 4], "strictly_below": [4]}
+    worse = goal_count([{**c, "metrics": {"val_loss": 5.0 - c["metrics"]["val_loss"]}} if c["policy"] == "probe-set"
+                        else c for c in cells])
+    assert worse["strictly_above"] == [4] and 4 not in worse["strictly_below"]
+    assert goal == {"cells": 2, "same_layers": [2], "at_or_below": [2, 4], "strictly_below": [4],
+                    "strictly_above": []}
 
 
 def test_budget_report_judges_by_each_task_metric_and_tables_any_metric():
