@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--full-from", help="take the full probe's gains from this earlier result "
                         "of the same command (deterministic: the same data, budget and seed) "
                         "instead of training them again")
+    parser.add_argument("--schedules", default="halving,joint",
+                        help="the cheap schedules to time (comma-separated); without halving and --full-from "
+                             "the full probe is not run and only the costs are compared")
     args = parser.parse_args()
 
     fresh_cache("floe-bench-cheap-")
@@ -51,7 +54,6 @@ def main() -> None:
     from floe.adapters.hydralora import HydraLoraConfig
     from floe.experiments.cheap_probe import SetSearchConfig, run_cheap_probe
     from floe.experiments.probe import PROBE_BUDGET, SUMMARY, ProbeConfig
-    from floe.method.agreement import spearman
     from floe.pipeline.data import DataConfig
     from floe.pipeline.policies import probe_ranking
     from floe.pipeline.score import ScoreConfig, run_score
@@ -72,7 +74,7 @@ def main() -> None:
     out["floe"] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0}
 
     cheap = {}
-    for schedule in ("halving", "joint"):
+    for schedule in args.schedules.split(","):
         probe = ProbeConfig(schedule=schedule, min_steps=args.min_steps)
         t0, c0 = time.perf_counter(), _cpu()
         run = run_cheap_probe(Setup(model_cfg, data, adapter, training), probe, show_progress=False,
@@ -82,6 +84,24 @@ def main() -> None:
                            "ranking": probe_ranking(summary), "train_steps": summary["train_steps"],
                            "rungs": [{"steps": r["steps"], "layers": len(r["layers"])} for r in summary["rungs"]],
                            "summary": summary}
+
+    for c in cheap.values():
+        c["ratio_to_floe_wall"] = c["wall_s"] / out["floe"]["wall_s"]
+        c["ratio_to_floe_cpu"] = c["cpu_s"] / out["floe"]["cpu_s"]
+    out["cheap"] = cheap
+    if args.full_from or "halving" in cheap:  # the full probe reuses the halving's full-budget cells
+        _compare_with_full_probe(out, cheap, args, data, training, adapter)
+    for c in cheap.values():
+        del c["summary"], c["ranking"]
+    out["load_after"] = os.getloadavg()
+    save("cheap_probe", out)
+    print(json.dumps(out, indent=2))
+
+
+def _compare_with_full_probe(out, cheap, args, data, training, adapter) -> None:
+    """Each cheap ranking's Spearman and top-8 overlap against the full probe's."""
+    from floe.method.agreement import spearman
+    from floe.pipeline.policies import probe_ranking
 
     # The full probe: every layer alone at the full budget, one load.
     t0, c0 = time.perf_counter(), _cpu()
@@ -94,19 +114,12 @@ def main() -> None:
     full_rank = probe_ranking({"layers": list(range(n_layers)), "gain": gains})
     position = {k: i for i, k in enumerate(full_rank)}
     for c in cheap.values():
-        mine = {k: i for i, k in enumerate(c.pop("ranking"))}
-        c.pop("summary")
+        mine = {k: i for i, k in enumerate(c["ranking"])}
         layers = sorted(position)
         c["spearman_vs_full"] = spearman([-mine[k] for k in layers], [-position[k] for k in layers])
         c["top8_overlap"] = len(set(sorted(mine, key=mine.get)[:8]) & set(full_rank[:8]))
-        c["ratio_to_floe_wall"] = c["wall_s"] / out["floe"]["wall_s"]
-        c["ratio_to_floe_cpu"] = c["cpu_s"] / out["floe"]["cpu_s"]
         c["top8"] = sorted(sorted(mine, key=mine.get)[:8])
-    out["cheap"] = cheap
     out["full_top8"] = sorted(full_rank[:8])
-    out["load_after"] = os.getloadavg()
-    save("cheap_probe", out)
-    print(json.dumps(out, indent=2))
 
 
 def _full_probe(out, cheap, args, data, training, adapter, t0, c0):

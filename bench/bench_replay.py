@@ -8,7 +8,8 @@ replayed from block j for several j (medians, the same process), then replays th
 sequence of (set, parent) evaluations of a whole set search (forward selection to L,
 backward elimination, four curves; floe.method.setsearch on a synthetic loss: which blocks
 a search skips does not depend on the losses, only on the sets' sizes and members) to give
-the search's cost with replay as a share of its cost without, recording passes included.
+the search's cost with replay as a share of its cost without, recording passes included, and
+the same for the joint probe's L single-layer readings (each replayed from the empty set's pass).
 
     nice .venv/bin/python -m bench.bench_replay [--model smollm2-135m] [--val 16] [--length 64]
 
@@ -101,13 +102,17 @@ def main() -> None:
 
     starts, recordings = _search_starts(n_layers)
     with_replay = sum(at(j) for j in starts) + recordings * full
+    # The joint probe's own readings: each single replayed from one recorded pass of the empty set.
+    singles_with_replay = sum(at(j) for j in range(n_layers)) + full
     out = {"model": args.model, "n_layers": n_layers, "val_examples": len(val), "max_length": args.length,
            "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
            "seconds_per_pass_by_start": by_start,
            "share_of_a_full_pass": {j: t / full for j, t in by_start.items()},
            "search_evaluations": len(starts), "search_recordings": recordings,
            "search_seconds_without_replay": len(starts) * full, "search_seconds_with_replay": with_replay,
-           "search_speedup": len(starts) * full / with_replay, "load": os.getloadavg()}
+           "search_speedup": len(starts) * full / with_replay,
+           "singles_seconds_without_replay": n_layers * full, "singles_seconds_with_replay": singles_with_replay,
+           "singles_speedup": n_layers * full / singles_with_replay, "load": os.getloadavg()}
     save("replay", out)
     print(json.dumps(out, indent=2))
 

@@ -259,6 +259,11 @@ def test_a_sets_loss_is_the_mean_over_seeds_of_that_seeds_joint_adapter(tiny_mod
     with joint_adapters(bench, setup.adapter, 4, states) as losses:
         read = losses(frozenset({0, 2}))
         assert losses(frozenset({0, 2})) == read  # reloading the weights changes nothing
+        # The singles replay the blocks below them from the empty set's pass: the same loss, bit for bit.
+        singles_in_full = {k: losses(frozenset({k})) for k in range(4)}
+        replayed_before = losses.switched.blocks_replayed
+        assert {k: losses(frozenset({k}), parent=frozenset()) for k in range(4)} == singles_in_full
+        assert losses.switched.blocks_replayed - replayed_before == 2 * (0 + 1 + 2 + 3)  # two seeds
     for seed in (1, 2):
         alone = fresh()
         with layer_adapter(alone.model, setup.adapter, [0, 1, 2, 3], seed):

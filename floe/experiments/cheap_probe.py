@@ -213,7 +213,9 @@ def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[i
     rankings = {name: r for name, r in (rankings or {}).items() if sorted(r) == list(range(n_layers))}
     states, train_seconds = train_joint(bench, setup, probe.seeds, n_layers)
     with joint_adapters(bench, setup.adapter, n_layers, states) as losses:
-        singles = {k: losses(frozenset({k})) for k in layers}
+        # Each single differs from the empty set (the base model) from its own block on, so
+        # the blocks below it are replayed from one recorded pass of the empty set.
+        singles = {k: losses(frozenset({k}), parent=frozenset()) for k in layers}
         per_layer = {k: [bench.base_loss - singles[k][s] for s in probe.seeds] for k in layers}
         gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
         steps = total_steps(len(bench.rows), setup.training)
