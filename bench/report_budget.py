@@ -25,8 +25,13 @@ from floe.store.runs import open_run
 RESULTS = Path(__file__).parent / "results" / "budget"
 LADDER = (64, 256, 1024, 2048, 4096)
 POLICIES = ("floe", "adapter-norm", "lora-drop", "deepest")
-# The compare's rows: the probe column at T and at the default budget, then the rankings.
-ORDER = ["probe at T", "probe at default budget", "adapter-norm", "floe", "deepest", "lora-drop"]
+# The compare's rows: the probe column at T and at the default budget (its singles and its set
+# search's set), then the rankings.
+ORDER = ["probe at T", "probe at default budget", "probe-set at default budget", "adapter-norm", "floe",
+         "deepest", "lora-drop"]
+# Extra compares at T trained on the same seeds: (file prefix, the policy kept, its row).
+EXTRA_COMPARES = (("compare-T-probe-default", "probe", "probe at default budget"),
+                  ("compare-T-probe-set", "probe-set", "probe-set at default budget"))
 
 
 def _load(name: str) -> dict | None:
@@ -134,10 +139,10 @@ def report(tag: str) -> str:
         summary = open_run(compare["run"]).read_json("compare.json")
         results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]}
                    for r in summary["results"]]
-        extra = _load(f"compare-T-probe-default-{tag}.json")
-        if extra:
-            more = open_run(extra["run"]).read_json("compare.json")["results"]
-            results += [{**r, "policy": "probe at default budget"} for r in more]
+        for prefix, policy, row in EXTRA_COMPARES:
+            if extra := _load(f"{prefix}-{tag}.json"):
+                more = open_run(extra["run"]).read_json("compare.json")["results"]
+                results += [{**r, "policy": row} for r in more if r["policy"] == policy]
         base = summary["base"]["metrics"].get("val_loss")
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
         full = [active_seconds(r["train_run"]) for r in results if r["policy"] == "all"]
