@@ -3,14 +3,16 @@
 # or the measured one, change when the warm-up and the training are the size users run?
 # For each model and data set, in order of what each step settles:
 #   1. the default analysis (W = 64 examples, 8 steps) and the joint cheap probe at the
-#      default probe budget (32 examples of 64 tokens, 8 steps): today's ground truth;
+#      default probe budget (32 examples of 64 tokens, 8 steps): today's ground truth; with
+#      its set search (--set-search: the best set per k, policy probe-set);
 #   2. the joint probe at the large training budget T (one epoch over $T_EXAMPLES examples
 #      of <= 128 tokens, batch 8, lr 2e-4: the training defaults; 1,024 examples = 128
 #      steps), judged on $VAL held-out examples: the ground truth at T;
 #   3. the warm-up ladder: FLoE's analysis (and so adapter-norm, LoRA-drop) from warm-ups of
 #      one epoch over W in $LADDER examples;
 #   4. the fair compare at T (selection on data seed 42, training and judging on data seed
-#      $EVAL_SEED): FLoE (largest W), the probes (default budget and T), adapter-norm
+#      $EVAL_SEED): FLoE (largest W), the probes (default budget and T; the default
+#      budget's set search too), adapter-norm
 #      (largest W), LoRA-drop, deepest and all layers, k = $KS, training seeds $SEEDS;
 #   4b. the same trainings judged by benchmarks ($JUDGE_TASKS through lm-eval, $JUDGE_LIMIT items
 #      each, the base model's accuracy beside them): does the held-out loss's verdict show there?
@@ -52,7 +54,8 @@ for model in ${MODELS:-smollm2-135m}; do
     score=$(run_of "$out/analyze-$tag-64.json")
     if wants ground-truth; then
       step "joint probe, default budget"
-      floe probe --score-run "$score" --schedule joint "${common[@]}" > "$out/probe-default-$tag.json" || continue
+      floe probe --score-run "$score" --schedule joint --set-search "${common[@]}" \
+        > "$out/probe-default-$tag.json" || continue
       step "joint probe at T ($T_EXAMPLES examples)"
       floe probe --score-run "$score" --schedule joint "${at_T[@]}" "${common[@]}" \
         > "$out/probe-T-$tag.json" || continue
@@ -74,6 +77,9 @@ for model in ${MODELS:-smollm2-135m}; do
       step "fair compare at T, the default-budget probe's column"
       floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
+      step "fair compare at T, the default-budget set search's set"
+      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
+        --policies probe-set --no-include-all "${cmp[@]}" > "$out/compare-T-probe-set-$tag.json" || continue
     fi
     if wants judge; then
       step "the compare at T judged by $JUDGE_TASKS (lm-eval, $JUDGE_LIMIT items each; the same trainings)"
