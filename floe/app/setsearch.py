@@ -253,6 +253,9 @@ def calibration_sentence(found: Calibration) -> str:
     where = ("under the probe's own data and training settings" if not settings else
              "with these settings differing from the probe's: "
              + ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in settings.items()))
+    if any(k.startswith("data.") for k in settings):
+        where += (" (another validation sample: the gap mixes the prediction's error with the change of "
+                  "sample; the order is what carries over)")
     gap = found["mean_gap"] or 0.0
     return (f"Over {n} trained sets (each (policy, k) cell's; a set two policies chose counts once, the "
             f"all-layer set, the joint adapter itself, not at all) the predicted loss {reading}: "
