@@ -42,6 +42,8 @@ SEEDS=${SEEDS:-42,43,44}
 EVAL_SEED=${EVAL_SEED:-1}
 JUDGE_TASKS=${JUDGE_TASKS:-arc-easy,piqa}
 JUDGE_LIMIT=${JUDGE_LIMIT:-500}
+# The paper's protocol asks about FLoE's selection; each further policy costs 3 trainings at T.
+PAPER_POLICIES=${PAPER_POLICIES:-floe}
 STEPS=${STEPS:-ground-truth ladder compare judge full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
@@ -98,7 +100,7 @@ for model in ${MODELS:-smollm2-135m}; do
     tag="$model-general-to-medical"
     step "the paper's protocol: the general warm-up's selection, trained and judged on medical at T"
     floe compare --score-run "$(run_of "$out/analyze-$model-general-${LADDER##* }.json")" --data medical \
-      --policies floe,adapter-norm,lora-drop --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
+      --policies "$PAPER_POLICIES" --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
       --tasks '' "${at_T[@]}" "${common[@]}" > "$out/compare-T-$tag.json"
   fi
 done

@@ -28,7 +28,7 @@ POLICIES = ("floe", "adapter-norm", "lora-drop", "deepest")
 # The compare's rows: the probe column at T and at the default budget (its singles and its set
 # search's set), then the rankings.
 ORDER = ["probe at T", "probe at default budget", "probe-set at default budget", "adapter-norm", "floe",
-         "deepest", "lora-drop"]
+         "floe, general warm-up (the paper's protocol)", "deepest", "lora-drop"]
 # Extra compares at T trained on the same seeds: (file prefix, the policy kept, its row).
 EXTRA_COMPARES = (("compare-T-probe-default", "probe", "probe at default budget"),
                   ("compare-T-probe-set", "probe-set", "probe-set at default budget"))
@@ -139,8 +139,12 @@ def report(tag: str) -> str:
         summary = open_run(compare["run"]).read_json("compare.json")
         results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]}
                    for r in summary["results"]]
-        for prefix, policy, row in EXTRA_COMPARES:
-            if extra := _load(f"{prefix}-{tag}.json"):
+        extras = [(f"{prefix}-{tag}", policy, row) for prefix, policy, row in EXTRA_COMPARES]
+        if tag.endswith("-medical"):  # FLoE from the general set's warm-up, trained on medical
+            extras.append((f"compare-T-{tag.removesuffix('-medical')}-general-to-medical", "floe",
+                           "floe, general warm-up (the paper's protocol)"))
+        for name, policy, row in extras:
+            if extra := _load(f"{name}.json"):
                 more = open_run(extra["run"]).read_json("compare.json")["results"]
                 results += [{**r, "policy": row} for r in more if r["policy"] == policy]
         base = summary["base"]["metrics"].get("val_loss")
