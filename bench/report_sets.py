@@ -51,8 +51,10 @@ def calibration_line(found: dict) -> str:
     lo, hi = found["spearman_ci"] or (None, None)
     interval = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
     differ = ", ".join(f"{k}: {v}" for k, v in found["conditions"].items()) or "none"
-    return (f"Calibration: Spearman {found['spearman']:+.2f}{interval} over {len(found['cells'])} "
-            f"distinct sets; trained minus predicted {found['mean_gap']:+.3f} nats on average; "
+    rho = "n/a (fewer than 3 sets)" if found["spearman"] is None else f"{found['spearman']:+.2f}{interval}"
+    gap = "n/a" if found["mean_gap"] is None else f"{found['mean_gap']:+.3f} nats"
+    return (f"Calibration: Spearman {rho} over {len(found['cells'])} "
+            f"distinct sets; trained minus predicted {gap} on average; "
             f"settings that differ between probe and compare: {differ}.")
 
 

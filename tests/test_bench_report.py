@@ -90,6 +90,16 @@ def test_set_goal_counts_ties_and_strict_wins():
                     "strictly_above": []}
 
 
+
+def test_calibration_line_says_when_too_few_sets_to_rank():
+    from bench.report_sets import calibration_line
+    two = {"spearman": None, "spearman_ci": [None, None], "mean_gap": -0.2, "cells": [{}, {}],
+           "conditions": {"max_samples": [32, 1024]}}
+    assert calibration_line(two).startswith("Calibration: Spearman n/a (fewer than 3 sets) over 2 distinct sets; "
+                                            "trained minus predicted -0.200 nats")
+    ranked = {**two, "spearman": 0.9, "spearman_ci": [0.5, 1.0], "cells": [{}] * 4}
+    assert "Spearman +0.90 [+0.50, +1.00] over 4" in calibration_line(ranked)
+
 def test_budget_report_judges_by_each_task_metric_and_tables_any_metric():
     from bench.report_budget import benchmark_metrics
     metrics = {"val_loss": 3.0, "perplexity": 20.0, "floe_arc_easy/acc": 0.5, "floe_arc_easy/acc_norm": 0.45,
