@@ -25,12 +25,12 @@ from torch import nn
 
 from floe.adapters.hydralora import base_layer
 from floe.models import arch
+from floe.models.head import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "MaskGradients", "batch_to", "capture_mask_gradients", "eval_mode",
            "frozen_parameters", "mask_hooks", "model_device", "per_sample_loss",
            "pretrained_linear", "report_progress", "scale_units", "stat_dtype", "steps_of"]
 
-IGNORE_INDEX = -100
 
 # progress(done, total): called after each step (a batch, or a layer in tune_masks); total
 # is None when the number of steps is unknown. A tqdm-like object (with .update) works too.

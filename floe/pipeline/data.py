@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from floe.models.head import IGNORE_INDEX
 from floe.pipeline.datafiles import (
     ALPACA_INPUT,
     ALPACA_PROMPT,
@@ -39,7 +40,7 @@ __all__ = ["ALPACA_INPUT", "ALPACA_PROMPT", "ALPACA_RESPONSE", "CSV_FIELD_LIMIT"
            "data_key", "embedded_dataset", "file_fingerprint", "load_examples", "load_file_examples",
            "load_split", "olmo_root", "render_prompt", "split_and_sample", "tokenize", "tokenize_example"]
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX  # the label the loss skips (prompt, padding)
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 

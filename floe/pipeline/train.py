@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from typing_extensions import NotRequired
 
+from floe.models.head import token_losses
 from floe.pipeline.data import collate
 from floe.store.artifacts import TrainSummary
 from floe.store.config import option
@@ -223,14 +224,15 @@ def _resumed_batches(batches, resumed: Resumed, fresh_epoch: bool):
 def _micro_step(loop: _Loop, batch: dict, config: TrainConfig) -> float:
     """Forward and backward of one micro-batch (the optimizer steps once per accumulation)."""
     with loop.accelerator.accumulate(loop.model):
-        out = loop.model(**batch)
-        loop.accelerator.backward(out.loss)
+        losses = token_losses(loop.model, batch)
+        loss = losses.mean() if losses.numel() else losses.sum()  # a batch of no label: 0, no step's worth
+        loop.accelerator.backward(loss)
         loop.optimizer.step()
         if loop.accelerator.sync_gradients:
             loop.scheduler.step()
         loop.optimizer.zero_grad(set_to_none=True)
     loop.tokens += int(batch["attention_mask"].sum()) * loop.accelerator.num_processes
-    return out.loss.detach().float().item() / config.grad_accum
+    return loss.detach().float().item() / config.grad_accum
 
 
 def _record_step(loop: _Loop, running: float, epoch: int, stage: str, bar, run: Run | None,
@@ -314,8 +316,8 @@ def validation_loss(model, rows: list[dict], pad_id: int, batch_size: int = 8) -
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id).items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            total += model(**batch).loss.float().item() * n
-        count += n
+            losses = token_losses(model, batch)
+        total += losses.sum().item()
+        count += losses.numel()
     return total / max(count, 1)
