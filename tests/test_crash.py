@@ -346,7 +346,7 @@ def test_the_job_registry_recovers_from_killed_processes(tmp_path, monkeypatch, 
     app.kill()
     app.wait()
     newest = jobs.list_jobs(cache)[0]
-    # A job in a fresh interpreter: on a loaded 2-core machine its imports alone took over 120 s once.
+    # The job runs in a fresh interpreter: under a loaded 2-core suite it once missed 120 s.
     _wait(lambda: jobs.get(newest["id"], cache)["status"] == jobs.DONE, timeout=300)
     RESULTS.append({"stage": "app server", "point": "SIGKILL after submitting", "killed": True,
                     "outcome": "job finished"})
