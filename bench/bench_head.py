@@ -37,7 +37,7 @@ def measure(model_name: str, data: str, n_val: int, length: int, train_batch: in
 
     from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora
     from floe.models import arch
-    from floe.models.head import token_losses
+    from floe.models.head import IGNORE_INDEX, token_losses
     from floe.models.load import load_model
     from floe.pipeline.data import DataConfig, collate, load_split, tokenize
 
@@ -53,7 +53,7 @@ def measure(model_name: str, data: str, n_val: int, length: int, train_batch: in
 
     @torch.no_grad()
     def pass_full():
-        return sum(model(**b).loss.item() * int((b["labels"][:, 1:] != -100).sum()) for b in val)
+        return sum(model(**b).loss.item() * int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in val)
 
     @torch.no_grad()
     def pass_gathered():
@@ -72,7 +72,7 @@ def measure(model_name: str, data: str, n_val: int, length: int, train_batch: in
     times = _timed({"pass_full": pass_full, "pass_gathered": pass_gathered,
                     "step_full": step_full, "step_gathered": step_gathered}, repeats)
     positions = sum(b["labels"].numel() for b in val)
-    labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in val)
+    labelled = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in val)
     return {"model": model_name, "vocab": model.config.vocab_size, "val_examples": n_val, "max_length": length,
             "labelled_share_of_positions": labelled / positions, "train_batch": train_batch,
             "loss_sum_full": full, "loss_sum_gathered": gathered, "seconds": times,
