@@ -73,11 +73,16 @@ def test_compare_on_the_tiny_model(tiny_args, score_run, capsys):
     assert all(r["layers"] == sorted(RANKINGS["floe"][:2]) for r in floe)
     assert {r["seed"] for r in floe} == {1, 2} and floe[0]["train_run"] != floe[1]["train_run"]
     assert all(r["layers"] == [0, 1, 2, 3] for r in results if r["policy"] == "all")
-    # Random layers are drawn anew per seed, and the training runs say so.
-    for r in (r for r in results if r["policy"] == "random"):
-        selection = open_run(r["train_run"]).config["selection"]
-        assert selection["policy"] == "random" and selection["random_seed"] == r["seed"]
+    # Random layers are drawn anew per seed, and the training runs say so (where the draw is
+    # FLoE's top 2, FLoE's training of that seed serves both).
+    random_rows = [r for r in results if r["policy"] == "random"]
+    for r in random_rows:
         assert r["layers"] == sorted(random.Random(r["seed"]).sample(range(4), 2))
+        same = next(f for f in floe if f["seed"] == r["seed"])
+        selection = open_run(r["train_run"]).config["selection"]
+        assert (r["train_run"] == same["train_run"] if r["layers"] == same["layers"] else
+                selection["policy"] == "random" and selection["random_seed"] == r["seed"])
+    assert any(r["layers"] != floe[0]["layers"] for r in random_rows)
     # Each cell's mean and interval come from its per-seed values.
     cell = next(c for c in summary["cells"] if c["policy"] == "floe" and c["metric"] == "val_loss")
     values = [r["metrics"]["val_loss"] for r in floe]
@@ -134,3 +139,15 @@ def test_a_shared_compare_keeps_the_key_and_a_bad_storage_is_one_line(tiny_args,
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Connection refused" in err and len(err.splitlines()) == 1 and "secret" not in err
     assert {r.id for r in list_runs()} == before
+
+
+def test_policies_that_pick_the_same_layers_share_one_training(tiny_args, score_run, capsys):
+    # At k = L every policy picks every layer: one training per seed serves both policies.
+    args = ["compare", "--score-run", score_run, *tiny_args, "--ks", "4", "--policies", "floe,deepest",
+            "--no-include-all", "--seeds", "5", "--tasks", "", "--json"]
+    assert main(args) == 0
+    results = open_run(json.loads(capsys.readouterr().out)["run"]).read_json("compare.json")["results"]
+    floe, deepest = sorted(results, key=lambda r: r["policy"] != "floe")
+    assert (floe["policy"], deepest["policy"]) == ("floe", "deepest") and floe["layers"] == deepest["layers"]
+    assert floe["train_run"] == deepest["train_run"] and floe["metrics"] == deepest["metrics"]
+    assert open_run(floe["train_run"]).config["selection"]["policy"] == "floe"  # the first cell trained it

@@ -1,5 +1,6 @@
 """floe eval: held-out loss / perplexity, and multiple choice through lm-eval checked against
 the definition item by item."""
+import dataclasses
 import json
 import math
 
@@ -140,3 +141,29 @@ def test_bad_eval_input(capsys):
         EvalConfig(tasks=[], val_loss=False)
     assert main(["eval", "--tasks", "nosuch", "--quiet"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_an_adapters_evaluation_takes_its_trainings_final_loss(trained_run, monkeypatch):
+    """The training measured the held-out loss of the weights it saved (fp32, exactly), on the
+    rows and device the evaluation uses: the evaluation takes that number, the same bits as
+    measuring again, and loads no model when no benchmark is asked."""
+    from floe.eval import evaluate
+    from floe.pipeline.data import data_config, load_split, tokenize
+    from floe.pipeline.sparse import load_trained
+    from floe.pipeline.train import validation_loss
+    final = trained_run.read_json("train.json")["val_loss_after"]
+    net, tok = load_trained(trained_run, device="cpu")
+    data = data_config(trained_run.config["data"])
+    assert validation_loss(net, tokenize(tok, load_split(data).val, data.max_length), tok.pad_token_id) == final
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a held-out loss the training measured needs no model")
+    monkeypatch.setattr(evaluate, "load_model", no_load)
+    run = evaluate.run_evaluation(None, evaluate.EvalConfig(tasks=[]), train_run=trained_run.id, device="cpu",
+                                  force=True, show_progress=False)
+    assert run.read_json("eval.json")["val_loss"] == final
+    # Judged on other rows, it is measured again (here: the model is loaded).
+    other = dataclasses.replace(data, seed=data.seed + 1)
+    with pytest.raises(AssertionError, match="needs no model"):
+        evaluate.run_evaluation(None, evaluate.EvalConfig(tasks=[]), data=other, train_run=trained_run.id,
+                                device="cpu", force=True, show_progress=False)

@@ -140,3 +140,22 @@ def test_spread_adapts_the_k_evenly_spaced_layers(score_run):
     for k in range(1, 5):
         assert (resolve_layers(SparseConfig(score_run=score_run, policy="spread", k=k), n_layers=4)
                 == spread_layers(4, k))
+
+
+def test_the_loss_before_training_is_the_base_models_measured_once(tiny_model_dir, qa_file, monkeypatch):
+    """A fresh adapter adds exactly zero (B starts at zero), so the loss before training is the
+    base model's, bit for bit, wherever the adapters sit: one pass serves every cell."""
+    from floe.models.load import load_model
+    from floe.pipeline import sparse
+    from floe.pipeline.data import load_split, tokenize
+    passes = []
+    measure = sparse.validation_loss
+    monkeypatch.setattr(sparse, "validation_loss", lambda *a, **kw: passes.append(1) or measure(*a, **kw))
+    monkeypatch.setattr(sparse, "_LOSS_BEFORE", {})
+    setup = tiny_configs(tiny_model_dir, qa_file, seed=11)  # a seed no other test trains
+    runs = [run_sparse_training(setup, SparseConfig(layers=layers), show_progress=False) for layers in ([0], [2, 3])]
+    before = [summary_of(r)["val_loss_before"] for r in runs]
+    assert len(passes) == 1 + len(runs)  # one pass before, one after each training
+    base, tok = load_model(str(tiny_model_dir), "cpu")
+    val = tokenize(tok, load_split(setup.data).val, setup.data.max_length)
+    assert before[0] == before[1] == measure(base, val, tok.pad_token_id)

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from floe import KEY_VERSIONS
 from floe.adapters.hydralora import ADAPTER_WEIGHTS, load_adapter
 from floe.eval.lmeval import LM_EVAL_TASKS, lm_eval_results
-from floe.models.load import load_model, model_fingerprint
+from floe.models.load import load_model, model_fingerprint, resolve_device
 from floe.pipeline.data import DataConfig, data_config, data_key, load_split, tokenize
 from floe.pipeline.train import validation_loss
 from floe.store import artifacts
@@ -57,13 +58,21 @@ class EvalConfig:
 
 
 
-def evaluate_model(model, tok, config: EvalConfig, val_rows: list[dict] | None = None,
-                   show_progress: bool = True) -> EvalSummary:
-    """Held-out loss/perplexity (if rows are given) and every task's accuracies (lm-eval)."""
+def val_summary(loss: float | None) -> EvalSummary:
+    """An evaluation's result before its tasks: the held-out loss and perplexity, if measured."""
     result: EvalSummary = {"tasks": {}, "scorer": SCORER}
-    if val_rows:
-        loss = validation_loss(model, val_rows, tok.pad_token_id)
+    if loss is not None:
         result.update({"val_loss": loss, "perplexity": math.exp(loss)})
+    return result
+
+
+def evaluate_model(model, tok, config: EvalConfig, val_rows: list[dict] | None = None,
+                   show_progress: bool = True, val_loss: float | None = None) -> EvalSummary:
+    """Held-out loss/perplexity (if rows are given, or ``val_loss`` measured already) and
+    every task's accuracies (lm-eval)."""
+    if val_loss is None and val_rows:
+        val_loss = validation_loss(model, val_rows, tok.pad_token_id)
+    result = val_summary(val_loss)
     for task in tqdm(config.tasks, desc="tasks", disable=not show_progress):
         result["tasks"].update(lm_eval_results(model, tok, [task], config.shots, config.limit,
                                                config.eval_batch_size, config.context_length,
@@ -95,6 +104,7 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
     For a train run, the model and the held-out data default to the ones it trained on.
     """
     source = _adapter_source(train_run, adapter_dir)
+    trained: Run | None = None
     if train_run:
         trained = open_run(train_run)
         trained.verify()
@@ -109,18 +119,35 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
     if reuse_finished(run, force):
         return run
     with run.hold():
-        net, tok = load_model(model, device)
-        if adapter_dir:
-            load_adapter(net, adapter_dir)
-        net.eval()
-        val = tokenize(tok, load_split(data).val, data.max_length) if data is not None and key["data"] else None
-        run.log(event="stage", stage="eval", message=f"{', '.join(config.tasks)} "
-                f"(limit {config.limit or 'none'}) on {'adapter' if adapter_dir else 'base model'}")
-        result = evaluate_model(net, tok, config, val, show_progress)
-        run.write_json(SUMMARY, {**result, "model": model, "adapter": source,
-                                 "device": str(next(net.parameters()).device)})
+        known = _training_val_loss(trained, model, data, device) if trained and data and key["data"] else None
+        if known is not None and not config.tasks:  # nothing left to measure: no model to load
+            run.log(event="stage", stage="eval", message="held-out loss: the training's own final validation")
+            result, where = val_summary(known[0]), known[1]
+        else:
+            net, tok = load_model(model, device)
+            if adapter_dir:
+                load_adapter(net, adapter_dir)
+            net.eval()
+            val = tokenize(tok, load_split(data).val, data.max_length) if data is not None and key["data"] else None
+            run.log(event="stage", stage="eval", message=f"{', '.join(config.tasks)} "
+                    f"(limit {config.limit or 'none'}) on {'adapter' if adapter_dir else 'base model'}")
+            result = evaluate_model(net, tok, config, val, show_progress, val_loss=known[0] if known else None)
+            where = str(next(net.parameters()).device)
+        run.write_json(SUMMARY, {**result, "model": model, "adapter": source, "device": where})
         run.finish([SUMMARY])
     return run
+
+
+def _training_val_loss(trained: Run, model: str, data: DataConfig, device: str) -> tuple[float, str] | None:
+    """A train run's final held-out loss and device, when it is this evaluation's measurement:
+    the same model, held-out rows and kind of device (so dtype), and the adapter it saved
+    exactly (fp32 safetensors) from those weights. None: measure it again."""
+    summary = trained.read_json(artifacts.TRAIN)
+    same = (summary.get("val_loss_after") is not None
+            and model_fingerprint(model) == trained.config["model"]
+            and data_key(data) == trained.config["data"]
+            and torch.device(summary["device"]).type == resolve_device(device).type)
+    return (summary["val_loss_after"], summary["device"]) if same else None
 
 
 def headline(result: EvalJson, stderr: bool = False) -> dict[str, float]:

@@ -26,7 +26,7 @@ from floe.pipeline.data import DataConfig, data_key
 from floe.pipeline.policies import MEASURED, POLICIES, open_probe_run
 from floe.pipeline.score import open_score_run
 from floe.pipeline.setup import ModelConfig, Setup
-from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, summary_of
+from floe.pipeline.sparse import SparseConfig, model_shape, run_sparse_training, sparse_run, summary_of
 from floe.store import artifacts
 from floe.store.artifacts import CompareCell, CompareJson
 from floe.store.config import option, to_dict
@@ -186,18 +186,29 @@ class _Grid:
     evaluation: EvalConfig
     probe_run: str | None
     show_progress: bool
+    # (layers, seed) -> a cell's runs: policies that pick the same layers (at k near L, or the
+    # searched set and the singles at small k) share one training, the same computation.
+    trained: dict[tuple[tuple[int, ...], int], dict] = dataclasses.field(default_factory=dict)
 
 
 def _cell(grid: _Grid, k: int, policy: str, seed: int) -> dict:
     """Train one (k, policy, seed) cell and evaluate it (both cached runs)."""
     sparse = cell_selection(grid.score_run, k, policy, seed, grid.config, grid.probe_run)
     setup = grid.setup.replace(training=dataclasses.replace(grid.setup.training, seed=seed))
+    layers = sparse_run(setup, sparse)[1].adapter.layers
+    assert layers is not None, "sparse_run resolves the layers"
+    same = (tuple(layers), seed)
+    if same not in grid.trained:
+        grid.trained[same] = _train_and_evaluate(grid, setup, sparse)
+    return {"k": k, "policy": policy, "seed": seed, **grid.trained[same]}
+
+
+def _train_and_evaluate(grid: _Grid, setup: Setup, sparse: SparseConfig) -> dict:
     trained = run_sparse_training(setup, sparse, show_progress=grid.show_progress)
     evaluated = run_evaluation(None, grid.evaluation, train_run=trained.id, device=setup.model.device,
                                show_progress=grid.show_progress)
     summary = summary_of(trained)
-    return {"k": k, "policy": policy, "seed": seed, "layers": summary["layers"],
-            "train_run": trained.id, "eval_run": evaluated.id,
+    return {"layers": summary["layers"], "train_run": trained.id, "eval_run": evaluated.id,
             "trainable_parameters": summary["trainable_parameters"],
             "train_seconds": summary["seconds"], "adapter_sha256": adapter_checksum(trained),
             "metrics": headline(evaluated.read_json(EVAL_SUMMARY))}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import resource
@@ -23,7 +24,7 @@ import torch
 from floe.adapters.hydralora import HydraLoraConfig, apply_hydralora, save_adapter, trainable_parameters
 from floe.models import arch
 from floe.models.load import load_model, model_fingerprint, resolve_device
-from floe.pipeline.data import load_split, tokenize
+from floe.pipeline.data import DataConfig, data_key, load_split, tokenize
 from floe.pipeline.policies import MEASURED, POLICIES, check_policy, open_probe_run, ranking_for, selected_layers
 from floe.pipeline.score import load_layers, open_score_run
 from floe.pipeline.setup import ModelConfig, Setup
@@ -226,6 +227,24 @@ def _validator(model, val: list[dict], pad_id: int) -> Callable[[], float | None
     return validate
 
 
+# The loss before training is the base model's: HydraLoRA's B starts at zero, so a fresh adapter
+# adds exactly 0.0 wherever it sits. A process training many cells on one model and sample (a
+# compare, a probe) measures it once. Keyed by what the loss depends on, the device included.
+_LOSS_BEFORE: dict[str, float] = {}
+
+
+def _loss_before_key(model_cfg: ModelConfig, data: DataConfig, device: torch.device) -> str:
+    return json.dumps({"model": model_fingerprint(model_cfg.model), "device_map": model_cfg.device_map,
+                       "data": data_key(data), "device": str(device)}, sort_keys=True)
+
+
+def loss_before_training(model, val: list[dict], pad_id: int, key: str) -> float:
+    """The held-out loss of a model whose adapters are still at their zero start (memoized)."""
+    if key not in _LOSS_BEFORE:
+        _LOSS_BEFORE[key] = validation_loss(model, val, pad_id)
+    return _LOSS_BEFORE[key]
+
+
 def train_key(setup: Setup, sparse: SparseConfig) -> dict:
     """Everything that changes the trained adapter (the layers resolved in ``setup.adapter``),
     plus provenance."""
@@ -353,7 +372,8 @@ def _train_in_run(run: ReportingRun, setup: Setup, force: bool, show_progress: b
     if main:
         run.log(event="stage", stage="train", message=f"layers {adapter.layers}: {len(rows)} "
                 f"training examples, {trainable_parameters(model):,} trainable parameters")
-    val_before = validation_loss(model, val, tok.pad_token_id) if val and main else None
+    before_key = _loss_before_key(model_cfg, data, device)
+    val_before = loss_before_training(model, val, tok.pad_token_id, before_key) if val and main else None
     run.validate = _validator(model, val, tok.pad_token_id)
     with PeakMemory(device) as memory:
         summary = train(model, rows, training, tok.pad_token_id, run=run,
