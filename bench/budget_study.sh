@@ -76,11 +76,14 @@ for model in ${MODELS:-smollm2-135m}; do
       step "fair compare at T (policies of the W=$w_max analysis)"
       floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-T-$tag.json")" --data "$data" \
         --policies floe,probe,adapter-norm,lora-drop,deepest "${cmp[@]}" > "$out/compare-T-$tag.json" || continue
+      # The default-budget probe's columns need no ladder: their layers come from the probe, so they
+      # take the W=64 analysis as score run, and share their trainings with issue 20's setting at T
+      # (BUDGET=T bench/calibration.sh: the same train runs).
       step "fair compare at T, the default-budget probe's column"
-      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
+      floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
       step "fair compare at T, the default-budget set search's set"
-      floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
+      floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe-set --no-include-all "${cmp[@]}" > "$out/compare-T-probe-set-$tag.json" || continue
     fi
     if wants judge; then
