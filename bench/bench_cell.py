@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 
-from bench.common import fresh_cache, save
+from bench.common import fresh_cache, machine, save
 
 LAYER_SETS = [[0, 1], [4, 5], [8, 9]]  # the first primes the memo; the others are timed
 
@@ -70,15 +69,13 @@ def main() -> None:
     parser.add_argument("--data", default="medical")
     parser.add_argument("--val", type=int, default=64, help="held-out examples (the fair compare's: 64)")
     args = parser.parse_args()
-    import torch
     times: dict[str, list[float]] = {"measuring everything": [], "reusing": []}
     for repeat in (True, False, False, True):
         times["measuring everything" if repeat else "reusing"] += one_round(args.model, args.data, args.val, repeat)
     medians = {mode: statistics.median(t) for mode, t in times.items()}
     out = {"model": args.model, "data": args.data, "val_examples": args.val, "cell_seconds": times,
            "median_cell_seconds": medians, "speedup": medians["measuring everything"] / medians["reusing"],
-           "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-           "load": os.getloadavg()}
+           **machine()}
     save("cell", out)
     print(json.dumps(out, indent=2))
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
-from bench.common import save
+from bench.common import machine, save
 
 
 def _timed(fns: dict, repeats: int) -> dict[str, float]:
@@ -89,11 +88,8 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8, help="training micro-batch (the training default: 8)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    import torch
     out = {"runs": [measure(m, args.data, args.val, args.length, args.train_batch, args.repeats)
-                    for m in args.models.split(",")],
-           "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-           "load": os.getloadavg()}
+                    for m in args.models.split(",")], **machine()}
     save("head", out)
     print(json.dumps(out, indent=2))
 

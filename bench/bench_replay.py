@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import time
 
-from bench.common import save
+from bench.common import machine, save
 
 
 def _search_starts(n_layers: int, seed: int = 0) -> tuple[list[int], int]:
@@ -105,14 +104,13 @@ def main() -> None:
     # The joint probe's own readings: each single replayed from one recorded pass of the empty set.
     singles_with_replay = sum(at(j) for j in range(n_layers)) + full
     out = {"model": args.model, "n_layers": n_layers, "val_examples": len(val), "max_length": args.length,
-           "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
            "seconds_per_pass_by_start": by_start,
            "share_of_a_full_pass": {j: t / full for j, t in by_start.items()},
            "search_evaluations": len(starts), "search_recordings": recordings,
            "search_seconds_without_replay": len(starts) * full, "search_seconds_with_replay": with_replay,
            "search_speedup": len(starts) * full / with_replay,
            "singles_seconds_without_replay": n_layers * full, "singles_seconds_with_replay": singles_with_replay,
-           "singles_speedup": n_layers * full / singles_with_replay, "load": os.getloadavg()}
+           "singles_speedup": n_layers * full / singles_with_replay, **machine()}
     save("replay", out)
     print(json.dumps(out, indent=2))
 

@@ -81,6 +81,13 @@ def in_subprocess(module: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def machine() -> dict:
+    """What a timing depended on: torch's threads, OMP_NUM_THREADS and the load average."""
+    import torch
+    return {"torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "load": os.getloadavg()}
+
+
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
