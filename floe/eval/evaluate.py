@@ -119,7 +119,7 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
     if reuse_finished(run, force):
         return run
     with run.hold():
-        known = _training_val_loss(trained, model, data, device) if trained and data and key["data"] else None
+        known = _training_val_loss(trained, key, device) if trained and key["data"] else None
         if known is not None and not config.tasks:  # nothing left to measure: no model to load
             run.log(event="stage", stage="eval", message="held-out loss: the training's own final validation")
             result, where = val_summary(known[0]), known[1]
@@ -138,14 +138,15 @@ def run_evaluation(model: str | None, config: EvalConfig, data: DataConfig | Non
     return run
 
 
-def _training_val_loss(trained: Run, model: str, data: DataConfig, device: str) -> tuple[float, str] | None:
+def _training_val_loss(trained: Run, key: dict, device: str) -> tuple[float, str] | None:
     """A train run's final held-out loss and device, when it is this evaluation's measurement:
-    the same model, held-out rows and kind of device (so dtype), and the adapter it saved
-    exactly (fp32 safetensors) from those weights. None: measure it again."""
+    the same model and held-out rows (the eval key's fingerprints against the train run's), the
+    same kind of device (so dtype), and the adapter it saved exactly (fp32 safetensors) from
+    those weights. None: measure it again."""
     summary = trained.read_json(artifacts.TRAIN)
     same = (summary.get("val_loss_after") is not None
-            and model_fingerprint(model) == trained.config["model"]
-            and data_key(data) == trained.config["data"]
+            and key["model"] == trained.config["model"]
+            and key["data"] == trained.config["data"]
             and torch.device(summary["device"]).type == resolve_device(device).type)
     return (summary["val_loss_after"], summary["device"]) if same else None
 
