@@ -3,8 +3,8 @@
 # or the measured one, change when the warm-up and the training are the size users run?
 # For each model and data set, in order of what each step settles:
 #   1. the default analysis (W = 64 examples, 8 steps) and the joint cheap probe at the
-#      default probe budget (32 examples of 64 tokens, 8 steps): today's ground truth; with
-#      its set search (--set-search: the best set per k, policy probe-set);
+#      default probe budget (32 examples of 64 tokens, 8 steps): today's ground truth (its set
+#      search, --set-search for policy probe-set, is added to the same run before step 4 needs it);
 #   2. the joint probe at the large training budget T (one epoch over $T_EXAMPLES examples
 #      of <= 128 tokens, batch 8, lr 2e-4: the training defaults; 1,024 examples = 128
 #      steps), judged on $VAL held-out examples: the ground truth at T;
@@ -55,8 +55,10 @@ for model in ${MODELS:-smollm2-135m}; do
     floe analyze --model "$model" --data "$data" "${common[@]}" > "$out/analyze-$tag-64.json" || continue
     score=$(run_of "$out/analyze-$tag-64.json")
     if wants ground-truth; then
+      # Its set search (about L^2 validation passes) waits for the compare that needs it, so the
+      # ground truth and the ladder, which settle more, come first.
       step "joint probe, default budget"
-      floe probe --score-run "$score" --schedule joint --set-search "${common[@]}" \
+      floe probe --score-run "$score" --schedule joint "${common[@]}" \
         > "$out/probe-default-$tag.json" || continue
       step "joint probe at T ($T_EXAMPLES examples)"
       floe probe --score-run "$score" --schedule joint "${at_T[@]}" "${common[@]}" \
@@ -82,6 +84,9 @@ for model in ${MODELS:-smollm2-135m}; do
       step "fair compare at T, the default-budget probe's column"
       floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
+      step "the default-budget probe's set search (the same run, the search added)"
+      floe probe --score-run "$score" --schedule joint --set-search "${common[@]}" \
+        > "$out/probe-default-$tag.json" || continue
       step "fair compare at T, the default-budget set search's set"
       floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe-set --no-include-all "${cmp[@]}" > "$out/compare-T-probe-set-$tag.json" || continue
