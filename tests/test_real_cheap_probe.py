@@ -33,3 +33,33 @@ def test_halving_probe_on_four_smollm2_layers_and_policy_probe(capsys):
     assert trained["layers"] == sorted(probe["ranking"][:2])
     print("real cheap probe:", json.dumps({k: probe[k] for k in ("ranking", "gain", "seconds", "train_steps")}),
           json.dumps([{"steps": r["steps"], "layers": r["layers"], "gains": r["gains"]} for r in probe["rungs"]]))
+
+
+def test_joint_probe_set_search_on_four_smollm2_layers_and_policy_probe_set(capsys):
+    """Issue 20 on the real model: the joint probe (all 30 adapters trained at once) reads
+    4 layers, searches their sets and draws each ranking's curve; probe-set trains the search's set."""
+    from floe.method.setsearch import suggested_k
+
+    assert main(["probe", "--schedule", "joint", "--layers", "0,9,20,29", "--lr", "1e-3", "--set-search",
+                 *SMALL]) == 0
+    out = json.loads(capsys.readouterr().out)
+    probe = open_run(out["run"]).read_json("probe.json")
+    found = probe["set_search"]
+    ks = [1, 2, 3, 4]
+    assert found["ks"] == ks and set(found["curves"]) == {"probe", "forward", "backward", "deepest"}
+    for name in ("forward", "backward"):
+        assert sorted(found[name]["order"]) == [0, 9, 20, 29] and found[name]["ks"] == ks
+    # k = 1 is the best single's reading; k = 4 the four adapters together, for every ranking.
+    assert found["curves"]["probe"][0] == pytest.approx(probe["base_val_loss"] - max(probe["gain"]))
+    assert len({c[-1] for c in found["curves"].values()}) == 1
+    # Greedy forward starts from the best single, so its pair is at least as good as the top 2 singles.
+    assert found["forward"]["order"][0] == probe["ranking"][0]
+    assert found["curves"]["forward"][1] <= found["curves"]["probe"][1]
+    assert found["mean_loss"][found["better"]] == min(found["mean_loss"].values())
+    assert found["suggested"]["k"] == suggested_k(ks, found["curves"][found["better"]], found["base_loss"],
+                                                  found["all_loss"], 0.9)
+    assert main(["train", "--policy", "probe-set", "--probe-run", out["run"], "--k", "2", *SMALL,
+                 "--max-steps", "1"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["layers"] == sorted(found["ranking"][:2])
+    print("real set search:", json.dumps({k: found[k] for k in ("curves", "better", "suggested", "mean_loss")}))
