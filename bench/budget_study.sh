@@ -48,6 +48,10 @@ STEPS=${STEPS:-ground-truth ladder compare judge full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
+# The joint probe at the default budget; with --set-search the same run, its search added.
+default_probe() {
+  floe probe --score-run "$score" --schedule joint "$@" "${common[@]}" > "$out/probe-default-$tag.json"
+}
 for model in ${MODELS:-smollm2-135m}; do
   for data in ${DATASETS:-general medical}; do
     tag="$model-$data"
@@ -58,8 +62,7 @@ for model in ${MODELS:-smollm2-135m}; do
       # Its set search (about L^2 validation passes) waits for the compare that needs it, so the
       # ground truth and the ladder, which settle more, come first.
       step "joint probe, default budget"
-      floe probe --score-run "$score" --schedule joint "${common[@]}" \
-        > "$out/probe-default-$tag.json" || continue
+      default_probe || continue
       step "joint probe at T ($T_EXAMPLES examples)"
       floe probe --score-run "$score" --schedule joint "${at_T[@]}" "${common[@]}" \
         > "$out/probe-T-$tag.json" || continue
@@ -85,8 +88,7 @@ for model in ${MODELS:-smollm2-135m}; do
       floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe --no-include-all "${cmp[@]}" > "$out/compare-T-probe-default-$tag.json" || continue
       step "the default-budget probe's set search (the same run, the search added)"
-      floe probe --score-run "$score" --schedule joint --set-search "${common[@]}" \
-        > "$out/probe-default-$tag.json" || continue
+      default_probe --set-search || continue
       step "fair compare at T, the default-budget set search's set"
       floe compare --score-run "$score" --probe-run "$(run_of "$out/probe-default-$tag.json")" --data "$data" \
         --policies probe-set --no-include-all "${cmp[@]}" > "$out/compare-T-probe-set-$tag.json" || continue
