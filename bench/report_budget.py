@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.report_results import active_seconds, compare_table, versus_table
+from floe.app.validation import verdict_label
 from floe.experiments.validation import agreement_table
 from floe.method.agreement import bootstrap_ci, spearman
 from floe.pipeline.policies import layer_ranges, probe_ranking
@@ -63,13 +64,25 @@ def ladder_rows(ladder: dict[int, tuple[dict, dict]], truth: dict, default: dict
     return rows
 
 
+def _floe_verdict(figures: dict | None) -> str:
+    """What FLoE's ρ at T says, as the Validation page words it, with its partial ρ given the
+    layer index: a ranking that predicts only as well as depth does is said to."""
+    if not figures or figures["spearman"] is None:
+        return "n/a"
+    said = verdict_label("floe", figures)
+    if figures.get("partial_spearman") is None:
+        return said
+    lo, hi = figures["partial_spearman_ci"]
+    return f"{said} (partial ρ {figures['partial_spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+
+
 def ladder_table(rows: list[dict]) -> str:
     head = ("| warm-up W (examples) | steps | " + " | ".join(f"{p} ρ at T" for p in POLICIES)
-            + " | floe ρ at default budget | FLoE's top 8 |")
-    out = [head, "|" + " --- |" * (len(POLICIES) + 4)]
+            + " | FLoE at T, given depth | floe ρ at default budget | FLoE's top 8 |")
+    out = [head, "|" + " --- |" * (len(POLICIES) + 5)]
     for r in rows:
         out.append(f"| {r['W']} | {r['steps']} | " + " | ".join(_rho(r[p]) for p in POLICIES)
-                   + f" | {_rho(r['floe@default'])} | {layer_ranges(r['floe top 8'])} |")
+                   + f" | {_floe_verdict(r['floe'])} | {_rho(r['floe@default'])} | {layer_ranges(r['floe top 8'])} |")
     return "\n".join(out)
 
 

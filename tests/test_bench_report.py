@@ -59,8 +59,14 @@ def test_budget_transfer_and_ladder_table():
            "adapter-norm": {"spearman": 0.8, "spearman_ci": [0.5, 0.95]}, "lora-drop": None, "deepest": None,
            "floe@default": {"spearman": 0.1, "spearman_ci": [None, None]}, "floe top 8": [3, 5, 6, 7, 25, 26, 27, 28]}
     line = ladder_table([row]).splitlines()[-1]
-    assert line == ("| 256 | 32 | -0.25 [-0.60, +0.20] | +0.80 [+0.50, +0.95] | n/a | n/a | +0.10 | "
-                    "3, 5-7, 25-28 |")
+    assert line == ("| 256 | 32 | -0.25 [-0.60, +0.20] | +0.80 [+0.50, +0.95] | n/a | n/a | no better than chance | "
+                    "+0.10 | 3, 5-7, 25-28 |")
+    # A ranking whose ρ is above 0 but whose partial ρ given depth is not: said plainly, with the figure.
+    row["floe"] = {"spearman": 0.44, "spearman_ci": [0.03, 0.72], "partial_spearman": 0.1,
+                   "partial_spearman_ci": [-0.3, 0.45]}
+    assert "| no better than depth (partial ρ +0.10 [-0.30, +0.45]) |" in ladder_table([row])
+    row["floe"] |= {"partial_spearman": 0.5, "partial_spearman_ci": [0.2, 0.7]}
+    assert "| predicts the gains (partial ρ +0.50 [+0.20, +0.70]) |" in ladder_table([row])
 
 
 def test_stepped_seconds_ignore_pauses_and_restarts():
