@@ -70,9 +70,9 @@ def _floe_verdict(figures: dict | None) -> str:
     if not figures or figures["spearman"] is None:
         return "n/a"
     said = verdict_label("floe", figures)
-    if figures.get("partial_spearman") is None:
+    lo, hi = figures.get("partial_spearman_ci") or (None, None)
+    if figures.get("partial_spearman") is None or lo is None or hi is None:
         return said
-    lo, hi = figures["partial_spearman_ci"]
     return f"{said} (partial ρ {figures['partial_spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
 
 
