@@ -40,11 +40,12 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
 
 
-def _rho(figures: dict | None) -> str:
-    if not figures or figures["spearman"] is None:
+def _rho(figures: dict | None, key: str = "spearman") -> str:
+    """A figure of an agreement dict (ρ, or partial ρ) with its interval where it has one."""
+    if not figures or figures.get(key) is None:
         return "n/a"
-    lo, hi = figures.get("spearman_ci") or (None, None)
-    return f"{figures['spearman']:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else "")
+    lo, hi = figures.get(f"{key}_ci") or (None, None)
+    return f"{figures[key]:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else "")
 
 
 def _probe(run_id: str) -> dict:
@@ -70,10 +71,10 @@ def _floe_verdict(figures: dict | None) -> str:
     if not figures or figures["spearman"] is None:
         return "n/a"
     said = verdict_label("floe", figures)
-    lo, hi = figures.get("partial_spearman_ci") or (None, None)
-    if figures.get("partial_spearman") is None or lo is None or hi is None:
+    lo = (figures.get("partial_spearman_ci") or (None,))[0]
+    if figures.get("partial_spearman") is None or lo is None:
         return said
-    return f"{said} (partial ρ {figures['partial_spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+    return f"{said} (partial ρ {_rho(figures, 'partial_spearman')})"
 
 
 def ladder_table(rows: list[dict]) -> str:
