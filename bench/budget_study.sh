@@ -26,6 +26,9 @@
 # Gemma-3-270M on the general set, the ladder and the probe only:
 #   MODELS=gemma3-270m DATASETS=general STEPS="ground-truth ladder" bash bench/budget_study.sh
 # Tables: .venv/bin/python -m bench.report_budget
+# Across machines: with STORAGE (an Optuna RDB URL) every compare cell's result lands in that
+# database, so a fresh machine resumes from it; bench/study_archive.sh restores and saves it
+# with the small runs (scores, probes) the compares read.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -44,10 +47,22 @@ JUDGE_TASKS=${JUDGE_TASKS:-arc-easy,piqa}
 JUDGE_LIMIT=${JUDGE_LIMIT:-500}
 # The paper's protocol asks about FLoE's selection; each further policy costs 3 trainings at T.
 PAPER_POLICIES=${PAPER_POLICIES:-floe}
+STORAGE=${STORAGE:-}
 STEPS=${STEPS:-ground-truth ladder compare judge full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
+status_of() {
+  .venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1])).get("status"))' \
+    "${FLOE_CACHE:-cache}/runs/$1/state.json" 2>/dev/null
+}
+# analysis FILE ARGS: floe analyze, unless FILE records a score run the cache holds finished
+# (restored from an archive without its warm-up's weights, it is not computed again).
+analysis() {
+  local file=$1; shift
+  [ -s "$file" ] && [ "$(status_of "$(run_of "$file")")" = done ] && return 0
+  floe analyze --model "$model" --data "$data" "$@" "${common[@]}" > "$file"
+}
 # The joint probe at the default budget; with --set-search the same run, its search added.
 default_probe() {
   floe probe --score-run "$score" --schedule joint "$@" "${common[@]}" > "$out/probe-default-$tag.json"
@@ -56,7 +71,7 @@ for model in ${MODELS:-smollm2-135m}; do
   for data in ${DATASETS:-general medical}; do
     tag="$model-$data"
     step "analyze W=64"
-    floe analyze --model "$model" --data "$data" "${common[@]}" > "$out/analyze-$tag-64.json" || continue
+    analysis "$out/analyze-$tag-64.json" || continue
     score=$(run_of "$out/analyze-$tag-64.json")
     if wants ground-truth; then
       # Its set search (about L^2 validation passes) waits for the compare that needs it, so the
@@ -70,13 +85,13 @@ for model in ${MODELS:-smollm2-135m}; do
     if wants ladder; then
       for w in $LADDER; do
         step "analyze W=$w"
-        floe analyze --model "$model" --data "$data" --max-samples "$w" "${common[@]}" \
-          > "$out/analyze-$tag-$w.json" || continue 2
+        analysis "$out/analyze-$tag-$w.json" --max-samples "$w" || continue 2
       done
     fi
     w_max=${LADDER##* }
     big=$(run_of "$out/analyze-$tag-$w_max.json" 2>/dev/null)
-    cmp=(--ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" --tasks '' "${at_T[@]}" "${common[@]}")
+    cmp=(--ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" --tasks '' "${at_T[@]}" "${common[@]}"
+         ${STORAGE:+--storage "$STORAGE"})
     if wants compare; then
       step "fair compare at T (policies of the W=$w_max analysis)"
       floe compare --score-run "$big" --probe-run "$(run_of "$out/probe-T-$tag.json")" --data "$data" \
@@ -111,6 +126,6 @@ for model in ${MODELS:-smollm2-135m}; do
     step "the paper's protocol: the general warm-up's selection, trained and judged on medical at T"
     floe compare --score-run "$(run_of "$out/analyze-$model-general-${LADDER##* }.json")" --data medical \
       --policies "$PAPER_POLICIES" --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
-      --tasks '' "${at_T[@]}" "${common[@]}" > "$out/compare-T-$tag.json"
+      --tasks '' "${at_T[@]}" "${common[@]}" ${STORAGE:+--storage "$STORAGE"} > "$out/compare-T-$tag.json"
   fi
 done
