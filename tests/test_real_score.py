@@ -24,3 +24,25 @@ def test_real_ranking_of_all_30_layers_is_reproducible(capsys):
     # Real scores spread: layers differ, and the budget leaves some capacity unused.
     assert max(first["layer_scores"]) - min(first["layer_scores"]) > 0.05
     assert first["model"] == "smollm2-135m" and first["data"] == "general"
+
+
+def test_real_analysis_travels_to_a_fresh_cache(capsys, tmp_path, monkeypatch):
+    """floe runs pack / unpack on the real analysis: a fresh cache holding only the unpacked
+    runs answers the same analyze from them, computing nothing."""
+    from floe.store.runs import cache_root, list_runs
+    assert main(["analyze", *SMALL]) == 0  # the test above's runs, or computed here
+    first = json.loads(capsys.readouterr().out)
+    archive = tmp_path / "analysis.tar.gz"
+    assert main(["runs", "pack", first["run"], "--with-inputs", "--archive", str(archive), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 2  # the score run and its warm-up
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    (fresh / "models").symlink_to(cache_root() / "models", target_is_directory=True)
+    monkeypatch.setenv("FLOE_CACHE", str(fresh))
+    assert main(["runs", "unpack", "--archive", str(archive), "--json"]) == 0
+    capsys.readouterr()
+    states = {r.id: r.file("state.json").read_bytes() for r in list_runs()}
+    assert main(["analyze", *SMALL]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["run"] == first["run"] and again["ranking"] == first["ranking"]
+    assert {r.id: r.file("state.json").read_bytes() for r in list_runs()} == states  # nothing recomputed

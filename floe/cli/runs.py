@@ -1,5 +1,6 @@
-"""``floe runs list|delete|gc``: see the run cache, delete runs, clean what nothing can use
-(failed, stale and corrupt runs), so a crash or a full disk never leaves a user stuck."""
+"""``floe runs list|delete|gc|pack|unpack``: see the run cache, delete runs, clean what
+nothing can use (failed, stale and corrupt runs), so a crash or a full disk never leaves a
+user stuck, and carry finished runs to another machine (floe.store.archive)."""
 from __future__ import annotations
 
 import time
@@ -54,6 +55,8 @@ def _runs(args) -> dict:
             raise ValueError(f"in use by a live process, not deleted: {', '.join(locked)}"
                              + (f" (deleted: {', '.join(deleted)})" if deleted else ""))
         return {"deleted": ", ".join(deleted), "count": len(deleted)}
+    if args.action in ("pack", "unpack"):
+        return _archive(args)
     if args.ids:
         raise ValueError("floe runs gc takes no run ids (it finds failed, stale and corrupt runs)")
     found = collect_garbage(dry_run=args.dry_run)
@@ -62,12 +65,33 @@ def _runs(args) -> dict:
             "runs": [{"run": i, "status": why} for i, why in found]}
 
 
+def _archive(args) -> dict:
+    from floe.store.archive import pack_runs, unpack_runs
+    if not args.archive:
+        raise ValueError(f"floe runs {args.action} needs --archive FILE.tar.gz")
+    if args.action == "pack":
+        packed = pack_runs(args.ids, args.archive, with_inputs=args.with_inputs)
+        return {"packed": ", ".join(packed), "count": len(packed), "archive": args.archive}
+    if args.ids:
+        raise ValueError("floe runs unpack takes no run ids: it adds every run of --archive")
+    done = unpack_runs(args.archive)
+    summary = {what: ", ".join(ids) or "none" for what, ids in
+               (("added", done["added"]), ("replaced", done["replaced"]), ("kept", done["kept"]),
+                ("busy", done["busy"]))}
+    return {**summary, "count": len(done["added"]) + len(done["replaced"]), "runs": done}
+
+
 COMMANDS = {
     "runs": Command(
-        "list the runs in the cache, delete runs, or clean (gc) failed, stale and corrupt ones",
-        (positional("action", "list, delete RUN..., or gc", choices=("list", "delete", "gc")),
-         positional("ids", "run ids (for delete)", many=True),
+        "list the runs in the cache, delete runs, clean (gc) failed, stale and corrupt ones, or "
+        "pack finished runs into an archive another machine unpacks",
+        (positional("action", "list, delete RUN..., gc, pack RUN... --archive FILE, or unpack --archive FILE",
+                    choices=("list", "delete", "gc", "pack", "unpack")),
+         positional("ids", "run ids (for delete and pack)", many=True),
          flag("dry_run", "gc: only list what would be deleted"),
+         text_flag("archive", "pack, unpack: the .tar.gz archive of runs to write or read"),
+         flag("with_inputs", "pack: also the runs they were computed from (a score run's warm-up, a "
+                             "compare's score, probe, training and evaluation runs)"),
          flag("json", "print a machine-readable summary"),
          text_flag("out", "folder holding the runs (default: $FLOE_CACHE or the project's cache/)")),
         _runs),
