@@ -3,9 +3,20 @@ import streamlit as st
 
 from floe.app import common, pickers, shared
 from floe.app import widgets as ui
-from floe.app.runs import clean_up, cleanup_preview, kinds_of, runs_table, sort_runs, status_of
+from floe.app.runs import (
+    add_archive,
+    archive_bytes,
+    archive_name,
+    clean_up,
+    cleanup_preview,
+    kinds_of,
+    runs_table,
+    sort_runs,
+    status_of,
+)
 from floe.pipeline.data import DataError
 from floe.store import jobs
+from floe.store.archive import ArchiveError
 from floe.store.runs import list_runs
 
 ui.page("Runs", "Every analysis, training and rank search is a run in cache/runs. Long work "
@@ -89,6 +100,33 @@ else:
             if no.button("Close" if preview.empty else "Cancel", key="cleanup:cancel"):
                 st.session_state["cleanup"] = False
                 st.rerun()
+
+    finished = [r.id for r in picked if status_of(r) == "done"]
+    pack_col, unpack_col = st.columns([1, 2])
+    if pack_col.button("Pack for another machine", disabled=not finished, icon=":material/archive:",
+                       help="the selected finished runs and the runs they were computed from, in one "
+                            ".tar.gz (floe runs pack --with-inputs); resume checkpoints stay behind"):
+        try:
+            st.session_state["runs:archive"] = (archive_name(finished), archive_bytes(finished))
+        except ArchiveError as e:
+            ui.show_error(e)
+    if st.session_state.get("runs:archive"):
+        name, data = st.session_state["runs:archive"]
+        pack_col.download_button(f"Download {name} ({len(data) / 2 ** 20:.1f} MB)", data, file_name=name,
+                                 mime="application/gzip", icon=":material/download:")
+    upload = unpack_col.file_uploader("Add runs from an archive (floe runs pack)", type=["gz"],
+                                      key="runs:upload", help="checked before anything is written: "
+                                      "data files only, ids against their configs, checksums")
+    if upload is not None and st.session_state.get("runs:unpacked") != upload.file_id:
+        try:
+            done = add_archive(upload.getvalue())
+            st.session_state["runs:unpacked"] = upload.file_id
+            common.layers.cache_clear()
+            st.toast(f"Added {len(done['added']) + len(done['replaced'])} run(s); "
+                     f"{len(done['kept'])} already here")
+            st.rerun()
+        except ArchiveError as e:
+            ui.show_error(e)
 
     # ----------------------------------------------------------------------- shared runs
     shared_runs = shared.shared_runs(listed)

@@ -112,6 +112,25 @@ def test_runs_table_lists_runs_and_deletes_the_selected_one(cache, model):
     assert not score.path.exists() and [r.kind for r in list_runs()] == ["warmup"]
 
 
+def test_selected_runs_are_packed_for_another_machine_and_added_back(cache, model):
+    from floe.app.runs import add_archive, archive_bytes
+    score = fx.make_score_run(cache, model)
+    at = open_page()
+    pack = next(b for b in at.button if b.label == "Pack for another machine")
+    assert pack.disabled  # nothing selected
+    next(m for m in at.multiselect if m.label == "Select runs to resume or delete").select(score.id).run()
+    next(b for b in at.button if b.label == "Pack for another machine").click().run()
+    assert not at.exception
+    (download,) = [b for b in at.get("download_button") if b.proto.label.startswith("Download")]
+    assert download.proto.label.startswith(f"Download {score.id}.tar.gz (")
+    # The upload's path (AppTest has no file uploader): the bytes a download gives, added back.
+    data = archive_bytes([score.id])
+    for run in list_runs():
+        run.delete()
+    assert add_archive(data)["added"] == sorted([score.id, score.config["warmup_run"]])
+    assert {r.id for r in list_runs()} == {score.id, score.config["warmup_run"]}
+
+
 def test_a_corrupt_state_is_listed_deleted_and_cleaned_up(cache, model):
     """A crash or a full disk can leave state.json unreadable: the Runs page still shows the
     run (as corrupt), deletes it, and "Clean up" removes failed, stale and corrupt runs."""

@@ -13,8 +13,8 @@ from floe.store import jobs
 from floe.store.artifacts import JobRecord, StateJson
 from floe.store.runs import CorruptRunError, Run
 
-__all__ = ["KIND_ORDER", "clean_up", "cleanup_preview", "format_record", "job_view", "kinds_of", "progress_of",
-           "runs_table", "sort_runs", "status_of"]
+__all__ = ["KIND_ORDER", "archive_bytes", "archive_name", "add_archive", "clean_up", "cleanup_preview",
+           "format_record", "job_view", "kinds_of", "progress_of", "runs_table", "sort_runs", "status_of"]
 
 # The Runs page's order of kinds: what answers "which layers?" first, the many cells of
 # trainings and evaluations last.
@@ -89,6 +89,35 @@ def clean_up(run_ids: list[str], root: Path | None = None) -> list[str]:
             continue
         deleted.append(run_id)
     return deleted
+
+
+def archive_name(run_ids: list[str]) -> str:
+    """The download's file name: the run's id, or how many runs it holds."""
+    return f"{run_ids[0] if len(run_ids) == 1 else f'{len(run_ids)}-runs'}.tar.gz"
+
+
+def archive_bytes(run_ids: list[str], root: Path | None = None) -> bytes:
+    """The finished runs ``run_ids`` and the runs they were computed from, packed for
+    another machine (floe runs pack --with-inputs)."""
+    import tempfile
+
+    from floe.store.archive import pack_runs
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "runs.tar.gz"
+        pack_runs(run_ids, path, root, with_inputs=True)
+        return path.read_bytes()
+
+
+def add_archive(data: bytes, root: Path | None = None):
+    """Unpack an uploaded archive into the cache (floe runs unpack: checked before anything
+    is written); what became of each run."""
+    import tempfile
+
+    from floe.store.archive import unpack_runs
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload.tar.gz"
+        path.write_bytes(data)
+        return unpack_runs(path, root)
 
 
 def status_of(run: Run) -> str:
