@@ -11,14 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-keep=bench/study
-mkdir -p "$keep/runs" "$keep/budget" bench/results/budget
+keep=${STUDY_KEEP:-bench/study}      # what the repository keeps
+out=${STUDY_OUT:-bench/results/budget}  # where the study writes its summaries
+mkdir -p "$keep/runs" "$keep/budget" "$out"
 case "${1:-}" in
   restore)
     for archive in "$keep"/runs/*.tar.gz; do
       [ -e "$archive" ] && floe runs unpack --archive "$archive" > /dev/null
     done
-    cp -n "$keep"/budget/*.json bench/results/budget/ 2>/dev/null || true
+    cp -n "$keep"/budget/*.json "$out"/ 2>/dev/null || true
     echo "restored $(ls "$keep"/runs | wc -l) runs, $(ls "$keep"/budget | wc -l) summaries";;
   save)
     floe runs list --json | .venv/bin/python -c '
@@ -28,7 +29,7 @@ for row in json.load(sys.stdin)["runs"]:
         print(row["run"])' | while read -r run; do
       [ -e "$keep/runs/$run.tar.gz" ] || floe runs pack "$run" --archive "$keep/runs/$run.tar.gz" > /dev/null
     done
-    cp bench/results/budget/*.json "$keep/budget/" 2>/dev/null || true
+    cp "$out"/*.json "$keep/budget/" 2>/dev/null || true
     echo "kept $(ls "$keep"/runs | wc -l) runs, $(ls "$keep"/budget | wc -l) summaries";;
   *) echo "usage: bash bench/study_archive.sh restore|save" >&2; exit 2;;
 esac

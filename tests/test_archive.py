@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 from floe.cli import main
 from floe.store.archive import ArchiveError, inputs_of, pack_runs, unpack_runs
 from floe.store.runs import DONE, cache_root, health, open_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -129,3 +133,21 @@ def test_the_cli_packs_and_unpacks_with_one_line_errors(analysis, tmp_path, caps
         assert main(["runs", *args]) != 0
         err = capsys.readouterr().err
         assert error in err and "Traceback" not in err, (args, err)
+
+
+def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine(analysis, tmp_path):
+    """bench/study_archive.sh: save packs the score (probe, compare) runs, not the warm-ups'
+    weights, and the study's summaries; restore on an empty cache brings both back."""
+    score, warm = analysis
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    out.mkdir()
+    (out / "analyze-tiny-64.json").write_text(json.dumps({"run": score.id}))
+    env = {**os.environ, "STUDY_KEEP": str(keep), "STUDY_OUT": str(out)}
+    script = ["bash", "bench/study_archive.sh"]
+    subprocess.run([*script, "save"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert [p.name for p in (keep / "runs").iterdir()] == [f"{score.id}.tar.gz"]
+    fresh = tmp_path / "fresh"
+    env.update(FLOE_CACHE=str(fresh), STUDY_OUT=str(tmp_path / "out2"))
+    subprocess.run([*script, "restore"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert health(open_run(score.id, fresh)) == DONE and not (fresh / "runs" / warm.id).exists()
+    assert json.loads((tmp_path / "out2" / "analyze-tiny-64.json").read_text()) == {"run": score.id}
