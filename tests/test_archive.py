@@ -77,6 +77,9 @@ def test_an_unfinished_run_in_the_cache_is_replaced_and_one_is_not_packed(analys
     assert not (tmp_path / "b.tar.gz").exists()
     assert unpack_runs(tmp_path / "a.tar.gz")["replaced"] == [score.id]
     assert health(score) == DONE
+    (score.path / "notes.pkl").write_bytes(b"a pickle")  # packed, unpack would refuse it all
+    with pytest.raises(ArchiveError, match="notes.pkl is not a data file"):
+        pack_runs([score.id], tmp_path / "b.tar.gz")
 
 
 @pytest.mark.parametrize("tamper, message", [

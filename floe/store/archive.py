@@ -103,6 +103,9 @@ def _files(run: Run) -> list[Path]:
         rel = path.relative_to(run.path)
         if not path.is_file() or rel.parts[0] in _LEFT_BEHIND or path.name == LOCK or path.name.startswith("."):
             continue
+        if not path.name.endswith(ALLOWED_SUFFIXES):  # unpack would refuse the archive
+            raise ArchiveError(f"run {run.id}: {rel} is not a data file unpack accepts (allowed: "
+                               f"{', '.join(ALLOWED_SUFFIXES)})")
         files.append(path)
     return files
 
