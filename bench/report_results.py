@@ -20,9 +20,12 @@ from floe.experiments.compare import paired_differences
 from floe.method.agreement import spearman
 from floe.method.stats import mean_ci
 from floe.pipeline.policies import layer_ranges
-from floe.store.runs import open_run
+from floe.store.runs import DONE, health, list_runs, open_run
 
 RESULTS = Path(__file__).parent / "results" / "ground_truth"
+# The machine time of runs a fresh machine no longer holds (bench/study_archive.sh keeps the
+# small runs, not the trainings and warm-ups: their seconds are kept here instead).
+KEPT_SECONDS = Path(__file__).parent / "study" / "seconds.json"
 ORDER = ["probe", "cheap probe", "adapter-norm", "floe", "deepest", "lora-drop", "ht-sr", "random"]
 
 
@@ -141,11 +144,29 @@ def _excludes_zero(cell: dict) -> bool:
     return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
 
 
-def active_seconds(run_id: str) -> float:
-    """A run's wall time, or for a run that logs optimizer steps, ``stepped_seconds``."""
-    run = open_run(run_id)
+def active_seconds(run_id: str, kept: Path = KEPT_SECONDS) -> float:
+    """A run's wall time, or for a run that logs optimizer steps, ``stepped_seconds``; for a
+    run this cache does not hold, the figure ``keep_seconds`` kept of it."""
+    try:
+        run = open_run(run_id)
+    except FileNotFoundError:
+        seconds = json.loads(kept.read_text()).get(run_id) if kept.is_file() else None
+        if seconds is None:
+            raise
+        return seconds
     stepped = stepped_seconds(run.progress())
     return stepped if stepped is not None else run.state["finished"] - run.state["started"]
+
+
+def keep_seconds(kept: Path = KEPT_SECONDS) -> int:
+    """Add every finished run's ``active_seconds`` to ``kept`` (those already there stay);
+    how many runs it now holds."""
+    seconds = json.loads(kept.read_text()) if kept.is_file() else {}
+    for run in list_runs():
+        if run.id not in seconds and health(run) == DONE:
+            seconds[run.id] = round(active_seconds(run.id, kept), 3)
+    kept.write_text(json.dumps(dict(sorted(seconds.items())), indent=1) + "\n")
+    return len(seconds)
 
 
 def stepped_seconds(events: list[dict]) -> float | None:

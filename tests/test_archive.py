@@ -138,10 +138,12 @@ def test_the_cli_packs_and_unpacks_with_one_line_errors(analysis, tmp_path, caps
         assert error in err and "Traceback" not in err, (args, err)
 
 
-def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine(analysis, tmp_path):
+def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine(analysis, tmp_path, monkeypatch):
     """bench/study_archive.sh: save packs the score (probe, compare) runs, not the warm-ups'
     weights, and the study's summaries; restore on an empty cache brings both back."""
     score, warm = analysis
+    for run, seconds in ((score, 5.0), (warm, 30.0)):  # the fixtures do not go through Run.hold
+        run.update_state(started=run.state["finished"] - seconds)
     keep, out = tmp_path / "keep", tmp_path / "out"
     out.mkdir()
     (out / "analyze-tiny-64.json").write_text(json.dumps({"run": score.id}))
@@ -149,8 +151,16 @@ def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine
     script = ["bash", "bench/study_archive.sh"]
     subprocess.run([*script, "save"], cwd=ROOT, env=env, check=True, capture_output=True)
     assert [p.name for p in (keep / "runs").iterdir()] == [f"{score.id}.tar.gz"]
+    kept = json.loads((keep / "seconds.json").read_text())
+    assert kept == pytest.approx({score.id: 5.0, warm.id: 30.0})
     fresh = tmp_path / "fresh"
     env.update(FLOE_CACHE=str(fresh), STUDY_OUT=str(tmp_path / "out2"))
     subprocess.run([*script, "restore"], cwd=ROOT, env=env, check=True, capture_output=True)
     assert health(open_run(score.id, fresh)) == DONE and not (fresh / "runs" / warm.id).exists()
     assert json.loads((tmp_path / "out2" / "analyze-tiny-64.json").read_text()) == {"run": score.id}
+    # The cost tables read the warm-up's time from what was kept, its run gone.
+    from bench.report_results import active_seconds
+    monkeypatch.setenv("FLOE_CACHE", str(fresh))
+    assert active_seconds(warm.id, keep / "seconds.json") == pytest.approx(30.0)
+    with pytest.raises(FileNotFoundError):
+        active_seconds("warmup-0123456789ab", keep / "seconds.json")
