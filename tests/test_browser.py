@@ -88,6 +88,7 @@ def server(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def browser():
+    require_chromium()  # before the launch: a machine without it skips, not errors
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
