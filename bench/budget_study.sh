@@ -26,15 +26,18 @@
 # Gemma-3-270M on the general set, the ladder and the probe only:
 #   MODELS=gemma3-270m DATASETS=general STEPS="ground-truth ladder" bash bench/budget_study.sh
 # Tables: .venv/bin/python -m bench.report_budget
-# Across machines: with STORAGE (an Optuna RDB URL) every compare cell's result lands in that
-# database, so a fresh machine resumes from it; bench/study_archive.sh restores and saves it
-# with the small runs (scores, probes) the compares read.
+# Across machines: STORAGE (an Optuna RDB URL; default bench/study/cells.sqlite3, kept in the
+# repository; STORAGE= for none) holds every compare cell's result, and the study starts by
+# restoring the small runs bench/study_archive.sh kept (scores, probes, compares), so a fresh
+# machine resumes where the last one stopped. Keep what a session did: bash
+# bench/study_archive.sh save (the study paused or done), then commit bench/study/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 source bench/common.sh
 out=bench/results/budget
 mkdir -p "$out"
+bash bench/study_archive.sh restore
 step() { echo "$(date +%T) $tag: $*"; }
 LADDER=${LADDER:-256 1024 2048}
 T_EXAMPLES=${T_EXAMPLES:-1024}
@@ -47,7 +50,7 @@ JUDGE_TASKS=${JUDGE_TASKS:-arc-easy,piqa}
 JUDGE_LIMIT=${JUDGE_LIMIT:-500}
 # The paper's protocol asks about FLoE's selection; each further policy costs 3 trainings at T.
 PAPER_POLICIES=${PAPER_POLICIES:-floe}
-STORAGE=${STORAGE:-}
+STORAGE=${STORAGE-sqlite:///bench/study/cells.sqlite3}
 STEPS=${STEPS:-ground-truth ladder compare judge full-probe paper-protocol}
 at_T=(--max-samples "$T_EXAMPLES" --max-length 128 --batch-size 8 --lr 2e-4 --val-samples "$VAL")
 common=(--device cpu --quiet --json)
