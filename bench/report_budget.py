@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.report_results import active_seconds, compare_table, versus_table
+from bench.report_results import active_seconds, compare_table, versus_table, warmup_summary
 from floe.app.validation import verdict_label
 from floe.experiments.validation import agreement_table
 from floe.method.agreement import bootstrap_ci, spearman
@@ -136,7 +136,7 @@ def report(tag: str) -> str:
     ladder = {}
     for w, score_id in analyses.items():
         score = open_run(score_id)
-        ladder[w] = (open_run(score.config["warmup_run"]).read_json("warmup.json"), load_layers(score))
+        ladder[w] = (warmup_summary(score.config["warmup_run"]), load_layers(score))
     steps = truth.get("train_steps")
     parts.append(f"Ground truth at T: joint probe, {steps} optimizer steps over "
                  f"{truth['config']['data']['max_samples']} examples; base val loss "

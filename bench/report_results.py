@@ -20,12 +20,13 @@ from floe.experiments.compare import paired_differences
 from floe.method.agreement import spearman
 from floe.method.stats import mean_ci
 from floe.pipeline.policies import layer_ranges
+from floe.store.artifacts import WARMUP
 from floe.store.runs import DONE, health, list_runs, open_run
 
 RESULTS = Path(__file__).parent / "results" / "ground_truth"
-# The machine time of runs a fresh machine no longer holds (bench/study_archive.sh keeps the
-# small runs, not the trainings and warm-ups: their seconds are kept here instead).
-KEPT_SECONDS = Path(__file__).parent / "study" / "seconds.json"
+# What the reports read of runs a fresh machine no longer holds (bench/study_archive.sh keeps
+# the small runs, not the trainings and warm-ups): their machine time, a warm-up's summary.
+KEPT_RUNS = Path(__file__).parent / "study" / "runs.json"
 ORDER = ["probe", "cheap probe", "adapter-norm", "floe", "deepest", "lora-drop", "ht-sr", "random"]
 
 
@@ -144,29 +145,44 @@ def _excludes_zero(cell: dict) -> bool:
     return cell["ci_low"] is not None and (cell["ci_low"] > 0 or cell["ci_high"] < 0)
 
 
-def active_seconds(run_id: str, kept: Path = KEPT_SECONDS) -> float:
+def _kept(run_id: str, field: str, kept: Path):
+    """What ``keep_runs`` kept of a run this cache does not hold (FileNotFoundError: nothing)."""
+    value = json.loads(kept.read_text()).get(run_id, {}).get(field) if kept.is_file() else None
+    if value is None:
+        raise FileNotFoundError(f"no run {run_id!r} in this cache, nor its {field} in {kept}")
+    return value
+
+
+def active_seconds(run_id: str, kept: Path = KEPT_RUNS) -> float:
     """A run's wall time, or for a run that logs optimizer steps, ``stepped_seconds``; for a
-    run this cache does not hold, the figure ``keep_seconds`` kept of it."""
+    run this cache does not hold, the figure ``keep_runs`` kept of it."""
     try:
         run = open_run(run_id)
     except FileNotFoundError:
-        seconds = json.loads(kept.read_text()).get(run_id) if kept.is_file() else None
-        if seconds is None:
-            raise
-        return seconds
+        return _kept(run_id, "seconds", kept)
     stepped = stepped_seconds(run.progress())
     return stepped if stepped is not None else run.state["finished"] - run.state["started"]
 
 
-def keep_seconds(kept: Path = KEPT_SECONDS) -> int:
-    """Add every finished run's ``active_seconds`` to ``kept`` (those already there stay);
-    how many runs it now holds."""
-    seconds = json.loads(kept.read_text()) if kept.is_file() else {}
+def warmup_summary(run_id: str, kept: Path = KEPT_RUNS) -> dict:
+    """A warm-up run's warmup.json, or what ``keep_runs`` kept of it."""
+    try:
+        return open_run(run_id).read_json(WARMUP)
+    except FileNotFoundError:
+        return _kept(run_id, "warmup", kept)
+
+
+def keep_runs(kept: Path = KEPT_RUNS) -> int:
+    """Add each finished run of the cache to ``kept``: its ``active_seconds`` and, for a
+    warm-up, its warmup.json (runs already there stay); how many runs it now holds."""
+    facts = json.loads(kept.read_text()) if kept.is_file() else {}
     for run in list_runs():
-        if run.id not in seconds and health(run) == DONE:
-            seconds[run.id] = round(active_seconds(run.id, kept), 3)
-    kept.write_text(json.dumps(dict(sorted(seconds.items())), indent=1) + "\n")
-    return len(seconds)
+        if run.id not in facts and health(run) == DONE:
+            facts[run.id] = {"seconds": round(active_seconds(run.id, kept), 3)}
+            if run.kind == "warmup":
+                facts[run.id]["warmup"] = run.read_json(WARMUP)
+    kept.write_text(json.dumps(dict(sorted(facts.items())), indent=1) + "\n")
+    return len(facts)
 
 
 def stepped_seconds(events: list[dict]) -> float | None:

@@ -5,7 +5,8 @@
 #   bash bench/study_archive.sh save      # after (the study paused): pack what is new
 # Kept: one archive per finished score, probe and compare run (the small runs the compares
 # and reports read; floe runs pack, checked on unpack), the study's --json summaries, every
-# run's machine time (seconds.json: the cost tables' figures of runs not kept), and
+# run's machine time and each warm-up's summary (runs.json: what the reports read of runs
+# not kept), and
 # (written there by STORAGE=sqlite:///bench/study/cells.sqlite3) every compare cell's
 # result. Left out: warm-ups and trainings (megabytes of weights each); an analysis whose
 # score run is restored is not computed again, and a finished cell is read from the storage.
@@ -31,9 +32,9 @@ for row in json.load(sys.stdin)["runs"]:
       [ -e "$keep/runs/$run.tar.gz" ] || floe runs pack "$run" --archive "$keep/runs/$run.tar.gz" > /dev/null
     done
     cp "$out"/*.json "$keep/budget/" 2>/dev/null || true
-    # The machine time of every run, for the cost tables once the trainings are gone.
+    # Every run's machine time and each warm-up's summary, for the reports once they are gone.
     STUDY_KEEP="$keep" .venv/bin/python -c 'import os, pathlib, bench.report_results as r
-r.keep_seconds(pathlib.Path(os.environ["STUDY_KEEP"]) / "seconds.json")'
+r.keep_runs(pathlib.Path(os.environ["STUDY_KEEP"]) / "runs.json")'
     echo "kept $(ls "$keep"/runs | wc -l) runs, $(ls "$keep"/budget | wc -l) summaries";;
   *) echo "usage: bash bench/study_archive.sh restore|save" >&2; exit 2;;
 esac

@@ -151,16 +151,18 @@ def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine
     script = ["bash", "bench/study_archive.sh"]
     subprocess.run([*script, "save"], cwd=ROOT, env=env, check=True, capture_output=True)
     assert [p.name for p in (keep / "runs").iterdir()] == [f"{score.id}.tar.gz"]
-    kept = json.loads((keep / "seconds.json").read_text())
-    assert kept == pytest.approx({score.id: 5.0, warm.id: 30.0})
+    kept = json.loads((keep / "runs.json").read_text())
+    assert {run: facts["seconds"] for run, facts in kept.items()} == pytest.approx({score.id: 5.0, warm.id: 30.0})
+    assert kept[warm.id]["warmup"] == warm.read_json("warmup.json") and "warmup" not in kept[score.id]
     fresh = tmp_path / "fresh"
     env.update(FLOE_CACHE=str(fresh), STUDY_OUT=str(tmp_path / "out2"))
     subprocess.run([*script, "restore"], cwd=ROOT, env=env, check=True, capture_output=True)
     assert health(open_run(score.id, fresh)) == DONE and not (fresh / "runs" / warm.id).exists()
     assert json.loads((tmp_path / "out2" / "analyze-tiny-64.json").read_text()) == {"run": score.id}
-    # The cost tables read the warm-up's time from what was kept, its run gone.
-    from bench.report_results import active_seconds
+    # The reports read the warm-up's time and summary from what was kept, its run gone.
+    from bench.report_results import active_seconds, warmup_summary
     monkeypatch.setenv("FLOE_CACHE", str(fresh))
-    assert active_seconds(warm.id, keep / "seconds.json") == pytest.approx(30.0)
-    with pytest.raises(FileNotFoundError):
-        active_seconds("warmup-0123456789ab", keep / "seconds.json")
+    assert active_seconds(warm.id, keep / "runs.json") == pytest.approx(30.0)
+    assert warmup_summary(warm.id, keep / "runs.json") == kept[warm.id]["warmup"]
+    with pytest.raises(FileNotFoundError, match="nor its seconds"):
+        active_seconds("warmup-0123456789ab", keep / "runs.json")
