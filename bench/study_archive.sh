@@ -31,7 +31,7 @@ for row in json.load(sys.stdin)["runs"]:
         print(row["run"])' | while read -r run; do
       [ -e "$keep/runs/$run.tar.gz" ] || floe runs pack "$run" --archive "$keep/runs/$run.tar.gz" > /dev/null
     done
-    cp "$out"/*.json "$keep/budget/" 2>/dev/null || true
+    find "$out" -maxdepth 1 -name '*.json' -size +0 -exec cp {} "$keep/budget/" \;  # not a killed step's empty one
     # Every run's machine time and each warm-up's summary, for the reports once they are gone.
     STUDY_KEEP="$keep" .venv/bin/python -c 'import os, pathlib, bench.report_results as r
 r.keep_runs(pathlib.Path(os.environ["STUDY_KEEP"]) / "runs.json")'
