@@ -178,7 +178,10 @@ def keep_runs(kept: Path = KEPT_RUNS) -> int:
     facts = json.loads(kept.read_text()) if kept.is_file() else {}
     for run in list_runs():
         if run.id not in facts and health(run) == DONE:
-            facts[run.id] = {"seconds": round(active_seconds(run.id, kept), 3)}
+            try:
+                facts[run.id] = {"seconds": round(active_seconds(run.id, kept), 3)}
+            except KeyError:  # a shared run (no lock held, so no start of its own): no time of its own
+                facts[run.id] = {}
             if run.kind == "warmup":
                 facts[run.id]["warmup"] = run.read_json(WARMUP)
     kept.write_text(json.dumps(dict(sorted(facts.items())), indent=1) + "\n")
