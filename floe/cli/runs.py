@@ -90,8 +90,8 @@ COMMANDS = {
          positional("ids", "run ids (for delete and pack)", many=True),
          flag("dry_run", "gc: only list what would be deleted"),
          text_flag("archive", "pack, unpack: the .tar.gz archive of runs to write or read"),
-         flag("with_inputs", "pack: also the runs they were computed from (a score run's warm-up, a "
-                             "compare's score, probe, training and evaluation runs)"),
+         flag("with_inputs", "pack: also the runs they were computed from, as their configs name them (a "
+                             "score run's warm-up, a compare's score and probe runs)"),
          flag("json", "print a machine-readable summary"),
          text_flag("out", "folder holding the runs (default: $FLOE_CACHE or the project's cache/)")),
         _runs),

@@ -27,8 +27,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, TypedDict
 
-from floe.store.config import config_hash
-from floe.store.runs import CONFIG, DONE, LOCK, CorruptRunError, Run, cache_root, health, open_run, read_json
+from floe.store.runs import CONFIG, DONE, LOCK, CorruptRunError, Run, cache_root, health, open_run, read_json, run_id_of
 
 __all__ = ["ALLOWED_SUFFIXES", "ARCHIVE_SUFFIX", "ArchiveError", "Unpacked", "inputs_of", "pack_runs",
            "unpack_runs"]
@@ -37,7 +36,7 @@ ARCHIVE_SUFFIX = ".tar.gz"
 # JSON, logs, tables, safetensors weights and Optuna's SQLite study: data, never code or pickles.
 ALLOWED_SUFFIXES = (".json", ".jsonl", ".csv", ".safetensors", ".db", ".txt", ".yaml", ".md")
 _LEFT_BEHIND = ("checkpoint",)  # resume state: pickled optimizer, meaningless once done
-_RUN_ID = re.compile(r"^([a-z][a-z_]*)-([0-9a-f]{12})$")
+_RUN_ID = re.compile(r"^[a-z][a-z_]*-[0-9a-f]{12}$")
 
 
 class ArchiveError(ValueError):
@@ -130,8 +129,9 @@ def pack_runs(run_ids: list[str], dest: str | Path, root: Path | None = None,
         raise ArchiveError("say which runs to pack: floe runs pack RUN [RUN ...] --archive FILE.tar.gz")
     dest = _archive_path(dest, must_exist=False)
     runs = [_finished(i, root) for i in dict.fromkeys(run_ids)]
-    if with_inputs:
-        runs = [_finished(r.id, root) for r in _with_inputs(runs)]
+    if with_inputs:  # the inputs checked too; the runs asked for already are
+        asked = {r.id for r in runs}
+        runs = [r if r.id in asked else _finished(r.id, root) for r in _with_inputs(runs)]
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
@@ -191,13 +191,13 @@ def _extract(src: Path, staging: Path) -> list[str]:
 
 def _check_run(run: Run) -> None:
     """An unpacked run answers for its own config, and is finished and intact."""
-    kind, digest = _RUN_ID.match(run.id).groups()  # type: ignore[union-attr]
+    kind = run.id.split("-", 1)[0]
     try:
         config = read_json(run.file(CONFIG))
     except CorruptRunError as e:
         raise ArchiveError(f"run {run.id}: {e}") from None
     if not isinstance(config, dict) or config.get("kind") != kind or \
-            config_hash({k: v for k, v in config.items() if k != "kind"}) != digest:
+            run_id_of(kind, {k: v for k, v in config.items() if k != "kind"}) != run.id:
         raise ArchiveError(f"run {run.id}: its config does not hash to its id (renamed or edited)")
     try:
         run.verify()

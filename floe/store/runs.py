@@ -29,7 +29,8 @@ from floe.store.config import config_hash
 __all__ = ["CANCELLED", "CONFIG", "DONE", "FAILED", "GARBAGE", "LOCK", "PROGRESS", "PROJECT_DIR", "RUNNING",
            "STATE", "CorruptRunError", "Run", "RunLockedError", "atomic_save_tensors", "atomic_write_bytes",
            "atomic_write_json", "cache_root", "collect_garbage", "crash_point", "health", "list_runs",
-           "load_tensors", "log_listener", "open_run", "read_json", "reuse_finished", "run_for", "safe_name"]
+           "load_tensors", "log_listener", "open_run", "read_json", "reuse_finished", "run_for", "run_id_of",
+           "safe_name"]
 
 PROGRESS, LOCK = "progress.jsonl", ".lock"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -320,11 +321,16 @@ class Run:
             f.close()
 
 
+def run_id_of(kind: str, config: dict) -> str:
+    """The id of the run of ``config`` (without its ``"kind"``): the kind and the config's hash."""
+    safe_name(kind)
+    return f"{kind}-{config_hash(config)}"
+
+
 def run_for(kind: str, config: dict, root: Path | None = None) -> Run:
     """The run folder of ``config`` (created with its config.json if new; an unreadable
     config.json is rewritten: the key determines it)."""
-    safe_name(kind)
-    run = Run((root or cache_root()) / "runs" / f"{kind}-{config_hash(config)}")
+    run = Run((root or cache_root()) / "runs" / run_id_of(kind, config))
     try:
         intact = run.file(CONFIG).exists() and isinstance(read_json(run.file(CONFIG)), dict)
     except CorruptRunError:
