@@ -109,7 +109,11 @@ def cost_rows(analyses: dict[int, str], probes: dict[str, str], full_train_secon
         w = max(analyses)
         rows.append({"selection": f"FLoE, scoring alone (W={w})", "seconds": active_seconds(analyses[w])})
     for label, probe_id in probes.items():
-        rows.append({"selection": label, "seconds": _probe(probe_id)["seconds"]})  # without a set search
+        probe = _probe(probe_id)
+        rows.append({"selection": label, "seconds": probe["seconds"]})  # without a set search
+        if found := probe.get("set_search"):  # what policy probe-set adds: its search (the curves aside)
+            rows.append({"selection": f"{label} + its set search",
+                         "seconds": probe["seconds"] + found["search_seconds"]})
     for r in rows:
         r["share"] = r["seconds"] / full_train_seconds if full_train_seconds else None
     return rows
