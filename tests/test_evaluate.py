@@ -77,9 +77,11 @@ def test_lm_eval_agrees_item_by_item_with_the_definition(tiny_model_dir, task, l
     assert len({round(x, 4) for ll in want for x in ll}) > limit  # scores differ: no mix-up
 
 
-def test_acc_norm_divides_by_the_characters_of_the_choice(tiny_model_dir):
+def test_acc_norm_divides_by_the_characters_of_the_choice(tiny_model_dir, capfd):
     model, tok = load_model(str(tiny_model_dir), "cpu")
+    capfd.readouterr()
     got = lm_eval_results(model, tok, ["arc-easy"], limit=20)["arc-easy"]
+    assert "it/s]" not in capfd.readouterr().err  # no progress bar drawn without show_progress
     items = reference_requests("arc-easy", 20)
     # lm-eval's acc_norm: per character of the choice (without the space before it)
     norm = [int(max(range(len(ll)), key=lambda i: ll[i] / len(req[i][1][1:])) == gold)

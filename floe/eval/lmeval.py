@@ -12,10 +12,11 @@ per-choice log-likelihoods.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from floe.pipeline.data import LEGAL_SUBJECTS, MEDICAL_SUBJECTS, embedded_dataset, olmo_root
 from floe.store.artifacts import TaskResult
@@ -172,6 +173,27 @@ def _wrapper(show_progress: bool):
     return QuietHFLM
 
 
+@contextlib.contextmanager
+def _bars(show_progress: bool) -> Iterator[None]:
+    """Without progress, the bars lm-eval draws outside the model wrapper are off too: its
+    per-document request building and the datasets' filters (a --quiet log stays clean)."""
+    if show_progress:
+        yield
+        return
+    import datasets
+    import lm_eval.api.task
+    from tqdm import tqdm
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    old, lm_eval.api.task.tqdm = lm_eval.api.task.tqdm, functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        lm_eval.api.task.tqdm = old
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def lm_eval_results(model, tokenizer, tasks: list[str], shots: int = 5, limit: int = 0,
                     batch_size: int = 8, max_length: int = 1024,
                     show_progress: bool = False) -> dict[str, TaskResult]:
@@ -184,11 +206,12 @@ def lm_eval_results(model, tokenizer, tasks: list[str], shots: int = 5, limit: i
     positions = getattr(model.config, "max_position_embeddings", None) or max_length
     lm = _wrapper(show_progress)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                                  max_length=min(max_length, positions))
-    built = {task: _build(task, shots, limit) for task in tasks}
-    all_tasks = {name: t for objs, _ in built.values() for name, t in objs.items()}
-    samples = {name: ids for _, s in built.values() for name, ids in s.items()}
-    out = evaluate(lm, {"tasks": {n: all_tasks[n] for n in samples}, "groups": {}}, samples=samples,
-                   log_samples=True, bootstrap_iters=0)
+    with _bars(show_progress):
+        built = {task: _build(task, shots, limit) for task in tasks}
+        all_tasks = {name: t for objs, _ in built.values() for name, t in objs.items()}
+        samples = {name: ids for _, s in built.values() for name, ids in s.items()}
+        out = evaluate(lm, {"tasks": {n: all_tasks[n] for n in samples}, "groups": {}}, samples=samples,
+                       log_samples=True, bootstrap_iters=0)
     results = {}
     for task, (_, task_samples) in built.items():
         logged = [s for name in task_samples
