@@ -94,6 +94,10 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     assert code == 0 and joint["run"] != out["run"]
     assert joint["ranking"] == sorted(range(4), key=lambda k: (-joint["gain"][k], k))
     assert all(lo <= g <= hi for (lo, hi), g in zip(joint["gain_ci"], joint["gain"]))  # 2 seeds: intervals
+    # Its readings are logged as they come (what the app's progress follows), like halving's cells.
+    readings = [(e["done"], e["layer"]) for e in open_run(joint["run"]).progress()
+                if e["event"] == "progress" and e["stage"] == "probe"]
+    assert readings == [(1, 0), (2, 1), (3, 2), (4, 3)]
     # Policy probe: no score run needed; model and data default to the probe's.
     code, trained = _cli(capsys, "train", "--policy", "probe", "--probe-run", out["run"], "--k", "2",
                          "--max-samples", "16", "--val-samples", "8", "--max-length", "48",
@@ -102,6 +106,16 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     assert trained["layers"] == sorted(probe["ranking"][:2])
     cfg = open_run(trained["run"]).config
     assert cfg["selection"] == {"policy": "probe", "k": 2, "score_run": None, "probe_run": out["run"]}
+
+
+def test_the_joint_probe_draws_its_trainings_and_readings_unless_quiet(capsys, tiny_args):
+    loud = [a for a in tiny_args if a != "--quiet"]
+    assert main(["probe", *loud, "--schedule", "joint", "--seeds", "3", "--max-steps", "1", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "joint adapter, seed 3" in err and "single-layer readings" in err
+    assert main(["probe", *tiny_args, "--schedule", "joint", "--seeds", "4", "--max-steps", "1", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "joint adapter" not in err and "single-layer readings" not in err
 
 
 def test_a_first_rung_of_only_warm_up_steps_is_refused(capsys, tiny_args):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from floe.adapters.hydralora import (
     HydraLoraConfig,
@@ -153,7 +154,8 @@ def measure_halving(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list
     return successive_halving(layers, measure, schedule), schedule
 
 
-def train_joint(bench: Bench, setup: Setup, seeds: list[int], n_layers: int) -> tuple[dict[int, dict], float]:
+def train_joint(bench: Bench, setup: Setup, seeds: list[int], n_layers: int,
+                show_progress: bool = False) -> tuple[dict[int, dict], float]:
     """Each seed's all-layer adapter, trained at the full budget and kept in memory (its
     tensors by name), and the seconds the trainings took together."""
     states: dict[int, dict[str, torch.Tensor]] = {}
@@ -162,7 +164,7 @@ def train_joint(bench: Bench, setup: Setup, seeds: list[int], n_layers: int) -> 
         with layer_adapter(bench.model, setup.adapter, list(range(n_layers)), s):
             start = time.perf_counter()
             train(bench.model, bench.rows, dataclasses.replace(setup.training, seed=s), bench.pad_id,
-                  show_progress=False)
+                  show_progress=show_progress, stage=f"joint adapter, seed {s}")
             seconds += time.perf_counter() - start
             states[s] = {name: t.clone() for name, t in adapter_state_dict(bench.model).items()}
     return states, seconds
@@ -205,17 +207,23 @@ def joint_adapters(bench: Bench, adapter: HydraLoraConfig, n_layers: int,
 
 def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int,
                   search: SetSearchConfig | None = None, rankings: Mapping[str, list[int]] | None = None,
-                  on_set: Callable[[int, int], None] | None = None) -> dict:
+                  on_set: Callable[[int, int], None] | None = None,
+                  on_reading: Callable[[int, int], None] | None = None, show_progress: bool = False) -> dict:
     """One all-layer adapter per seed; each layer's gain with only its adapter on; then,
     with ``search`` on, the set search and the curves of the probe's own rankings and of
     ``rankings`` (search_sets; one of another depth, another model's, is left out).
-    ``on_set(done, at_most)`` follows the search's progress."""
+    ``on_reading(done, layer)`` follows the single-layer readings, ``on_set(done, at_most)``
+    the search's; ``show_progress``: the trainings' bars."""
     rankings = {name: r for name, r in (rankings or {}).items() if sorted(r) == list(range(n_layers))}
-    states, train_seconds = train_joint(bench, setup, probe.seeds, n_layers)
+    states, train_seconds = train_joint(bench, setup, probe.seeds, n_layers, show_progress)
     with joint_adapters(bench, setup.adapter, n_layers, states) as losses:
         # Each single differs from the empty set (the base model) from its own block on, so
         # the blocks below it are replayed from one recorded pass of the empty set.
-        singles = {k: losses(frozenset({k}), parent=frozenset()) for k in layers}
+        singles = {}
+        for k in tqdm(layers, desc="single-layer readings", disable=not show_progress, dynamic_ncols=True):
+            singles[k] = losses(frozenset({k}), parent=frozenset())
+            if on_reading:
+                on_reading(len(singles), k)
         per_layer = {k: [bench.base_loss - singles[k][s] for s in probe.seeds] for k in layers}
         gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
         steps = total_steps(len(bench.rows), setup.training)
@@ -394,9 +402,13 @@ def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_
             result, schedule = measure_halving(bench, setup, probe, layers, on_cell=on_cell)
             steps = halving_cost(schedule)
         else:
+            def on_reading(done: int, k: int) -> None:  # the same events as halving's cells
+                run.log(event="progress", stage="probe", done=done, layer=k)
+
             def on_set(done: int, at_most: int) -> None:
                 run.log(event="progress", stage="set search", done=done, total=at_most)
-            result = measure_joint(bench, setup, probe, layers, n_layers, search, rankings, on_set=on_set)
+            result = measure_joint(bench, setup, probe, layers, n_layers, search, rankings, on_set=on_set,
+                                   on_reading=on_reading, show_progress=show_progress)
             steps = total_steps(len(bench.rows), setup.training)
         found = result.get("set_search")
         if found is not None:
