@@ -94,10 +94,11 @@ def test_cheap_probe_runs_and_policy_probe_trains_its_top_k(capsys, tiny_args, t
     assert code == 0 and joint["run"] != out["run"]
     assert joint["ranking"] == sorted(range(4), key=lambda k: (-joint["gain"][k], k))
     assert all(lo <= g <= hi for (lo, hi), g in zip(joint["gain_ci"], joint["gain"]))  # 2 seeds: intervals
-    # Its readings are logged as they come (what the app's progress follows), like halving's cells.
-    readings = [(e["done"], e["layer"]) for e in open_run(joint["run"]).progress()
-                if e["event"] == "progress" and e["stage"] == "probe"]
-    assert readings == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    # Its readings are logged as they come, with their total: the app's progress bar follows them.
+    readings = [e for e in open_run(joint["run"]).progress() if e["event"] == "progress" and e["stage"] == "probe"]
+    assert [(e["done"], e["total"], e["layer"]) for e in readings] == [(1, 4, 0), (2, 4, 1), (3, 4, 2), (4, 4, 3)]
+    from floe.app.runs import progress_of
+    assert progress_of(readings[:2])["fraction"] == 0.5
     # Policy probe: no score run needed; model and data default to the probe's.
     code, trained = _cli(capsys, "train", "--policy", "probe", "--probe-run", out["run"], "--k", "2",
                          "--max-samples", "16", "--val-samples", "8", "--max-length", "48",

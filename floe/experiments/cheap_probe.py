@@ -402,8 +402,8 @@ def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_
             result, schedule = measure_halving(bench, setup, probe, layers, on_cell=on_cell)
             steps = halving_cost(schedule)
         else:
-            def on_reading(done: int, k: int) -> None:  # the same events as halving's cells
-                run.log(event="progress", stage="probe", done=done, layer=k)
+            def on_reading(done: int, k: int) -> None:  # with its total, the app draws a bar and an ETA
+                run.log(event="progress", stage="probe", done=done, total=len(layers), layer=k)
 
             def on_set(done: int, at_most: int) -> None:
                 run.log(event="progress", stage="set search", done=done, total=at_most)
