@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -208,12 +209,11 @@ def joint_adapters(bench: Bench, adapter: HydraLoraConfig, n_layers: int,
 def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[int], n_layers: int,
                   search: SetSearchConfig | None = None, rankings: Mapping[str, list[int]] | None = None,
                   on_set: Callable[[int, int], None] | None = None,
-                  on_reading: Callable[[int, int], None] | None = None, show_progress: bool = False) -> dict:
+                  on_reading: Callable[[int, int], None] = lambda done, k: None, show_progress: bool = False) -> dict:
     """One all-layer adapter per seed; each layer's gain with only its adapter on; then,
     with ``search`` on, the set search and the curves of the probe's own rankings and of
-    ``rankings`` (search_sets; one of another depth, another model's, is left out).
-    ``on_reading(done, layer)`` follows the single-layer readings, ``on_set(done, at_most)``
-    the search's; ``show_progress``: the trainings' bars."""
+    ``rankings`` (search_sets; one of another depth, another model's, is left out). Progress:
+    ``on_reading(done, layer)``, ``on_set(done, at_most)``, and bars with ``show_progress``."""
     rankings = {name: r for name, r in (rankings or {}).items() if sorted(r) == list(range(n_layers))}
     states, train_seconds = train_joint(bench, setup, probe.seeds, n_layers, show_progress)
     with joint_adapters(bench, setup.adapter, n_layers, states) as losses:
@@ -222,8 +222,7 @@ def measure_joint(bench: Bench, setup: Setup, probe: ProbeConfig, layers: list[i
         singles = {}
         for k in tqdm(layers, desc="single-layer readings", disable=not show_progress, dynamic_ncols=True):
             singles[k] = losses(frozenset({k}), parent=frozenset())
-            if on_reading:
-                on_reading(len(singles), k)
+            on_reading(len(singles), k)
         per_layer = {k: [bench.base_loss - singles[k][s] for s in probe.seeds] for k in layers}
         gains = {k: statistics.fmean(v) for k, v in per_layer.items()}
         steps = total_steps(len(bench.rows), setup.training)
@@ -401,14 +400,11 @@ def run_cheap_probe(setup: Setup, probe: ProbeConfig, force: bool = False, show_
                 run.log(event="progress", stage="probe", done=len(done), layer=k, steps=s)
             result, schedule = measure_halving(bench, setup, probe, layers, on_cell=on_cell)
             steps = halving_cost(schedule)
-        else:
-            def on_reading(done: int, k: int) -> None:  # with its total, the app draws a bar and an ETA
-                run.log(event="progress", stage="probe", done=done, total=len(layers), layer=k)
-
-            def on_set(done: int, at_most: int) -> None:
-                run.log(event="progress", stage="set search", done=done, total=at_most)
-            result = measure_joint(bench, setup, probe, layers, n_layers, search, rankings, on_set=on_set,
-                                   on_reading=on_reading, show_progress=show_progress)
+        else:  # each reading and searched set logged with its total: the app draws a bar and an ETA
+            log = functools.partial(run.log, event="progress")
+            result = measure_joint(bench, setup, probe, layers, n_layers, search, rankings, show_progress=show_progress,
+                                   on_reading=lambda done, k: log(stage="probe", done=done, total=len(layers), layer=k),
+                                   on_set=lambda done, at_most: log(stage="set search", done=done, total=at_most))
             steps = total_steps(len(bench.rows), setup.training)
         found = result.get("set_search")
         if found is not None:
