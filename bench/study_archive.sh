@@ -29,7 +29,10 @@ import json, sys
 for row in json.load(sys.stdin)["runs"]:
     if row["status"] == "done" and row["kind"] in ("score", "probe", "compare"):
         print(row["run"])' | while read -r run; do
-      [ -e "$keep/runs/$run.tar.gz" ] || floe runs pack "$run" --archive "$keep/runs/$run.tar.gz" > /dev/null
+      # Packed again when the run changed since (a probe given its set search); the same run packs
+      # to the same bytes, so an unchanged one leaves the repository as it was.
+      [ "$keep/runs/$run.tar.gz" -nt "${FLOE_CACHE:-cache}/runs/$run/state.json" ] ||
+        floe runs pack "$run" --archive "$keep/runs/$run.tar.gz" > /dev/null
     done
     find "$out" -maxdepth 1 -name '*.json' -size +0 -exec cp {} "$keep/budget/" \;  # not a killed step's empty one
     # Every run's machine time and each warm-up's summary, for the reports once they are gone.

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import app_fixtures as fx
@@ -154,6 +155,12 @@ def test_the_budget_study_keeps_its_small_runs_and_summaries_for_a_fresh_machine
     kept = json.loads((keep / "runs.json").read_text())
     assert {run: facts["seconds"] for run, facts in kept.items()} == pytest.approx({score.id: 5.0, warm.id: 30.0})
     assert kept[warm.id]["warmup"] == warm.read_json("warmup.json") and "warmup" not in kept[score.id]
+    # A run that changes after it was kept (a probe given its set search) is packed again.
+    packed = (keep / "runs" / f"{score.id}.tar.gz").read_bytes()
+    time.sleep(0.01)
+    score.update_state(started=score.state["started"] - 1.0)
+    subprocess.run([*script, "save"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert (keep / "runs" / f"{score.id}.tar.gz").read_bytes() != packed
     fresh = tmp_path / "fresh"
     env.update(FLOE_CACHE=str(fresh), STUDY_OUT=str(tmp_path / "out2"))
     subprocess.run([*script, "restore"], cwd=ROOT, env=env, check=True, capture_output=True)
