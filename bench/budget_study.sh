@@ -27,8 +27,8 @@
 #   MODELS=gemma3-270m DATASETS=general STEPS="ground-truth ladder" bash bench/budget_study.sh
 # Tables: .venv/bin/python -m bench.report_budget
 # Across machines: STORAGE (an Optuna RDB URL; default bench/study/cells.sqlite3, kept in the
-# repository; STORAGE= for none) holds every compare cell's and full-probe cell's result, and the study starts by
-# restoring the small runs bench/study_archive.sh kept (scores, probes, compares), so a fresh
+# repository; STORAGE= for none) holds every compare cell's and full-probe cell's result, and
+# the study starts by restoring the small runs bench/study_archive.sh kept (scores, probes, compares), so a fresh
 # machine resumes where the last one stopped. Keep what a session did: bash
 # bench/study_archive.sh save (the study paused or done), then commit bench/study/.
 set -uo pipefail

@@ -98,8 +98,9 @@ def transfer(default: dict, truth: dict, n_boot: int = 2000) -> dict:
             "top8_overlap": len(set(probe_ranking(default)[:8]) & set(probe_ranking(truth)[:8]))}
 
 
-def cost_rows(analyses: dict[int, str], probes: dict[str, str], full_train_seconds: float | None) -> list[dict]:
-    """Each selection's wall time, and its share of the full-layer training at T."""
+def cost_rows(analyses: dict[int, str], probes: dict[str, dict], full_train_seconds: float | None) -> list[dict]:
+    """Each selection's wall time, and its share of the full-layer training at T. ``probes``:
+    label -> probe.json."""
     rows = []
     for w, score_id in sorted(analyses.items()):
         score = open_run(score_id)
@@ -108,8 +109,7 @@ def cost_rows(analyses: dict[int, str], probes: dict[str, str], full_train_secon
     if analyses:  # the paper's Table 5 counts the scoring alone (its warm-up is a full-layer epoch)
         w = max(analyses)
         rows.append({"selection": f"FLoE, scoring alone (W={w})", "seconds": active_seconds(analyses[w])})
-    for label, probe_id in probes.items():
-        probe = _probe(probe_id)
+    for label, probe in probes.items():
         rows.append({"selection": label, "seconds": probe["seconds"]})  # without a set search
         if found := probe.get("set_search"):  # what policy probe-set adds: its search (the curves aside)
             rows.append({"selection": f"{label} + its set search",
@@ -169,12 +169,12 @@ def report(tag: str) -> str:
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
         full = [active_seconds(r["train_run"]) for r in results if r["policy"] == "all"]
         full_s = sum(full) / len(full) if full else None
-        probes = {"joint probe, default budget": default_run["run"]} if default_run else {}
-        probes["joint probe at T"] = truth_run["run"]
+        probes = {"joint probe, default budget": default} if default else {}
+        probes["joint probe at T"] = truth
         parts.append(cost_table(cost_rows(analyses, probes, full_s), full_s))
         runs = {r[key] for r in results for key in ("train_run", "eval_run")}
         hours = (sum(active_seconds(a) + active_seconds(open_run(a).config["warmup_run"]) for a in analyses.values())
-                 + sum(_probe(p)["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600
+                 + sum(p["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600
         parts.append(f"Machine time of these runs (warm-ups, scorings, probes, the compare's {len(runs)} "
                      f"trainings and evaluations; pauses excluded): {hours:.1f} h on a 2-core CPU VM.")
     parts += judged_tables(tag)

@@ -69,14 +69,13 @@ def test_budget_transfer_and_ladder_table():
     assert "| predicts the gains (partial ρ +0.50 [+0.20, +0.70]) |" in ladder_table([row])
 
 
-def test_budget_costs_count_a_set_search_apart_from_its_probe(monkeypatch):
+def test_budget_costs_count_a_set_search_apart_from_its_probe():
     """A probe run whose set search was added later: its row is the probe's own seconds, and a
     second row adds the search (not its curves), each as a share of the full-layer training."""
     import bench.report_budget as rb
     probes = {"probe-a": {"seconds": 40.0},
               "probe-b": {"seconds": 50.0, "set_search": {"search_seconds": 150.0, "curve_seconds": 99.0}}}
-    monkeypatch.setattr(rb, "_probe", probes.__getitem__)
-    rows = rb.cost_rows({}, {"default": "probe-b", "at T": "probe-a"}, full_train_seconds=500.0)
+    rows = rb.cost_rows({}, {"default": probes["probe-b"], "at T": probes["probe-a"]}, full_train_seconds=500.0)
     assert [(r["selection"], r["seconds"], r["share"]) for r in rows] == [
         ("default", 50.0, 0.1), ("default + its set search", 200.0, 0.4), ("at T", 40.0, 0.08)]
     assert "| default + its set search | 200 | 40.0% |" in rb.cost_table(rows, 500.0)
