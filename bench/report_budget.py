@@ -18,8 +18,8 @@ from pathlib import Path
 from bench.report_results import active_seconds, compare_table, versus_table, warmup_summary
 from floe.app.validation import verdict_label
 from floe.experiments.validation import agreement_table
-from floe.method.agreement import bootstrap_ci, spearman
-from floe.pipeline.policies import layer_ranges, probe_ranking
+from floe.method.agreement import agreement, bootstrap_ci, spearman
+from floe.pipeline.policies import layer_ranges, probe_ranking, ranking_from
 from floe.pipeline.score import load_layers
 from floe.store.runs import open_run
 
@@ -98,8 +98,53 @@ def transfer(default: dict, truth: dict, n_boot: int = 2000) -> dict:
             "top8_overlap": len(set(probe_ranking(default)[:8]) & set(probe_ranking(truth)[:8]))}
 
 
-def cost_rows(analyses: dict[int, str], probes: dict[str, dict], full_train_seconds: float | None) -> list[dict]:
-    """Each selection's wall time, and its share of the full-layer training at T. ``probes``:
+def full_probe_rows(full: dict, rankings: dict[str, list[int]]) -> list[dict]:
+    """Each ranking's agreement with the full single-layer probe at T on the layers it measured
+    (does the joint reading hold at T?): ρ, partial ρ given depth, and how many of the full
+    probe's 3 best layers the ranking puts first among them."""
+    pairs = [(k, g) for k, g in zip(full["layers"], full["gain"]) if g is not None]
+    layers, gains = [k for k, _ in pairs], [g for _, g in pairs]
+    if len(layers) < 3:
+        return []
+    rows = []
+    for name, ranking in rankings.items():
+        figures = agreement(ranking, gains, layers)
+        rows.append({"ranking": name, **figures, "top3": round(figures["precision_at_k"][2] * 3)})
+    return rows
+
+
+def full_probe_table(full: dict, rows: list[dict]) -> str:
+    cells = len(full["layers"]) * len(full["seeds"])
+    gains = ", ".join(f"{k}: {g:.2f}" for k, g in zip(full["layers"], full["gain"]) if g is not None)
+    head = (f"Full single-layer probe at T ({len(full.get('cells', []))} of {cells} trainings: layers "
+            f"{layer_ranges(full['layers'])}, seeds {', '.join(map(str, full['seeds']))}; mean gain in "
+            f"val loss per layer: {gains}). "
+            "Each ranking against it, on those layers:")
+    out = [head, "", "| ranking | ρ with the full probe at T | partial ρ given depth | of its top 3 |",
+           "| --- | --- | --- | --- |"]
+    out += [f"| {r['ranking']} | {_rho(r)} | {_rho(r, 'partial_spearman')} | {r['top3']}/3 |" for r in rows]
+    return "\n".join(out)
+
+
+def full_probe_report(tag: str, truth: dict, default: dict | None, layers: dict | None) -> str | None:
+    """The full probe at T against the joint readings (at T, at the default budget) and the
+    largest warm-up's rankings; None before the full probe has 3 layers."""
+    run = _load(f"probe-T-full-{tag}.json")
+    if not run:
+        return None
+    full = _probe(run["run"])
+    rankings = {"joint probe at T": probe_ranking(truth)}
+    if default:
+        rankings["joint probe, default budget"] = probe_ranking(default)
+    for policy in POLICIES if layers else ():
+        rankings[f"{policy} (largest W)" if policy != "deepest" else "deepest"] = ranking_from(layers, policy)
+    rows = full_probe_rows(full, rankings)
+    return full_probe_table(full, rows) if rows else None
+
+
+def cost_rows(analyses: dict[int, str], probes: dict[str, dict], references: dict[str, float]) -> list[dict]:
+    """Each selection's wall time, and its share of each reference training (label -> seconds:
+    the full-layer training at T, and a full-layer epoch over more examples). ``probes``:
     label -> probe.json."""
     rows = []
     for w, score_id in sorted(analyses.items()):
@@ -115,18 +160,33 @@ def cost_rows(analyses: dict[int, str], probes: dict[str, dict], full_train_seco
             rows.append({"selection": f"{label} + its set search",
                          "seconds": probe["seconds"] + found["search_seconds"]})
     for r in rows:
-        r["share"] = r["seconds"] / full_train_seconds if full_train_seconds else None
+        r["shares"] = {label: r["seconds"] / s for label, s in references.items() if s}
     return rows
 
 
-def cost_table(rows: list[dict], full_train_seconds: float | None) -> str:
-    out = ["| selection | wall (s) | share of the full-layer training at T |", "| --- | --- | --- |"]
+def cost_table(rows: list[dict], references: dict[str, float]) -> str:
+    refs = [label for label, s in references.items() if s]
+    out = ["| selection | wall (s) | " + " | ".join(f"share of {label}" for label in refs) + " |",
+           "| --- | --- |" + " --- |" * len(refs)]
     for r in rows:
-        share = f"{r['share']:.1%}" if r["share"] is not None else "n/a"
-        out.append(f"| {r['selection']} | {r['seconds']:.0f} | {share} |")
-    if full_train_seconds:
-        out.append(f"| (full-layer training at T, mean over seeds) | {full_train_seconds:.0f} | 100 % |")
+        out.append(f"| {r['selection']} | {r['seconds']:.0f} | "
+                   + " | ".join(f"{r['shares'][label]:.1%}" for label in refs) + " |")
+    for label in refs:  # each reference's own row: 100 % of itself
+        out.append(f"| ({label}) | {references[label]:.0f} |"
+                   + "".join(" 100 % |" if other == label else " |" for other in refs))
     return "\n".join(out)
+
+
+def reference_trainings(results: list[dict], analyses: dict[int, str]) -> dict[str, float]:
+    """The full-layer trainings a selection's cost is a share of: the compare's all-layer
+    training at T (mean over seeds), and the largest warm-up, itself a full-layer epoch over W
+    examples with the same batch, length and learning rate (the share as the training grows)."""
+    full = [active_seconds(r["train_run"]) for r in results if r["policy"] == "all"]
+    refs = {"the full-layer training at T": sum(full) / len(full)} if full else {}
+    if analyses:
+        w = max(analyses)
+        refs[f"a full-layer epoch over {w} examples"] = active_seconds(open_run(analyses[w]).config["warmup_run"])
+    return refs
 
 
 def report(tag: str) -> str:
@@ -146,6 +206,8 @@ def report(tag: str) -> str:
                  f"{truth['config']['data']['max_samples']} examples; base val loss "
                  f"{truth['base_val_loss']:.3f}; measured top 8: {layer_ranges(sorted(probe_ranking(truth)[:8]))}.")
     parts.append(ladder_table(ladder_rows(ladder, truth, default)))
+    if check := full_probe_report(tag, truth, default, ladder[max(ladder)][1] if ladder else None):
+        parts.append(check)
     if default:
         t = transfer(default, truth)
         lo, hi = t["ci"]
@@ -167,11 +229,10 @@ def report(tag: str) -> str:
                 results += [{**r, "policy": row} for r in more if r["policy"] == policy]
         base = summary["base"]["metrics"].get("val_loss")
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
-        full = [active_seconds(r["train_run"]) for r in results if r["policy"] == "all"]
-        full_s = sum(full) / len(full) if full else None
+        references = reference_trainings(results, analyses)
         probes = {"joint probe, default budget": default} if default else {}
         probes["joint probe at T"] = truth
-        parts.append(cost_table(cost_rows(analyses, probes, full_s), full_s))
+        parts.append(cost_table(cost_rows(analyses, probes, references), references))
         runs = {r[key] for r in results for key in ("train_run", "eval_run")}
         hours = (sum(active_seconds(a) + active_seconds(open_run(a).config["warmup_run"]) for a in analyses.values())
                  + sum(p["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600

@@ -75,10 +75,14 @@ def test_budget_costs_count_a_set_search_apart_from_its_probe():
     import bench.report_budget as rb
     probes = {"probe-a": {"seconds": 40.0},
               "probe-b": {"seconds": 50.0, "set_search": {"search_seconds": 150.0, "curve_seconds": 99.0}}}
-    rows = rb.cost_rows({}, {"default": probes["probe-b"], "at T": probes["probe-a"]}, full_train_seconds=500.0)
-    assert [(r["selection"], r["seconds"], r["share"]) for r in rows] == [
+    refs = {"training at T": 500.0, "a longer epoch": 1000.0}
+    rows = rb.cost_rows({}, {"default": probes["probe-b"], "at T": probes["probe-a"]}, refs)
+    assert [(r["selection"], r["seconds"], r["shares"]["training at T"]) for r in rows] == [
         ("default", 50.0, 0.1), ("default + its set search", 200.0, 0.4), ("at T", 40.0, 0.08)]
-    assert "| default + its set search | 200 | 40.0% |" in rb.cost_table(rows, 500.0)
+    assert [r["shares"]["a longer epoch"] for r in rows] == [0.05, 0.2, 0.04]  # the share falls as training grows
+    table = rb.cost_table(rows, refs)
+    assert "| default + its set search | 200 | 40.0% | 20.0% |" in table
+    assert "| (a longer epoch) | 1000 | | 100 % |" in table
 
 
 def test_stepped_seconds_ignore_pauses_and_restarts():
@@ -127,3 +131,21 @@ def test_budget_report_judges_by_each_task_metric_and_tables_any_metric():
     table = compare_table(cells, None, metric="floe_piqa/acc")
     assert "| k=2: layers | floe_piqa/acc | minus floe |" in table and "base model" not in table
     assert "| 0, 1 | 0.2540" in next(line for line in table.splitlines() if line.startswith("| probe"))
+
+
+def test_full_probe_check_scores_each_ranking_on_the_layers_measured():
+    """The full probe at T checks the joint reading on the layers it has measured: an agreeing
+    ranking gets ρ = +1 and all 3 of the top 3, a reversed one ρ = -1 and none; an unmeasured
+    layer is left out, and too few layers give no rows at all."""
+    from bench.report_budget import full_probe_rows, full_probe_table
+    full = {"layers": [0, 3, 6, 9, 12], "gain": [0.1, 0.5, 0.4, None, 0.2], "seeds": [42, 43],
+            "cells": [{}] * 7}
+    rest = [1, 2, 4, 5, 7, 8, 10, 11]
+    agree, reverse = [3, 6, 12, 0, 9, *rest], [0, 12, 6, 3, 9, *rest]
+    rows = full_probe_rows(full, {"joint": agree, "reversed": reverse})
+    assert [r["spearman"] for r in rows] == [pytest.approx(1.0), pytest.approx(-1.0)]
+    assert [r["top3"] for r in rows] == [3, 2]  # of the full probe's best 3, 6, 12: reversed ranks 0, 12, 6 first
+    table = full_probe_table(full, rows)
+    assert "7 of 10 trainings" in table and "9:" not in table  # the unmeasured layer has no gain
+    assert "| joint | +1.00" in table and "| 3/3 |" in table
+    assert full_probe_rows({**full, "gain": [0.1, None, None, None, 0.2]}, {"joint": agree}) == []
