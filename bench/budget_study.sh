@@ -20,8 +20,9 @@
 #      hold at T?
 #   6. the paper's protocol, when both sets are studied: FLoE's selection from the warm-up on
 #      the general set (largest W), trained and judged on the medical set at T, next to the
-#      medical set's own selections (the compare of step 4 on medical). Every step is a cached run: a rerun continues
-# where it stopped. CPU hours: one torch job at a time, in the background:
+#      medical set's own selections (the compare of step 4 on medical), and judged as in 4b.
+# Every step is a cached run: a rerun continues where it stopped. CPU hours: one torch job at a
+# time, in the background:
 #   nohup nice bash bench/budget_study.sh > bench/results/budget_study.log 2>&1 &
 # Gemma-3-270M on the general set, the ladder and the probe only:
 #   MODELS=gemma3-270m DATASETS=general STEPS="ground-truth ladder" bash bench/budget_study.sh
@@ -35,7 +36,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 source bench/common.sh
-out=bench/results/budget
+out=${STUDY_OUT:-bench/results/budget}  # the summaries (bench/study_archive.sh reads the same)
 mkdir -p "$out"
 bash bench/study_archive.sh restore
 step() { echo "$(date +%T) $tag: $*"; }
@@ -72,7 +73,7 @@ default_probe() {
 }
 for model in ${MODELS:-smollm2-135m}; do
   for data in ${DATASETS:-general medical}; do
-    tag="$model-$data"
+    tag="${model##*/}-$data"  # a model given as a folder is named by its last part
     step "analyze W=64"
     analysis "$out/analyze-$tag-64.json" || continue
     score=$(run_of "$out/analyze-$tag-64.json")
@@ -124,11 +125,19 @@ for model in ${MODELS:-smollm2-135m}; do
     fi
     step done
   done
-  if wants paper-protocol && [ -s "$out/analyze-$model-general-${LADDER##* }.json" ] && [[ " ${DATASETS:-general medical} " == *" medical "* ]]; then
-    tag="$model-general-to-medical"
+  general="$out/analyze-${model##*/}-general-${LADDER##* }.json"
+  if wants paper-protocol && [ -s "$general" ] && [[ " ${DATASETS:-general medical} " == *" medical "* ]]; then
+    tag="${model##*/}-general-to-medical"
     step "the paper's protocol: the general warm-up's selection, trained and judged on medical at T"
-    floe compare --score-run "$(run_of "$out/analyze-$model-general-${LADDER##* }.json")" --data medical \
+    floe compare --score-run "$(run_of "$general")" --data medical \
       --policies "$PAPER_POLICIES" --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
-      --tasks '' "${at_T[@]}" "${common[@]}" ${STORAGE:+--storage "$STORAGE"} > "$out/compare-T-$tag.json"
+      --tasks '' "${at_T[@]}" "${common[@]}" ${STORAGE:+--storage "$STORAGE"} > "$out/compare-T-$tag.json" || continue
+    if [ -n "$JUDGE_TASKS" ]; then
+      step "the paper's protocol judged by $JUDGE_TASKS (the same trainings)"
+      floe compare --score-run "$(run_of "$general")" --data medical \
+        --policies "$PAPER_POLICIES" --no-include-all --ks "$KS" --seeds "$SEEDS" --seed "$EVAL_SEED" \
+        --tasks "$JUDGE_TASKS" --limit "$JUDGE_LIMIT" "${at_T[@]}" "${common[@]}" ${STORAGE:+--storage "$STORAGE"} \
+        > "$out/compare-T-judged-$tag.json"
+    fi
   fi
 done

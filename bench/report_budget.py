@@ -12,6 +12,7 @@ training it selects for (the paper's Table 5 view).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,13 +24,13 @@ from floe.pipeline.policies import layer_ranges, probe_ranking, ranking_from
 from floe.pipeline.score import load_layers
 from floe.store.runs import open_run
 
-RESULTS = Path(__file__).parent / "results" / "budget"
-LADDER = (64, 256, 1024, 2048, 4096)
+RESULTS = Path(os.environ.get("STUDY_OUT") or Path(__file__).parent / "results" / "budget")  # as the study's
 POLICIES = ("floe", "adapter-norm", "lora-drop", "deepest")
 # The compare's rows: the probe column at T and at the default budget (its singles and its set
 # search's set), then the rankings.
+PAPER_ROW = "floe, general warm-up (the paper's protocol)"
 ORDER = ["probe at T", "probe at default budget", "probe-set at default budget", "adapter-norm", "floe",
-         "floe, general warm-up (the paper's protocol)", "deepest", "lora-drop"]
+         PAPER_ROW, "deepest", "lora-drop"]
 # Extra compares at T trained on the same seeds: (file prefix, the policy kept, its row).
 EXTRA_COMPARES = (("compare-T-probe-default", "probe", "probe at default budget"),
                   ("compare-T-probe-set", "probe-set", "probe-set at default budget"))
@@ -38,6 +39,13 @@ EXTRA_COMPARES = (("compare-T-probe-default", "probe", "probe at default budget"
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
+
+
+def warmup_ladder(tag: str) -> dict[int, str]:
+    """W -> the score run of each analysis the study wrote for ``tag`` (its LADDER and W = 64)."""
+    prefix = f"analyze-{tag}-"
+    return {int(w): a["run"] for p in RESULTS.glob(f"{prefix}*.json")
+            if (w := p.stem[len(prefix):]).isdigit() and (a := _load(p.name))}
 
 
 def _rho(figures: dict | None, key: str = "spearman") -> str:
@@ -189,6 +197,22 @@ def reference_trainings(results: list[dict], analyses: dict[int, str]) -> dict[s
     return refs
 
 
+def extra_results(tag: str, judged: bool = False) -> list[dict]:
+    """The cells of the compares at T trained on the same seeds as ``tag``'s own, each under its
+    row: the default-budget probe's columns and, on medical, FLoE from the general set's warm-up
+    (the paper's protocol; the one judged by benchmarks too)."""
+    extras = [] if judged else [(f"{prefix}-{tag}", policy, row) for prefix, policy, row in EXTRA_COMPARES]
+    if tag.endswith("-medical"):
+        prefix = "compare-T-judged" if judged else "compare-T"
+        extras.append((f"{prefix}-{tag.removesuffix('-medical')}-general-to-medical", "floe", PAPER_ROW))
+    results = []
+    for name, policy, row in extras:
+        if extra := _load(f"{name}.json"):
+            more = open_run(extra["run"]).read_json("compare.json")["results"]
+            results += [{**r, "policy": row} for r in more if r["policy"] == policy]
+    return results
+
+
 def report(tag: str) -> str:
     parts = [f"### {tag}"]
     truth_run, default_run = _load(f"probe-T-{tag}.json"), _load(f"probe-default-{tag}.json")
@@ -196,7 +220,7 @@ def report(tag: str) -> str:
         return f"### {tag}\n\n(no probe at T yet)"
     truth = _probe(truth_run["run"])
     default = _probe(default_run["run"]) if default_run else None
-    analyses = {w: a["run"] for w in LADDER if (a := _load(f"analyze-{tag}-{w}.json"))}
+    analyses = warmup_ladder(tag)
     ladder = {}
     for w, score_id in analyses.items():
         score = open_run(score_id)
@@ -219,14 +243,7 @@ def report(tag: str) -> str:
         summary = open_run(compare["run"]).read_json("compare.json")
         results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]}
                    for r in summary["results"]]
-        extras = [(f"{prefix}-{tag}", policy, row) for prefix, policy, row in EXTRA_COMPARES]
-        if tag.endswith("-medical"):  # FLoE from the general set's warm-up, trained on medical
-            extras.append((f"compare-T-{tag.removesuffix('-medical')}-general-to-medical", "floe",
-                           "floe, general warm-up (the paper's protocol)"))
-        for name, policy, row in extras:
-            if extra := _load(f"{name}.json"):
-                more = open_run(extra["run"]).read_json("compare.json")["results"]
-                results += [{**r, "policy": row} for r in more if r["policy"] == policy]
+        results += extra_results(tag)
         base = summary["base"]["metrics"].get("val_loss")
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
         references = reference_trainings(results, analyses)
@@ -256,6 +273,7 @@ def judged_tables(tag: str) -> list[str]:
         return []
     summary = open_run(judged["run"]).read_json("compare.json")
     results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]} for r in summary["results"]]
+    results += extra_results(tag, judged=True)
     base = summary["base"]["metrics"]
     out = []
     for metric in benchmark_metrics(results[0]["metrics"]) if results else []:
