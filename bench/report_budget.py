@@ -121,13 +121,24 @@ def full_probe_rows(full: dict, rankings: dict[str, list[int]]) -> list[dict]:
     return rows
 
 
+def seed_agreement(full: dict) -> tuple[float, int] | None:
+    """Spearman between the full probe's first two seeds' gains, over the layers both measured:
+    how far the probe agrees with itself, the ceiling of any ranking's agreement with it."""
+    if len(full["seeds"]) < 2:
+        return None
+    a, b = ({c["layer"]: c["gain"] for c in full.get("cells", []) if c["seed"] == s} for s in full["seeds"][:2])
+    layers = sorted(set(a) & set(b))
+    return (spearman([a[k] for k in layers], [b[k] for k in layers]), len(layers)) if len(layers) >= 3 else None
+
+
 def full_probe_table(full: dict, rows: list[dict]) -> str:
     cells = len(full["layers"]) * len(full["seeds"])
     gains = ", ".join(f"{k}: {g:.2f}" for k, g in zip(full["layers"], full["gain"]) if g is not None)
+    seeds = seed_agreement(full)
+    itself = f"; its two seeds agree at ρ {seeds[0]:+.2f} over {seeds[1]} layers" if seeds else ""
     head = (f"Full single-layer probe at T ({len(full.get('cells', []))} of {cells} trainings: layers "
             f"{layer_ranges(full['layers'])}, seeds {', '.join(map(str, full['seeds']))}; mean gain in "
-            f"val loss per layer: {gains}). "
-            "Each ranking against it, on those layers:")
+            f"val loss per layer: {gains}{itself}). Each ranking against it, on those layers:")
     out = [head, "", "| ranking | ρ with the full probe at T | partial ρ given depth | of its top 3 |",
            "| --- | --- | --- | --- |"]
     out += [f"| {r['ranking']} | {_rho(r)} | {_rho(r, 'partial_spearman')} | {r['top3']}/3 |" for r in rows]

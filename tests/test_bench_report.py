@@ -138,8 +138,9 @@ def test_full_probe_check_scores_each_ranking_on_the_layers_measured():
     ranking gets ρ = +1 and all 3 of the top 3, a reversed one ρ = -1 and none; an unmeasured
     layer is left out, and too few layers give no rows at all."""
     from bench.report_budget import full_probe_rows, full_probe_table
+    per_seed = {42: {0: 0.1, 3: 0.6, 6: 0.3, 12: 0.2}, 43: {0: 0.1, 3: 0.4, 6: 0.5}}
     full = {"layers": [0, 3, 6, 9, 12], "gain": [0.1, 0.5, 0.4, None, 0.2], "seeds": [42, 43],
-            "cells": [{}] * 7}
+            "cells": [{"layer": k, "seed": s, "gain": g} for s, gains in per_seed.items() for k, g in gains.items()]}
     rest = [1, 2, 4, 5, 7, 8, 10, 11]
     agree, reverse = [3, 6, 12, 0, 9, *rest], [0, 12, 6, 3, 9, *rest]
     rows = full_probe_rows(full, {"joint": agree, "reversed": reverse})
@@ -147,5 +148,7 @@ def test_full_probe_check_scores_each_ranking_on_the_layers_measured():
     assert [r["top3"] for r in rows] == [3, 2]  # of the full probe's best 3, 6, 12: reversed ranks 0, 12, 6 first
     table = full_probe_table(full, rows)
     assert "7 of 10 trainings" in table and "9:" not in table  # the unmeasured layer has no gain
+    # The seeds agree on 0 < 6 < 3 or 0 < 3 < 6: over the 3 layers both measured, ρ = +0.5.
+    assert "its two seeds agree at ρ +0.50 over 3 layers" in table
     assert "| joint | +1.00" in table and "| 3/3 |" in table
     assert full_probe_rows({**full, "gain": [0.1, None, None, None, 0.2]}, {"joint": agree}) == []
