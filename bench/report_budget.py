@@ -196,14 +196,17 @@ def cost_table(rows: list[dict], references: dict[str, float]) -> str:
     return "\n".join(out)
 
 
-def reference_trainings(results: list[dict], analyses: dict[int, str]) -> dict[str, float]:
+def reference_trainings(results: list[dict], analyses: dict[int, str], t_examples: int) -> dict[str, float]:
     """The full-layer trainings a selection's cost is a share of: the compare's all-layer
     training at T (mean over seeds), and the largest warm-up, itself a full-layer epoch over W
-    examples with the same batch, length and learning rate (the share as the training grows)."""
+    examples with the same batch, length and learning rate (the share as the training grows).
+    Before any compare, the warm-up over T's examples stands in for the training at T."""
     full = [active_seconds(r["train_run"]) for r in results if r["policy"] == "all"]
     refs = {"the full-layer training at T": sum(full) / len(full)} if full else {}
-    if analyses:
-        w = max(analyses)
+    widths = {max(analyses)} if analyses else set()
+    if not full and t_examples in analyses:
+        widths.add(t_examples)
+    for w in sorted(widths):
         refs[f"a full-layer epoch over {w} examples"] = active_seconds(open_run(analyses[w]).config["warmup_run"])
     return refs
 
@@ -249,23 +252,26 @@ def report(tag: str) -> str:
         parts.append(f"Transfer of the ground truth from the default probe budget to T: Spearman "
                      f"{t['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}] over {t['n']} layers; top-8 overlap "
                      f"{t['top8_overlap']}/8.")
-    compare = _load(f"compare-T-{tag}.json")
-    if compare:
+    results = []
+    if compare := _load(f"compare-T-{tag}.json"):
         summary = open_run(compare["run"]).read_json("compare.json")
         results = [{**r, "policy": "probe at T" if r["policy"] == "probe" else r["policy"]}
                    for r in summary["results"]]
         results += extra_results(tag)
         base = summary["base"]["metrics"].get("val_loss")
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
-        references = reference_trainings(results, analyses)
-        probes = {"joint probe, default budget": default} if default else {}
-        probes["joint probe at T"] = truth
+    # Without a compare the costs still have a reference: the largest warm-up, a full-layer epoch.
+    references = reference_trainings(results, analyses, truth["config"]["data"]["max_samples"])
+    probes = {"joint probe, default budget": default} if default else {}
+    probes["joint probe at T"] = truth
+    if references:
         parts.append(cost_table(cost_rows(analyses, probes, references), references))
-        runs = {r[key] for r in results for key in ("train_run", "eval_run")}
-        hours = (sum(active_seconds(a) + active_seconds(open_run(a).config["warmup_run"]) for a in analyses.values())
-                 + sum(p["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600
-        parts.append(f"Machine time of these runs (warm-ups, scorings, probes, the compare's {len(runs)} "
-                     f"trainings and evaluations; pauses excluded): {hours:.1f} h on a 2-core CPU VM.")
+    runs = {r[key] for r in results for key in ("train_run", "eval_run")}
+    hours = (sum(active_seconds(a) + active_seconds(open_run(a).config["warmup_run"]) for a in analyses.values())
+             + sum(p["seconds"] for p in probes.values()) + sum(map(active_seconds, runs))) / 3600
+    what = f"the compare's {len(runs)} trainings and evaluations" if runs else "no compare yet"
+    parts.append(f"Machine time of these runs (warm-ups, scorings, probes; {what}; pauses excluded): "
+                 f"{hours:.1f} h on a 2-core CPU VM.")
     parts += judged_tables(tag)
     return "\n\n".join(parts)
 

@@ -58,3 +58,16 @@ def test_the_budget_study_runs_every_step_from_one_command_and_resumes(cache, ti
         assert row in report, (row, report)
     # The paper's protocol in the held-out loss's table, its paired differences and the benchmark's table.
     assert report.count(f"| {rb.PAPER_ROW} |") == 3
+
+    # Before any compare (Gemma's study ran only the ladder and the probes) the costs still have a
+    # reference: the largest warm-up, itself a full-layer epoch.
+    early = tmp_path / "early"
+    early.mkdir()
+    for stem in (*[f"analyze-{name}-medical-{w}" for w in (64, 16, 32)], f"probe-default-{name}-medical",
+                 f"probe-T-{name}-medical"):
+        (early / f"{stem}.json").write_text((out / f"{stem}.json").read_text())
+    monkeypatch.setattr(rb, "RESULTS", early)
+    report = rb.report(f"{name}-medical")
+    assert "share of a full-layer epoch over 16 examples" in report and "no compare yet" in report, report
+    assert "share of a full-layer epoch over 64 examples" in report  # the largest W: the default 64
+    assert "| floe |" not in report and "share of the full-layer training at T" not in report
