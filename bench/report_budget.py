@@ -260,7 +260,7 @@ def report(tag: str) -> str:
         results += extra_results(tag)
         base = summary["base"]["metrics"].get("val_loss")
         parts += [compare_table(results, base, ORDER), versus_table(results, "probe at T", ORDER)]
-    # Without a compare the costs still have a reference: the largest warm-up, a full-layer epoch.
+    # Without a compare the costs still have references: FLoE's warm-ups, each a full-layer epoch.
     references = reference_trainings(results, analyses, truth["config"]["data"]["max_samples"])
     probes = {"joint probe, default budget": default} if default else {}
     probes["joint probe at T"] = truth
