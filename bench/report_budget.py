@@ -145,9 +145,10 @@ def full_probe_table(full: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def full_probe_report(tag: str, truth: dict, default: dict | None, layers: dict | None) -> str | None:
+def full_probe_report(tag: str, truth: dict, default: dict | None, ladder: dict[int, dict]) -> str | None:
     """The full probe at T against the joint readings (at T, at the default budget) and the
-    largest warm-up's rankings; None before the full probe has 3 layers."""
+    warm-up rankings of the largest W and, for the warm-up policies, of the smallest (does a
+    longer warm-up help?); None before the full probe has 3 layers. ``ladder``: W -> layers.json."""
     run = _load(f"probe-T-full-{tag}.json")
     if not run:
         return None
@@ -155,8 +156,13 @@ def full_probe_report(tag: str, truth: dict, default: dict | None, layers: dict 
     rankings = {"joint probe at T": probe_ranking(truth)}
     if default:
         rankings["joint probe, default budget"] = probe_ranking(default)
-    for policy in POLICIES if layers else ():
-        rankings[f"{policy} (largest W)" if policy != "deepest" else "deepest"] = ranking_from(layers, policy)
+    if ladder:
+        small, large = min(ladder), max(ladder)
+        warm = [p for p in POLICIES if p != "deepest"]
+        rankings |= {f"{p} (W={large})": ranking_from(ladder[large], p) for p in warm}
+        if small != large:  # the policies whose scores a longer warm-up could change most
+            rankings |= {f"{p} (W={small})": ranking_from(ladder[small], p) for p in ("floe", "adapter-norm")}
+        rankings["deepest"] = ranking_from(ladder[large], "deepest")
     rows = full_probe_rows(full, rankings)
     return full_probe_table(full, rows) if rows else None
 
@@ -244,7 +250,7 @@ def report(tag: str) -> str:
                  f"{truth['config']['data']['max_samples']} examples; base val loss "
                  f"{truth['base_val_loss']:.3f}; measured top 8: {layer_ranges(sorted(probe_ranking(truth)[:8]))}.")
     parts.append(ladder_table(ladder_rows(ladder, truth, default)))
-    if check := full_probe_report(tag, truth, default, ladder[max(ladder)][1] if ladder else None):
+    if check := full_probe_report(tag, truth, default, {w: layers for w, (_, layers) in ladder.items()}):
         parts.append(check)
     if default:
         t = transfer(default, truth)

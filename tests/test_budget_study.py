@@ -30,7 +30,7 @@ def test_the_budget_study_runs_every_step_from_one_command_and_resumes(cache, ti
     out, name = tmp_path / "out", tiny_model_dir.name
     env = {**os.environ, "FLOE_CACHE": str(cache), "STUDY_OUT": str(out), "STUDY_KEEP": str(tmp_path / "keep"),
            "MODELS": str(tiny_model_dir), "T_EXAMPLES": "16", "VAL": "8", "KS": "2", "SEEDS": "42",
-           "FULL_LAYERS": "0,1,3", "JUDGE_TASKS": "arc-easy", "JUDGE_LIMIT": "2",
+           "FULL_LAYERS": "0,1,3", "JUDGE_TASKS": "arc-easy", "JUDGE_LIMIT": "2", "DEVICE": "cpu",
            "STORAGE": f"sqlite:///{tmp_path}/cells.sqlite3"}
     log = study(env, DATASETS="medical", LADDER="16 32")
     paper = dict(DATASETS="general medical", LADDER="64", STEPS="paper-protocol")
@@ -53,6 +53,10 @@ def test_the_budget_study_runs_every_step_from_one_command_and_resumes(cache, ti
     report = rb.report(f"{name}-medical")
     assert "| 16 | 2 |" in report and "| 32 | 4 |" in report  # the ladder: one epoch of batch 8 over W
     assert "Full single-layer probe at T (6 of 6 trainings: layers 0, 1, 3, seeds 42, 43" in report
+    # Against the full probe: every policy at the largest W, the warm-up policies at the smallest too.
+    for row in ("| floe (W=64) |", "| lora-drop (W=64) |", "| floe (W=16) |", "| adapter-norm (W=16) |", "| deepest |"):
+        assert row in report, (row, report)
+    assert "| lora-drop (W=16) |" not in report and "| floe (W=32) |" not in report
     for row in ("| probe at T |", "| probe at default budget |", "| probe-set at default budget |", "| floe |",
                 "Transfer of the ground truth", "share of the full-layer training at T", "Judged by arc-easy/acc_norm"):
         assert row in report, (row, report)
