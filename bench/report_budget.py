@@ -147,7 +147,7 @@ def full_probe_table(full: dict, rows: list[dict]) -> str:
 
 def full_probe_report(tag: str, truth: dict, default: dict | None, ladder: dict[int, dict]) -> str | None:
     """The full probe at T against the joint readings (at T, at the default budget) and the
-    warm-up rankings of the largest W and, for the warm-up policies, of the smallest (does a
+    warm-up rankings of the largest W and, for FLoE and the update norm, of the smallest (does a
     longer warm-up help?); None before the full probe has 3 layers. ``ladder``: W -> layers.json."""
     run = _load(f"probe-T-full-{tag}.json")
     if not run:
@@ -160,7 +160,7 @@ def full_probe_report(tag: str, truth: dict, default: dict | None, ladder: dict[
         small, large = min(ladder), max(ladder)
         warm = [p for p in POLICIES if p != "deepest"]
         rankings |= {f"{p} (W={large})": ranking_from(ladder[large], p) for p in warm}
-        if small != large:  # the policies whose scores a longer warm-up could change most
+        if small != large:  # the smallest W is the tool's default analysis: what a user sees first
             rankings |= {f"{p} (W={small})": ranking_from(ladder[small], p) for p in ("floe", "adapter-norm")}
         rankings["deepest"] = ranking_from(ladder[large], "deepest")
     rows = full_probe_rows(full, rankings)
